@@ -1,0 +1,89 @@
+"""Name -> class tables for generators and segmenters, one line per entry (MMSeg-style registry).
+
+Entries point at "module:Class" strings so `bench list` answers without importing diffusers or
+mmseg (each costs 5-10 s); the class is imported only when a run asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from benchmark.errors import BenchError
+
+IMPLEMENTED = "implemented"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str  # "package.module:ClassName"
+    description: str
+    status: str = IMPLEMENTED  # or "partial: <what is missing>" / "planned"
+
+    def load(self):
+        module, _, cls = self.target.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+class Registry:
+    def __init__(self, kind: str, entries: list[Entry]):
+        self.kind = kind
+        self._entries = {e.name: e for e in entries}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self):
+        return iter(self._entries.values())
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def get(self, name: str) -> Entry:
+        if name not in self._entries:
+            raise BenchError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}")
+        entry = self._entries[name]
+        if entry.status == "planned":
+            raise BenchError(f"{self.kind} '{name}' is planned but not implemented yet (see `bench list`)")
+        return entry
+
+    def load(self, name: str):
+        return self.get(name).load()
+
+
+GENERATORS = Registry("generator", [
+    Entry("real-only", "generators.baselines.real_only:RealOnly",
+          "No synthesis: the segmenter sees only the few-shot real defects and normals (the floor)."),
+    Entry("cutpaste", "generators.baselines.cutpaste:CutPasteScar",
+          "CutPaste-scar: thin rotated, colour-jittered patches pasted inside the same image."),
+    Entry("draem", "generators.baselines.draem:DraemPerlin",
+          "DRAEM-style: thresholded Perlin-noise masks blended with an anomaly-source texture."),
+    Entry("stage", "generators.stage.lightning_model:StageGenerator",
+          "STAGE: graded diffusion with explicit mask alignment (frozen LDM, learned tokens, mask adapters)."),
+    Entry("seas", "generators.seas:SeaS", "SeaS: separation and sharing fine-tuning of Stable Diffusion.",
+          status="planned"),
+    Entry("anomalydiffusion", "generators.anomalydiffusion:AnomalyDiffusion",
+          "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting.", status="planned"),
+    Entry("defectdiffu", "generators.defectdiffu:DefectDiffu",
+          "DefectDiffu: few-shot defect generation by consistency modelling.", status="planned"),
+    Entry("badg", "generators.badg:BADG",
+          "BADG: background-aware defect generation with masked cross-attention.", status="planned"),
+])
+
+SEGMENTERS = Registry("segmenter", [
+    Entry("unet", "segmenters.unet:SmpUNet",
+          "U-Net (segmentation-models-pytorch, ResNet-34 encoder)."),
+    Entry("unet-draem", "segmenters.unet_draem:DraemUNet",
+          "DRAEM discriminative U-Net (AnomalyDiffusion/BADG downstream), focal loss."),
+    Entry("bisenetv2", "segmenters.mmseg_models:BiSeNetV2",
+          "BiSeNet V2 (mmsegmentation), with its 4 auxiliary heads for training."),
+    Entry("stdc", "segmenters.mmseg_models:STDC",
+          "STDC1 (mmsegmentation); option variant=stdc2."),
+    Entry("upernet", "segmenters.mmseg_models:UPerNet",
+          "UPerNet with ResNet-50 (mmsegmentation), with its auxiliary FCN head."),
+    Entry("segformer", "segmenters.mmseg_models:SegFormer",
+          "SegFormer MiT-B0 (mmsegmentation); option variant=b1..b5."),
+    Entry("lfd", "segmenters.lfd:LFDRoadSeg",
+          "LFD-RoadSeg (Zhou et al., T-ITS 2024), 0.936M parameters, native PyTorch."),
+])

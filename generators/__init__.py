@@ -1,0 +1,1 @@
+"""Defect-synthesis methods. Each is a LightningModule registered in `benchmark.registry.GENERATORS`."""

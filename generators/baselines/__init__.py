@@ -1,0 +1,1 @@
+"""Training-free baselines: real-only (no synthesis), CutPaste-scar and DRAEM-style Perlin synthesis."""

@@ -1,0 +1,104 @@
+"""The segmenter contract.
+
+A segmenter is a LightningModule that maps images in [0, 1] (B x 3 x H x W; each model applies its
+own normalisation) to 2-class logits (B x 2 x h x w, any h x w). Batches are dicts:
+`{"image": float B3HW in [0,1], "mask": long BHW in {0,1}, "category": [str], "id": [str]}`.
+`predict_step` returns the anomaly probability (softmax channel 1) at the input size.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SegmenterOptions(BaseModel):
+    """Training options every segmenter shares; models subclass this with their own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    schedule: Literal["poly", "constant", "multistep"] = "poly"
+    weights: str | None = None  # local pretrained weights; None = random init (never downloads)
+
+
+class Segmenter(L.LightningModule):
+    name: ClassVar[str]
+    Options: ClassVar[type[SegmenterOptions]] = SegmenterOptions
+    presets: ClassVar[dict[str, dict]] = {}
+    mean: ClassVar[tuple[float, float, float]] = IMAGENET_MEAN
+    std: ClassVar[tuple[float, float, float]] = IMAGENET_STD
+
+    def __init__(self, options: SegmenterOptions):
+        super().__init__()
+        self.options = options
+        self.register_buffer("pixel_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+        self.model = self.build_model()
+
+    # -- the model ------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError  # every concrete segmenter overrides this
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input -> 2-class logits (inference graph, no auxiliary heads)."""
+        return self.model(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits((images - self.pixel_mean) / self.pixel_std)
+
+    def inference_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # -- training -------------------------------------------------------------------------------
+    def training_loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Default: cross-entropy at the mask's resolution. Models whose paper states a loss
+        (focal for unet-draem, CE + auxiliary heads for mmseg) override this."""
+        logits = self(images)
+        logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(logits, masks.long())
+
+    def training_step(self, batch, batch_idx):
+        loss = self.training_loss(batch["image"], batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        o = self.options
+        params = [p for p in self.parameters() if p.requires_grad]
+        if o.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+        elif o.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        steps = max(1, o.max_steps)
+        if o.schedule == "poly":  # mmseg's PolyLR, power 0.9, per iteration
+            sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=steps, power=0.9)
+        elif o.schedule == "multistep":  # DRAEM: x0.2 at 80% and 90% of training
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.8 * steps), int(0.9 * steps)], gamma=0.2)
+        else:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- prediction -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def anomaly_probability(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self(images).float()
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.softmax(1)[:, 1]
+
+    def predict_step(self, batch, batch_idx=0, dataloader_idx=0):
+        return {"prob": self.anomaly_probability(batch["image"]), "mask": batch["mask"],
+                "category": batch["category"], "id": batch["id"]}

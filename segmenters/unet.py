@@ -1,0 +1,62 @@
+"""U-Net from segmentation-models-pytorch (ResNet-34 encoder by default).
+
+`weights` is a local encoder checkpoint (a torchvision/timm ResNet state dict); none means random
+init: smp's own `encoder_weights="imagenet"` would try the model hub, which this project never does.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from benchmark.errors import BenchError
+from segmenters.base import Segmenter, SegmenterOptions
+
+log = logging.getLogger(__name__)
+
+
+class SmpUNetOptions(SegmenterOptions):
+    encoder: str = "resnet34"
+    lr: float = 1e-3
+
+
+def load_encoder_weights(encoder: torch.nn.Module, path: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise BenchError(f"{p}: encoder weights not found; give a local ImageNet checkpoint "
+                         "(e.g. torchvision's resnet34-b627a593.pth) or unset segmenter.weights")
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if unexpected or len(missing) > 0:
+        raise BenchError(f"{p}: does not fit the encoder (missing {len(missing)}, unexpected {len(unexpected)} keys)")
+
+
+class SmpUNet(Segmenter):
+    name = "unet"
+    Options = SmpUNetOptions
+    presets = {
+        "smoke": {"max_steps": 150, "batch_size": 8, "lr": 1e-3},
+        "paper": {"max_steps": 20000, "batch_size": 8, "lr": 1e-4, "optimizer": "adam"},
+    }
+
+    def build_model(self):
+        import segmentation_models_pytorch as smp
+
+        model = smp.Unet(self.options.encoder, encoder_weights=None, classes=2)
+        if self.options.weights:
+            load_encoder_weights(model.encoder, self.options.weights)
+        else:
+            log.info("%s: no segmenter.weights given, encoder randomly initialised", self.name)
+        return model
+
+    def logits(self, x):
+        # smp's U-Net needs sides divisible by 32; pad and crop so any size works
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 32, (-w) % 32
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
+        return self.model(x)[..., :h, :w]
