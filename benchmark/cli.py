@@ -1,0 +1,244 @@
+"""The `bench` command. Heavy libraries are imported inside each command, so `bench list` and
+`--help` answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from benchmark.errors import BenchError
+
+LAYOUT_CHOICES = ["mvtec", "visa", "btad", "mvtec3d", "loco", "folder"]
+
+
+# -- bench run -----------------------------------------------------------------------------------
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generator", default=None, help="generator name (default cutpaste; see `bench list`)")
+    p.add_argument("--segmenter", default=None, help="segmenter name (default unet; see `bench list`)")
+    p.add_argument("--profile", default="smoke", choices=["smoke", "paper"],
+                   help="smoke: tiny models, few steps, CPU-friendly; paper: each method's published settings")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: the built-in demo dataset)")
+    p.add_argument("--layout", default=None, choices=LAYOUT_CHOICES, help="dataset layout (default mvtec)")
+    p.add_argument("--categories", default=None, help="comma-separated categories (default: all)")
+    p.add_argument("--image-size", type=int, default=None, help="square resolution of every stage")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--training", choices=["unified", "per-category"], default=None,
+                   help="one segmenter for all categories (default) or one per category")
+    p.add_argument("--output", default=None, help="run folder (default runs/<generator>-<segmenter>-<profile>-<hash>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last finished stage")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --output")
+    p.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
+    p.add_argument("--cache-dir", default=None, help="demo data, tiny models and synthetic sets "
+                   "(default $SIAS_BENCH_CACHE or ~/.cache/sias-bench)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set segmenter.options.max_steps=50 (repeatable)")
+
+
+def config_from_args(args):
+    from benchmark.config import build_config, parse_override
+
+    overrides = [parse_override(o) for o in args.overrides]
+    flags: dict = {}
+    if args.generator:
+        flags.setdefault("generator", {})["name"] = args.generator
+    if args.segmenter:
+        flags.setdefault("segmenter", {})["name"] = args.segmenter
+    data = {k: v for k, v in {"root": args.data_root, "layout": args.layout, "image_size": args.image_size,
+                               "categories": args.categories.split(",") if args.categories else None}.items()
+            if v is not None}
+    if data:
+        flags["data"] = data
+    if args.seed is not None:
+        flags["seed"] = args.seed
+    if args.training:
+        flags["training"] = args.training
+    if args.no_wandb:
+        flags["wandb"] = False
+    return build_config(args.profile, [flags, *overrides])
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from benchmark.report import results_table
+    from benchmark.runner import Run
+
+    cfg = config_from_args(args)
+    output = Path(args.output) if args.output else Path("runs") / (
+        f"{cfg.generator.name}-{cfg.segmenter.name}-{cfg.profile}-{cfg.config_hash()[:8]}")
+    run = Run(cfg, output, quiet=args.quiet, cache=Path(args.cache_dir) if args.cache_dir else None)
+    results = run.execute(resume=args.resume, overwrite=args.overwrite)
+    console = Console()
+    if not args.quiet:
+        console.print(results_table(results))
+    console.print(f"results: {output / 'results.json'}")
+    return 0
+
+
+# -- bench list ----------------------------------------------------------------------------------
+def cmd_list(args) -> int:
+    from benchmark.registry import GENERATORS, SEGMENTERS
+
+    rows = {"generators": [vars_of(e) for e in GENERATORS], "segmenters": [vars_of(e) for e in SEGMENTERS]}
+    if args.json:
+        if args.params:
+            for row in rows["segmenters"]:
+                row["inference_parameters"] = segmenter_parameters(row["name"]) if row["status"] != "planned" else None
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for kind, entries in rows.items():
+        table = Table(title=kind, show_lines=False)
+        for col in ("name", "status", "description"):
+            table.add_column(col)
+        for e in entries:
+            style = None if e["status"] == "implemented" else "dim"
+            table.add_row(e["name"], e["status"], e["description"], style=style)
+        console.print(table)
+    return 0
+
+
+def vars_of(entry) -> dict:
+    return {"name": entry.name, "status": entry.status, "description": entry.description}
+
+
+def segmenter_parameters(name: str) -> int | None:
+    from benchmark.registry import SEGMENTERS
+
+    cls = SEGMENTERS.load(name)
+    logging.getLogger("segmenters").setLevel(logging.WARNING)
+    return cls(cls.Options()).inference_parameters()
+
+
+# -- bench data ----------------------------------------------------------------------------------
+def cmd_data_check(args) -> int:
+    from rich.console import Console
+
+    from benchmark.data.check import check_dataset
+
+    problems = check_dataset(Path(args.data_root), args.layout, args.categories.split(",") if args.categories else None)
+    console = Console()
+    for p in problems:
+        console.print(f"[red]x[/red] {p}", highlight=False, soft_wrap=True)
+    if problems:
+        console.print(f"{len(problems)} problem(s) in {args.data_root}")
+        return 1
+    console.print(f"[green]ok[/green] {args.data_root} ({args.layout})")
+    return 0
+
+
+def cmd_data_demo(args) -> int:
+    from benchmark.data.demo import write_demo_dataset
+
+    out = write_demo_dataset(Path(args.output), seed=args.seed, size=args.size)
+    print(f"demo dataset written to {out}")
+    return 0
+
+
+# -- commands owned by their modules -------------------------------------------------------------
+DELEGATED = {  # name -> (module with add_arguments(parser) and run(args), help)
+    "score": ("benchmark.score", "score anomaly maps of any method against ground-truth masks"),
+    "compare": ("benchmark.compare", "diff two results.json per category; non-zero exit on regression"),
+    "leaderboard": ("benchmark.leaderboard", "render leaderboards from reported and reproduced results"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="SIAS-Bench: benchmark of industrial anomaly synthesis")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress display or logs")
+    # the same flags after the subcommand (`bench run --quiet`); SUPPRESS keeps the global value
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress display or logs")
+    sub = parser.add_subparsers(dest="command", parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw))
+
+    run = sub.add_parser("run", help="generate, train a segmenter, evaluate, report")
+    add_run_arguments(run)
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="registered generators and segmenters")
+    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--no-params", dest="params", action="store_false",
+                     help="with --json: skip building segmenters to count their parameters")
+    lst.set_defaults(func=cmd_list)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="validate a dataset folder and list every problem")
+    check.add_argument("--data-root", required=True)
+    check.add_argument("--layout", required=True, choices=LAYOUT_CHOICES)
+    check.add_argument("--categories", default=None)
+    check.set_defaults(func=cmd_data_check)
+    demo = data.add_parser("demo", help="write the built-in demo dataset (MVTec AD layout)")
+    demo.add_argument("--output", required=True)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--size", type=int, default=128)
+    demo.set_defaults(func=cmd_data_demo)
+
+    for name, (module, help_text) in DELEGATED.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=_delegate(module), module=module, add_args=module)
+        _add_delegated_arguments(p, module)
+    return parser
+
+
+def _add_delegated_arguments(parser, module: str) -> None:
+    import importlib
+
+    try:
+        importlib.import_module(module).add_arguments(parser)
+    except ModuleNotFoundError:
+        parser.description = f"(not available in this build: {module} is missing)"
+
+
+def _delegate(module: str):
+    def run(args) -> int:
+        import importlib
+
+        return importlib.import_module(module).run(args)
+
+    return run
+
+
+def configure_logging(quiet: bool, debug: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)],
+                        force=True)
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "wandb",
+                  "urllib3", "matplotlib", "PIL", "h5py", "mmengine"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        warnings.filterwarnings("ignore")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.command is None:  # `bench` alone (or with global flags) runs the default benchmark
+        args = build_parser().parse_args([*argv, "run"])
+    configure_logging(args.quiet, args.debug)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local folders; never the hub
+    try:
+        return int(args.func(args) or 0)
+    except BenchError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

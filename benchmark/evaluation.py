@@ -1,0 +1,29 @@
+"""Feeds a segmenter's predicted maps into the metric engine as they come out of `predict`,
+so evaluation memory is one batch plus the engine's state."""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from benchmark.config import MetricConfig
+
+
+def metric_options(cfg: MetricConfig):
+    from benchmark.metrics import MetricOptions
+
+    return MetricOptions(image_score=cfg.image_score, pool_kernel=cfg.pool_kernel,
+                         iou_threshold=cfg.iou_threshold, mode=cfg.mode, max_fpr=cfg.max_fpr)
+
+
+class MetricsCollector(BasePredictionWriter):
+    def __init__(self, cfg: MetricConfig):
+        super().__init__(write_interval="batch")
+        from benchmark.metrics import AnomalyMetrics
+
+        self.metric = AnomalyMetrics(metric_options(cfg))
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        self.metric.update(prediction["prob"].detach().float().cpu().clamp(0, 1), prediction["mask"].cpu())
+
+    def compute(self) -> dict:
+        return self.metric.compute()

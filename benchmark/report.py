@@ -1,0 +1,136 @@
+"""What a finished run leaves for people: results.json, metrics.csv, a grid of synthetic pairs, a
+per-category bar plot, and the terminal table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.results import flat_metrics
+
+TABLE_COLUMNS = [  # (results key, header)
+    ("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1"),
+    ("pixel_auroc", "P-AUROC"), ("pixel_ap", "P-AP"), ("pixel_f1_max", "P-F1"),
+    ("pixel_pro", "PRO"), ("pixel_iou", "IoU"), ("miou", "mIoU"), ("acc", "Acc"),
+]
+
+
+def write_results(results: dict, root: Path) -> None:
+    tmp = root / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, allow_nan=True))
+    tmp.replace(root / "results.json")
+    rows = [{"category": c, **flat_metrics(m)} for c, m in results["categories"].items()]
+    rows.append({"category": "mean", **flat_metrics(results["mean"])})
+    fields = ["category"] + sorted({k for r in rows for k in r} - {"category"})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = root / "metrics.csv.tmp"
+    tmp.write_text(buf.getvalue())
+    tmp.replace(root / "metrics.csv")
+
+
+def percent(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def results_table(results: dict):
+    from rich.table import Table
+
+    cfg = results["config"]
+    table = Table(title=f"{cfg['generator']['name']} -> {cfg['segmenter']['name']} on {cfg['data']['name']} (%)")
+    table.add_column("category")
+    for _, header in TABLE_COLUMNS:
+        table.add_column(header, justify="right")
+    for name, entry in [*results["categories"].items(), ("mean", results["mean"])]:
+        flat = flat_metrics(entry)
+        table.add_row(name, *(percent(flat.get(k)) for k, _ in TABLE_COLUMNS),
+                      style="bold" if name == "mean" else None)
+    return table
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Red tint inside the mask and a bright outline, so thin defects stay visible."""
+    from scipy import ndimage
+
+    out = image.astype(np.float32)
+    out[mask] = 0.55 * out[mask] + 0.45 * np.array([255, 0, 0])
+    edge = mask & ~ndimage.binary_erosion(mask)
+    out[edge] = [255, 255, 0]
+    return out.astype(np.uint8)
+
+
+def sample_grid(synthetic, split, path: Path, size: int, per_row: int = 6, max_rows: int = 6) -> None:
+    """Synthetic pairs (image | image with mask overlay), a few per (category, defect type). A run
+    with no synthetic pairs (real-only) shows its few-shot real defects instead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmark.data.images import load_image, load_mask
+
+    picked: list[tuple[str, np.ndarray, np.ndarray]] = []
+    records = synthetic.records() if synthetic is not None else []
+    seen: dict[str, int] = {}
+    if records:
+        for r in records:
+            key = f"{r['category']}/{r['defect']}"
+            if seen.get(key, 0) < 2:
+                seen[key] = seen.get(key, 0) + 1
+                img = load_image(synthetic.root / r["image"], size)
+                picked.append((key, img, load_mask((synthetic.root / r["mask"],), size, shape=img.shape[:2])))
+    else:
+        for cat in split.categories.values():
+            for s in cat.few_shot_defects()[:2]:
+                img = load_image(s.image, size)
+                picked.append((f"{s.category}/{s.defect} (real)", img, load_mask(s.masks, size, shape=img.shape[:2])))
+    picked = picked[: per_row * max_rows // 2]
+    if not picked:
+        return
+    cols = min(per_row, 2 * len(picked))
+    rows = math.ceil(2 * len(picked) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (title, img, mask) in enumerate(picked):
+        a, b = axes.flat[2 * i], axes.flat[2 * i + 1]
+        a.imshow(img)
+        a.set_title(title, fontsize=7)
+        b.imshow(overlay(img, mask))
+        b.set_title("mask", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def category_bars(results: dict, path: Path, metrics=("pixel_auroc", "pixel_ap", "pixel_pro", "pixel_iou", "image_auroc")) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [*results["categories"], "mean"]
+    entries = [*results["categories"].values(), results["mean"]]
+    flat = [flat_metrics(e) for e in entries]
+    x = np.arange(len(names))
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names)), 3.8))
+    for i, m in enumerate(metrics):
+        vals = [100 * f.get(m, float("nan")) for f in flat]
+        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, vals, width, label=m.replace("_", " "))
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%")
+    cfg = results["config"]
+    ax.set_title(f"{cfg['generator']['name']} -> {cfg['segmenter']['name']} ({cfg['data']['name']})")
+    ax.legend(fontsize=7, ncol=len(metrics), loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,53 @@
+"""results.json: the per-category table every report, leaderboard and regression check reads.
+
+    {"run": {id, time, versions, config_hash}, "config": {...resolved}, "categories": {"<cat>":
+     {"image": {auroc, ap, f1_max}, "pixel": {auroc, ap, f1_max, pro, iou, ...}, "miou", "acc", ...}},
+     "mean": {same keys}, "timings": {stage: seconds}}
+
+Metrics are fractions in [0, 1]. The mean of a metric skips categories where it is undefined (NaN,
+e.g. AUROC of a category with no defect) and is NaN only if it is undefined everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+
+def mean_table(categories: dict[str, dict]) -> dict:
+    def mean_of(values):
+        vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    first = next(iter(categories.values()))
+    out = {}
+    for key, value in first.items():
+        if isinstance(value, dict):
+            out[key] = mean_table({c: categories[c][key] for c in categories})
+        elif isinstance(value, (int, float)):
+            out[key] = mean_of(categories[c].get(key) for c in categories)
+    return out
+
+
+def build_results(*, run_id: str, config: dict, config_hash: str, versions: dict, categories: dict,
+                  timings: dict, **extra) -> dict:
+    categories = {k: categories[k] for k in sorted(categories)}
+    return {
+        "run": {"id": run_id, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "versions": versions, "config_hash": config_hash, **extra},
+        "config": config,
+        "categories": categories,
+        "mean": mean_table(categories) if categories else {},
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def flat_metrics(entry: dict, prefix: str = "") -> dict[str, float]:
+    """{"image": {"auroc": x}} -> {"image_auroc": x}"""
+    out = {}
+    for k, v in entry.items():
+        if isinstance(v, dict):
+            out.update(flat_metrics(v, f"{prefix}{k}_"))
+        elif isinstance(v, (int, float)):
+            out[f"{prefix}{k}"] = float(v)
+    return out
