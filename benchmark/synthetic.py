@@ -25,6 +25,19 @@ from benchmark.data.images import save_png_atomic
 from generators.base import GenerationRequest, SyntheticPair
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one line durably; a torn last line left by a crash is closed off first, so it
+    costs only its own pair (redone on resume), never the next one."""
+    with open(path, "a+b") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(line.encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class SyntheticSet:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -82,10 +95,7 @@ class SyntheticSet:
             "seed": req.seed,
             "generator": generator,
         }
-        with open(self.root / f"manifest.rank{rank}.jsonl", "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.root / f"manifest.rank{rank}.jsonl", json.dumps(record, sort_keys=True))
         return record
 
     def merge_manifests(self) -> None:

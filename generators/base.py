@@ -101,6 +101,12 @@ class Generator(L.LightningModule):
         return out
 
     # -- generation (Lightning predict) ---------------------------------------------------
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # requests are file names and seeds; the method moves its own tensors
+        if isinstance(batch, list) and batch and isinstance(batch[0], GenerationRequest):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def predict_step(self, batch: list[GenerationRequest], batch_idx: int = 0) -> list[SyntheticPair]:
         raise NotImplementedError  # every concrete generator overrides this
 

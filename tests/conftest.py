@@ -1,0 +1,22 @@
+"""Session-wide test settings: offline, seeded, and a private cache folder."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Demo data, tiny models and synthetic sets go to a per-session folder, never ~/.cache."""
+    path = tmp_path_factory.mktemp("sias-cache")
+    old = os.environ.get("SIAS_BENCH_CACHE")
+    os.environ["SIAS_BENCH_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SIAS_BENCH_CACHE", None)
+    else:
+        os.environ["SIAS_BENCH_CACHE"] = old
