@@ -1,0 +1,252 @@
+"""Leaderboard: reported YAMLs, protocol grouping, bold-best, markdown/HTML rendering, README."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark import leaderboard as lb
+from benchmark.errors import BenchError
+
+REPORTED = lb.LEADERBOARD_DIR / "reported"
+PAPERS = {"stage", "seas", "anomalydiffusion", "badg", "defectdiffu"}
+
+
+def make_results(generator="cutpaste", value=0.5, categories=("bottle", "screw"), image_size=128,
+                 time="2026-01-02T03:04:05+00:00", config_hash="abcdef1234567890", dataset="demo"):
+    metrics = {"image": {"auroc": value, "ap": value, "f1_max": value},
+               "pixel": {"auroc": value, "ap": value, "f1_max": value, "pro": value, "iou": value},
+               "miou": value, "acc": value}
+    return {"run": {"id": f"run-{generator}", "time": time, "config_hash": config_hash,
+                    "versions": {"torch": "2.14.1", "sias_bench": "0.1.0"}},
+            "config": {"profile": "smoke", "seed": 0,
+                       "data": {"layout": "mvtec", "name": dataset, "image_size": image_size},
+                       "split": {"fraction": 1 / 3, "order": "id"}, "generator": {"name": generator},
+                       "segmenter": {"name": "unet"}, "training": "unified",
+                       "metrics": {"image_score": "max", "pool_kernel": 21, "iou_threshold": 0.5,
+                                   "mode": "exact", "max_fpr": 0.3}},
+            "categories": {c: json.loads(json.dumps(metrics)) for c in categories},
+            "mean": json.loads(json.dumps(metrics)), "timings": {"train": 1.0}}
+
+
+def write(path: Path, results: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results))
+    return path
+
+
+def args_for(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    lb.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+# ------------------------------------------------------------------------------ reported data
+
+def test_every_reported_yaml_parses_and_every_number_is_a_percentage():
+    files = sorted(REPORTED.glob("*.yaml"))
+    assert {f.stem for f in files} == PAPERS
+    count = 0
+    for path in files:
+        doc = yaml.safe_load(path.read_text())
+        assert doc["units"] == "percent" and doc["schema"] == 1
+        for table in doc["tables"]:
+            assert table["source"]["paper"] and table["source"]["table"]
+            assert set(table["columns"]) <= set(doc["metrics"])
+            for row in table["rows"]:
+                cells = [row["mean"]] if "mean" in row else []
+                cells += list((row.get("categories") or {}).values())
+                assert cells, f"{path.name}: {row['label']} has no values"
+                for values in cells:
+                    assert len(values) == len(table["columns"])
+                    for v in values:
+                        assert v is None or (isinstance(v, (int, float)) and 0 <= v <= 100), (path.name, row, v)
+                        count += v is not None
+    assert count > 600
+    rows = lb.load_reported(REPORTED)
+    assert {r.protocol["reported_by"] for r in rows} == PAPERS
+    for row in rows:
+        assert row.origin == "reported"
+        assert all(0 <= v <= 1 for cells in row.values.values() for v in cells.values())
+
+
+def test_reported_values_are_converted_and_tables_of_one_protocol_merge():
+    rows = {(r.protocol["reported_by"], r.protocol["id"], r.generator): r for r in lb.load_reported(REPORTED)}
+    seas = rows[("seas", "mvtec_bisenetv2", "seas")]
+    assert seas.values["pixel.iou"]["mean"] == pytest.approx(0.5528)
+    assert seas.values["image.auroc"]["mean"] == pytest.approx(0.96)  # Table 23 merged into Table 22's row
+    assert seas.sources["pixel.iou"] == ["22"] and seas.sources["image.auroc"] == ["23"]
+    stage = rows[("stage", "mvtec_segformer", "stage")]
+    assert stage.values["miou"]["capsule"] == pytest.approx(0.5996)
+    assert stage.values["pixel.pro"]["mean"] == pytest.approx(0.7486)
+    anodiff = rows[("anomalydiffusion", "mvtec_unet", "anomalydiffusion")]
+    assert anodiff.sources["pixel.auroc"] == ["2", "10"]
+    assert "pill" not in rows[("anomalydiffusion", "mvtec_unet", "dfmgan")].values["pixel.ap"]  # ambiguous OCR
+    assert rows[("badg", "mvtec_unet", "rd4ad")].kind == "unsupervised"
+
+
+def _paper(tmp_path, rows, columns=("miou",), name="p.yaml", tables=None):
+    doc = {"schema": 1, "units": "percent", "paper": {"id": "p", "title": "P"},
+           "metrics": {c: {"printed": c, "definition": "d"} for c in columns},
+           "protocols": {"x": {"dataset": "mvtec_ad", "segmenter": "unet", "split": "1/3", "resolution": "256"}},
+           "tables": tables or [{"source": {"paper": "P", "table": "1"}, "protocol": "x",
+                                 "columns": list(columns), "rows": rows}]}
+    (tmp_path / name).write_text(yaml.safe_dump(doc))
+    return tmp_path
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"generator": "a", "label": "A", "mean": [120]}, "not a percentage"),
+    ({"generator": "a", "label": "A", "mean": [1, 2]}, "expected 1 values"),
+    ({"generator": "a", "label": "A", "kind": "other", "mean": [1]}, "kind"),
+    ({"label": "A", "mean": [1]}, "generator"),
+])
+def test_reported_loader_rejects_bad_rows(tmp_path, row, message):
+    with pytest.raises(BenchError, match=message):
+        lb.load_reported(_paper(tmp_path, [row]))
+
+
+def test_reported_loader_rejects_conflicting_tables(tmp_path):
+    table = {"source": {"paper": "P", "table": "1"}, "protocol": "x", "columns": ["miou"],
+             "rows": [{"generator": "a", "label": "A", "mean": [50]}]}
+    other = {**table, "source": {"paper": "P", "table": "2"}, "rows": [{"generator": "a", "label": "A", "mean": [51]}]}
+    with pytest.raises(BenchError, match="50 in one table and 51"):
+        lb.load_reported(_paper(tmp_path, [], tables=[table, other]))
+
+
+# ---------------------------------------------------------------------------------- protocols
+
+def test_protocol_of_and_its_key():
+    results = make_results()
+    protocol = lb.protocol_of(results)
+    assert protocol["dataset"] == "demo" and protocol["segmenter"] == "unet"
+    assert protocol["split"] == {"fraction": 0.3333, "order": "id"} and protocol["image_size"] == 128
+    reordered = json.loads(json.dumps(protocol, sort_keys=True))
+    assert lb.protocol_key(reordered) == lb.protocol_key(protocol)
+    assert lb.protocol_key(lb.protocol_of(make_results(image_size=256))) != lb.protocol_key(protocol)
+    assert lb.protocol_key(lb.protocol_of(make_results(generator="draem"))) == lb.protocol_key(protocol)
+    assert lb.canonical_dataset("mvtec:mvtec_anomaly_detection") == "mvtec_ad"
+    assert lb.canonical_dataset("visa:VisA_20220922") == "visa"
+    assert lb.canonical_dataset("mvtec:my_parts") == "mvtec:my_parts"
+    with pytest.raises(BenchError):
+        lb.protocol_of({"categories": {}})
+
+
+def test_rows_group_by_protocol_and_reported_rows_never_join_reproduced(tmp_path):
+    runs = [write(tmp_path / "a.json", make_results("cutpaste", 0.6, dataset="mvtec_ad")),
+            write(tmp_path / "b.json", make_results("draem", 0.7, dataset="mvtec_ad")),
+            write(tmp_path / "c.json", make_results("cutpaste", 0.9, dataset="mvtec_ad", image_size=256))]
+    rows = lb.load_reproduced(runs) + lb.load_reported(REPORTED)
+    board = lb.build(rows, dataset="mvtec_ad", metrics=["pixel.ap"])
+    (section,) = board.sections
+    keys = [key for key, _ in section.groups]
+    assert len(keys) == len(set(keys))
+    assert [r.generator for r in section.groups[0][1]] == ["draem", "cutpaste"]  # 128 px group, best first
+    assert [r.generator for r in section.groups[1][1]] == ["cutpaste"]  # 256 px: its own group
+    for key, group in section.groups:
+        assert len({r.origin for r in group}) == 1
+        assert all(r.key == key for r in group)
+    text = lb.render_markdown(board)
+    protocol_column = {line.split(" | ")[2] for line in text.splitlines() if line.startswith("| draem")}
+    assert protocol_column == {"[P1](#p1)"}
+    assert '<a id="p1"></a>**P1** reproduced · MVTec AD · U-Net (unified) · 128 px' in text
+    assert "reported by SeaS (Tables 22, 23) · MVTec AD · BiSeNet V2" in text
+
+
+def test_bold_marks_the_best_value_within_each_protocol_group_only(tmp_path):
+    runs = [write(tmp_path / "a.json", make_results("cutpaste", 0.6)),
+            write(tmp_path / "b.json", make_results("draem", 0.7)),
+            write(tmp_path / "c.json", make_results("dfmgan", 0.7)),
+            write(tmp_path / "d.json", make_results("seas", 0.95, image_size=256))]
+    board = lb.build(lb.load_reproduced(runs), metrics=["miou"])
+    lines = {line.split(" | ")[0][2:]: line for line in lb.render_markdown(board).splitlines()
+             if line.startswith("| ") and "run " in line}
+    assert lines["draem"].count("**70.00**") == 3 and lines["dfmgan"].count("**70.00**") == 3  # tie: both bold
+    assert "**" not in lines["cutpaste"]
+    assert "95.00" in lines["seas"] and "**95.00**" not in lines["seas"]  # alone in its group: nothing to beat
+
+
+def test_markdown_rows_link_to_their_runs_and_mark_uneven_means(tmp_path):
+    write(tmp_path / "results" / "a.json", make_results("cutpaste", 0.61234))
+    write(tmp_path / "results" / "b.json", make_results("draem", 0.5, categories=("bottle",)))
+    board = lb.build(lb.load_reproduced([tmp_path / "results"]), metrics=["pixel.ap"])
+    text = lb.render_markdown(board, link_dir=tmp_path)
+    assert "| Generator | Source | Protocol | bottle | screw | Mean |" in text
+    assert ("| cutpaste | [reproduced: run abcdef12](results/a.json) · 2026-01-02 · sias_bench 0.1.0, torch 2.14.1 "
+            "| [P1](#p1) | **61.23** | 61.23 | **61.23‡** |") in text
+    assert "| draem |" in text and "| – |" in text  # draem has no screw
+    assert "‡ draem [P1]: mean over bottle" in text
+
+
+def test_newest_run_per_generator_and_protocol_wins(tmp_path):
+    old = write(tmp_path / "old.json", make_results("cutpaste", 0.4, time="2026-01-01T00:00:00+00:00"))
+    new = write(tmp_path / "new.json", make_results("cutpaste", 0.5, time="2026-02-01T00:00:00+00:00"))
+    (row,) = lb.load_reproduced([new, old])
+    assert row.values["miou"]["mean"] == 0.5 and row.run["where"].endswith("new.json")
+
+
+def test_html_page_has_the_tables_and_embedded_bar_charts(tmp_path):
+    write(tmp_path / "results" / "a.json", make_results("cutpaste", 0.6))
+    write(tmp_path / "results" / "b.json", make_results("draem", 0.7))
+    board = lb.build(lb.load_reproduced([tmp_path / "results"]), metrics=["pixel.ap", "miou"])
+    page = lb.render_html(board, tmp_path)
+    assert page == lb.render_html(board, tmp_path)  # deterministic
+    assert page.count("<table>") == 2 and "<b>70.00</b>" in page
+    charts = [part.split('"')[0] for part in page.split("data:image/png;base64,")[1:]]
+    assert len(charts) == 2 and all(base64.b64decode(c)[:8] == b"\x89PNG\r\n\x1a\n" for c in charts)
+    assert '<a href="results/a.json">reproduced: run abcdef12</a>' in page
+
+
+def test_cli_filters_and_writes_markdown_and_html(tmp_path, capsys):
+    board_dir = tmp_path / "leaderboards"
+    shutil.copytree(REPORTED, board_dir / "reported")
+    write(board_dir / "results" / "a.json", make_results("cutpaste", 0.6, dataset="mvtec_ad"))
+    out, page = tmp_path / "out" / "lb.md", tmp_path / "out" / "lb.html"
+    args = args_for("--dir", str(board_dir), "--dataset", "MVTec AD", "--segmenter", "U-Net",
+                    "--metric", "pixel_ap", "--out", str(out), "--html", str(page))
+    assert lb.run(args) == 0
+    text = out.read_text()
+    assert text.count("### ") == 1 and "### MVTec AD · pixel AP" in text
+    assert "SegFormer" not in text.split("## Protocols")[0]  # segmenter filter
+    assert "(../leaderboards/results/a.json)" in text
+    assert "reported: BADG Table 2 (own method)" in text
+    assert page.read_text().startswith("<!DOCTYPE html>")
+    assert lb.run(args_for("--dir", str(board_dir), "--dataset", "btad", "--metric", "miou")) == 0
+    assert "BTAD · mIoU" in capsys.readouterr().out  # rich table on the terminal
+    with pytest.raises(BenchError, match="no leaderboard rows"):
+        lb.run(args_for("--dir", str(board_dir), "--dataset", "visa", "--segmenter", "segformer"))
+
+
+def test_readme_is_idempotent_and_the_committed_one_is_current(tmp_path):
+    board_dir = tmp_path / "leaderboards"
+    shutil.copytree(REPORTED, board_dir / "reported")
+    assert lb.run(args_for("--dir", str(board_dir), "--readme")) == 0
+    first = (board_dir / "README.md").read_bytes()
+    assert lb.run(args_for("--dir", str(board_dir), "--readme")) == 0
+    assert (board_dir / "README.md").read_bytes() == first
+    committed = lb.LEADERBOARD_DIR / "README.md"
+    current = lb.readme_text(lb.build(lb.load_rows(args_for())), lb.LEADERBOARD_DIR)
+    assert committed.read_text() == current, "leaderboards/README.md is stale: run `bench leaderboard --readme`"
+    with pytest.raises(BenchError, match="--readme"):
+        lb.run(args_for("--dir", str(board_dir), "--readme", "--dataset", "visa"))
+
+
+def test_wandb_offline_or_without_key_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(BenchError, match="WANDB_MODE=offline") as offline:
+        lb.load_wandb("team/sias")
+    assert "\n" not in str(offline.value)
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    with pytest.raises(BenchError, match="API key|wandb login") as nokey:
+        lb.load_wandb("team/sias")
+    assert "\n" not in str(nokey.value)
