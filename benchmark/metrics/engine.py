@@ -1,0 +1,261 @@
+"""`AnomalyMetrics` (torchmetrics update/compute, states synced under DDP) and `evaluate`, its
+functional twin. The definitions are in `benchmark/metrics/__init__.py` and docs/metrics.md.
+
+States (and how they reduce across ranks):
+  pixel_keys       list of int64 packed (score, region area) keys, "cat"   exact mode, 8 B/pixel
+  hist_*           per-bin normal / anomalous counts, 1/area weights, "sum"  binned mode
+  image_scores     list of float64, image_labels list of int64, "cat"     one entry per image
+  confusion        [TP, FP, FN, TN] at a fixed IoU threshold, "sum"
+  n_regions, n_pixels, best_iou_sum, best_iou_count                     "sum"
+Update work is numpy on the CPU (scipy labels the regions there anyway); states live on the
+metric's device so Lightning/torchmetrics can all-gather them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
+
+from benchmark.errors import BenchError
+from benchmark.metrics import curves
+from benchmark.metrics.confusion import confusion_at_threshold, segmentation_scores
+from benchmark.metrics.image_score import image_scores
+from benchmark.metrics.options import MetricOptions
+from benchmark.metrics.pro import region_areas
+
+_LIST_STATES = {"pixel_keys": torch.int64, "image_scores": torch.float64, "image_labels": torch.int64}
+
+
+class AnomalyMetrics(Metric):
+    """Image- and pixel-level anomaly metrics of one category; see `benchmark.metrics`.
+
+    `update(maps, masks)`: maps float BxHxW (or HxW, Bx1xHxW) probabilities in [0, 1]; masks
+    bool or 0/1 of the same shape. Images of different sizes may go in different batches.
+    `compute()` returns the result dict of plain floats; `resolved_mode` then says whether the
+    pixel curves were exact or binned.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, options: MetricOptions | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.options = options if options is not None else MetricOptions()
+        if not isinstance(self.options, MetricOptions):
+            raise BenchError(f"AnomalyMetrics expects MetricOptions, got {type(self.options).__name__}")
+        bins = self.options.bins
+        for name in _LIST_STATES:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self.add_state("hist_normal", torch.zeros(bins, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("hist_anomalous", torch.zeros(bins, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("hist_region_weight", torch.zeros(bins, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("confusion", torch.zeros(4, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("n_regions", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("n_pixels", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("best_iou_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("best_iou_count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self.resolved_mode: str | None = None
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, maps, masks) -> None:  # type: ignore[override]
+        scores, gt = _check_inputs(maps, masks)
+        if scores.shape[0] == 0:
+            return
+        opts = self.options
+        areas, n_regions = region_areas(gt)
+        keys = curves.pack_keys(scores, areas).reshape(scores.shape[0], -1)
+        anomalous = gt.reshape(gt.shape[0], -1).any(axis=1)
+
+        # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum
+        iou_sum = 0.0
+        for row in np.flatnonzero(anomalous):
+            iou_sum += curves.best_iou(curves.curve_from_sorted_keys(np.sort(keys[row])))
+
+        self.image_scores.append(self._state(image_scores(scores, opts.image_score, opts.pool_kernel)))
+        self.image_labels.append(self._state(anomalous.astype(np.int64)))
+        if opts.iou_threshold != "f1":
+            self.confusion += self._state(confusion_at_threshold(scores, gt, opts.iou_threshold))
+        self.n_regions += n_regions
+        self.n_pixels += scores.size
+        self.best_iou_sum += iou_sum
+        self.best_iou_count += int(anomalous.sum())
+
+        if self._local_binned():
+            if self.pixel_keys:  # auto mode just crossed the size limit: fold the exact state
+                self._add_to_histograms(dim_zero_cat(self.pixel_keys).cpu().numpy())
+                self.pixel_keys = []
+            self._add_to_histograms(keys.ravel())
+        else:
+            self.pixel_keys.append(self._state(keys.ravel()))
+
+    def _state(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def _local_binned(self) -> bool:
+        mode = self.options.mode
+        return mode == "binned" or (mode == "auto" and int(self.n_pixels) > self.options.exact_max_pixels)
+
+    def _add_to_histograms(self, keys: np.ndarray) -> None:
+        normal, anomalous, weight = _histograms(keys, self.options.bins)
+        self.hist_normal += self._state(normal)
+        self.hist_anomalous += self._state(anomalous)
+        self.hist_region_weight += self._state(weight)
+
+    # ------------------------------------------------------------------ compute
+
+    def compute(self) -> dict:  # type: ignore[override]
+        opts = self.options
+        keys = _cat(self.pixel_keys, np.int64)
+        n_pixels = int(self.n_pixels)
+        binned = opts.mode == "binned" or (opts.mode == "auto" and n_pixels > opts.exact_max_pixels)
+        self.resolved_mode = "binned" if binned else "exact"
+        if binned:
+            normal, anomalous, weight = _histograms(keys, opts.bins)
+            pixel_curve = curves.curve_from_histograms(
+                normal + self.hist_normal.cpu().numpy(),
+                anomalous + self.hist_anomalous.cpu().numpy(),
+                weight + self.hist_region_weight.cpu().numpy(),
+            )
+        else:
+            keys.sort()  # in place: the order of the state does not matter
+            pixel_curve = curves.curve_from_sorted_keys(keys)
+        del keys
+
+        f1, f1_threshold, f1_index = curves.f1_max(pixel_curve)
+        if opts.iou_threshold == "f1":
+            threshold = f1_threshold
+            tp, fp, fn, tn = curves.confusion_at(pixel_curve, f1_index) if f1_index >= 0 else (0, 0, 0, 0)
+        else:
+            threshold = opts.iou_threshold
+            tp, fp, fn, tn = (int(v) for v in self.confusion.cpu())
+        seg = segmentation_scores(tp, fp, fn, tn)
+        if math.isnan(threshold):
+            seg = dict.fromkeys(seg, float("nan"))
+
+        img_scores = _cat(self.image_scores, np.float64)
+        img_curve = curves.curve_from_scores(img_scores, _cat(self.image_labels, np.int64) > 0)
+        n_best = int(self.best_iou_count)
+        return {
+            "image": {
+                "auroc": curves.roc_auc(img_curve),
+                "ap": curves.average_precision(img_curve),
+                "f1_max": curves.f1_max(img_curve)[0],
+            },
+            "pixel": {
+                "auroc": curves.roc_auc(pixel_curve),
+                "ap": curves.average_precision(pixel_curve),
+                "f1_max": f1,
+                "pro": curves.pro_auc(pixel_curve, int(self.n_regions), opts.max_fpr),
+                "iou": seg["iou"],
+                "iou_best_per_image": float(self.best_iou_sum) / n_best if n_best else float("nan"),
+            },
+            "miou": seg["miou"],
+            "acc": seg["acc"],
+            "acc_anomaly": seg["acc_anomaly"],
+            "threshold": float(threshold),
+        }
+
+    def _sync_dist(self, *args, **kwargs) -> None:
+        # torchmetrics fills an empty list state with a float32 tensor on a rank that saw no data,
+        # which all_gather cannot mix with the int64/float64 of the other ranks.
+        for name, dtype in _LIST_STATES.items():
+            if isinstance(getattr(self, name), list) and not getattr(self, name):
+                setattr(self, name, [torch.zeros(0, dtype=dtype, device=self.device)])
+        super()._sync_dist(*args, **kwargs)
+
+
+def evaluate(maps_iterable: Iterable, masks_iterable: Iterable, options: MetricOptions | None = None) -> dict:
+    """Functional twin of `AnomalyMetrics`: one `update` per (maps, masks) pair, then `compute`."""
+    metric = AnomalyMetrics(options)
+    maps_it, masks_it = iter(maps_iterable), iter(masks_iterable)
+    sentinel = object()
+    for i, maps in enumerate(maps_it):
+        masks = next(masks_it, sentinel)
+        if masks is sentinel:
+            raise BenchError(f"evaluate: {i + 1} map batches but only {i} mask batches")
+        metric.update(maps, masks)
+    if next(masks_it, sentinel) is not sentinel:
+        raise BenchError("evaluate: more mask batches than map batches")
+    return metric.compute()
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _cat(state, dtype) -> np.ndarray:
+    if isinstance(state, list):
+        if not state:
+            return np.zeros(0, dtype=dtype)
+        state = dim_zero_cat(state) if len(state) > 1 else state[0]
+    return state.cpu().numpy()
+
+
+def _histograms(keys: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-bin (normal count, anomalous count, summed 1/area) of packed keys."""
+    if keys.size == 0:
+        return np.zeros(bins, np.int64), np.zeros(bins, np.int64), np.zeros(bins, np.float64)
+    scores, areas = curves.unpack_keys(keys)
+    index = np.minimum((scores.astype(np.float64) * bins).astype(np.int64), bins - 1)
+    anomalous = areas > 0
+    counts = np.bincount(index + bins * anomalous, minlength=2 * bins)
+    weight = np.bincount(index[anomalous], weights=1.0 / areas[anomalous], minlength=bins)
+    return counts[:bins], counts[bins:], weight
+
+
+def _to_numpy(x, what: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        return x.cpu().numpy()
+    try:
+        return np.asarray(x)
+    except Exception as e:  # noqa: BLE001 - anything not array-like
+        raise BenchError(f"{what} must be a tensor or array, got {type(x).__name__}") from e
+
+
+def _as_batch(a: np.ndarray, what: str) -> np.ndarray:
+    if a.ndim == 2:
+        return a[None]
+    if a.ndim == 4 and a.shape[1] == 1:
+        return a[:, 0]
+    if a.ndim != 3:
+        raise BenchError(f"{what} must be BxHxW (or HxW, Bx1xHxW), got shape {tuple(a.shape)}")
+    return a
+
+
+def _check_inputs(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    """-> (float32 BxHxW scores in [0, 1], bool BxHxW masks), or BenchError."""
+    m = _as_batch(_to_numpy(maps, "anomaly maps"), "anomaly maps")
+    g = _as_batch(_to_numpy(masks, "masks"), "masks")
+    if m.shape != g.shape:
+        raise BenchError(f"anomaly maps {tuple(m.shape)} and masks {tuple(g.shape)} differ in shape")
+    if not np.issubdtype(m.dtype, np.floating):
+        raise BenchError(
+            f"anomaly maps must be float probabilities in [0, 1], got dtype {m.dtype}"
+            " (8-bit maps: divide by 255)"
+        )
+    m = m.astype(np.float32, copy=False)
+    if m.size:
+        n_nan = int(np.count_nonzero(np.isnan(m)))
+        if n_nan:
+            raise BenchError(f"anomaly maps contain {n_nan} NaN value(s)")
+        lo, hi = float(m.min()), float(m.max())
+        if lo < 0.0 or hi > 1.0:
+            raise BenchError(
+                f"anomaly maps must be probabilities in [0, 1], got values in [{lo:.6g}, {hi:.6g}];"
+                " apply the softmax/sigmoid in the segmenter (the metric engine never applies one)"
+            )
+    if g.dtype != np.bool_:
+        if g.size and not np.all((g == 0) | (g == 1)):
+            bad = np.unique(g[(g != 0) & (g != 1)])[:5]
+            raise BenchError(f"masks must be binary (bool or 0/1), found values such as {bad.tolist()}")
+        g = g.astype(bool)
+    return m, g
