@@ -43,6 +43,7 @@ class Comparison:
     metrics: list[str]
     categories: list[str]  # baseline categories, then "mean"
     deltas: dict[tuple[str, str], Delta]
+    new_categories: list[str] = field(default_factory=list)  # in the current run only; not judged
     protocol_differences: list[str] = field(default_factory=list)
 
     def status(self, delta: Delta) -> str:
@@ -103,7 +104,7 @@ def compare(baseline: dict, current: dict, tolerance: float = 0.01, metrics: lis
             before, after = base[category].get(metric), cur.get(category, {}).get(metric)
             if before is not None or after is not None:
                 deltas[(category, metric)] = Delta(category, metric, before, after)
-    return Comparison(tolerance, available, categories, deltas,
+    return Comparison(tolerance, available, categories, deltas, [c for c in cur if c not in base],
                       _differences(protocol_of(baseline), protocol_of(current)))
 
 
@@ -127,8 +128,9 @@ def print_comparison(comparison: Comparison, baseline_name: str, current_name: s
         console = Console()
         if not console.is_terminal:  # CI logs: do not squeeze the table into 80 columns
             console = Console(width=max(100, 14 + 18 * len(comparison.metrics)))
-    table = Table(title=f"{current_name} vs {baseline_name} (points; tolerance {100 * comparison.tolerance:.2f})",
-                  title_justify="left")
+    console.print(f"current {current_name} vs baseline {baseline_name}: value (change in points), "
+                  f"tolerance {100 * comparison.tolerance:.2f}", highlight=False)
+    table = Table()
     table.add_column("category")
     for metric in comparison.metrics:
         table.add_column(metric, justify="right", no_wrap=True)
@@ -137,6 +139,8 @@ def print_comparison(comparison: Comparison, baseline_name: str, current_name: s
             table.add_section()
         table.add_row(category, *[_cell(comparison, comparison.deltas.get((category, m))) for m in comparison.metrics])
     console.print(table)
+    if comparison.new_categories:
+        console.print(f"new categories (not in the baseline): {', '.join(comparison.new_categories)}", highlight=False)
     for line in comparison.protocol_differences:
         console.print(f"[bold red]protocol differs[/bold red] {line}", highlight=False)
     missing = comparison.failures("missing")

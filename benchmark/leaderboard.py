@@ -251,21 +251,39 @@ def load_wandb(project: str) -> list[Row]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
-            if run.state != "finished" or not isinstance(run.summary.get("results"), dict):
-                continue
-            results = {"run": {"id": run.id, "time": str(run.created_at), "versions": {},
-                               "config_hash": run.summary.get("config_hash", "")},
-                       "config": dict(run.config), "categories": {}, "mean": dict(run.summary["results"])}
-            table = run.summary.get("results/per_category")
-            if isinstance(table, dict) and table.get("path"):
-                table = json.loads(Path(run.file(table["path"]).download(root=tmp, replace=True).name).read_text())
-                for values in table["data"]:
-                    entry = dict(zip(table["columns"], values))
-                    name = entry.pop("category")
-                    if name != "mean":
-                        results["categories"][name] = unflatten({canonical_metric(k): v for k, v in entry.items()})
-            rows.append(row_from_results(results, run.url))
+            try:
+                results = _wandb_results(run, tmp)
+            except Exception as exc:  # a half-logged run or a network error: one line, not a traceback
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise BenchError(f"cannot read W&B run {run.url}: {reason}") from None
+            if results is not None:
+                rows.append(row_from_results(results, run.url))
     return newest_per_generator(rows)
+
+
+def _plain(value):
+    """W&B summary sub-dicts are not dicts; make plain JSON-like values."""
+    return {k: _plain(v) for k, v in value.items()} if hasattr(value, "items") else value
+
+
+def _wandb_results(run, tmp: str) -> dict | None:
+    summary = _plain(run.summary)
+    if run.state != "finished" or not isinstance(summary.get("results"), dict):
+        return None
+    results = {"run": {"id": run.id, "time": str(run.created_at), "versions": {},
+                       "config_hash": str(summary.get("config_hash", ""))},
+               "config": _plain(run.config), "categories": {}, "mean": summary["results"]}
+    table = summary.get("results/per_category")
+    if isinstance(table, dict) and table.get("path"):
+        handle = run.file(table["path"]).download(root=tmp, replace=True)  # an open file
+        handle.close()
+        table = json.loads(Path(handle.name).read_text())
+        for values in table["data"]:
+            entry = dict(zip(table["columns"], values))
+            name = str(entry.pop("category"))
+            if name != "mean":
+                results["categories"][name] = unflatten({canonical_metric(k): v for k, v in entry.items()})
+    return results
 
 
 def unflatten(flat: dict[str, float]) -> dict:
@@ -693,8 +711,11 @@ def load_rows(args) -> list[Row]:
     reproduced = load_reproduced([*([accepted] if accepted.is_dir() else []), *args.results])
     if args.wandb:
         reproduced += load_wandb(args.wandb)
-    reported = [] if args.no_reported else load_reported(args.dir / "reported")
-    return newest_per_generator(reproduced) + reported
+    reported = load_reported(args.dir / "reported")
+    names = {r.generator: (r.label, r.kind) for r in reported}  # the papers' spelling of a method
+    for row in reproduced:
+        row.label, row.kind = names.get(row.generator, (row.label, "real_only" if row.generator == "realonly" else "generator"))
+    return newest_per_generator(reproduced) + ([] if args.no_reported else reported)
 
 
 def readme_text(board: Leaderboard, directory: Path) -> str:

@@ -214,7 +214,7 @@ def test_cli_filters_and_writes_markdown_and_html(tmp_path, capsys):
     text = out.read_text()
     assert text.count("### ") == 1 and "### MVTec AD · pixel AP" in text
     assert "SegFormer" not in text.split("## Protocols")[0]  # segmenter filter
-    assert "(../leaderboards/results/a.json)" in text
+    assert "| CutPaste | [reproduced: run abcdef12](../leaderboards/results/a.json)" in text  # the papers' name
     assert "reported: BADG Table 2 (own method)" in text
     assert page.read_text().startswith("<!DOCTYPE html>")
     assert lb.run(args_for("--dir", str(board_dir), "--dataset", "btad", "--metric", "miou")) == 0
@@ -250,3 +250,39 @@ def test_wandb_offline_or_without_key_is_a_one_line_error(tmp_path, monkeypatch)
     with pytest.raises(BenchError, match="API key|wandb login") as nokey:
         lb.load_wandb("team/sias")
     assert "\n" not in str(nokey.value)
+
+
+def test_wandb_runs_are_read_back_from_what_the_runner_logs(tmp_path, monkeypatch):
+    import wandb
+
+    table = {"columns": ["category", "image_auroc", "pixel_ap"], "data": [["bottle", 0.9, 0.5], ["mean", 0.9, 0.5]]}
+
+    class File:
+        def download(self, root, replace):
+            path = Path(root) / "per_category.table.json"
+            path.write_text(json.dumps(table))
+            return open(path)
+
+    class Run:
+        state, id, created_at, url = "finished", "abc", "2026-01-01T00:00:00", "https://wandb.ai/team/sias/runs/abc"
+        config = make_results()["config"]
+        summary = {"results": {"image": {"auroc": 0.9}, "pixel": {"ap": 0.5}}, "config_hash": "feed1234",
+                   "results/per_category": {"_type": "table-file", "path": "media/table/per_category.table.json"}}
+
+        def file(self, path):
+            return File()
+
+    class Api:
+        api_key = "not-a-real-key"
+
+        def __init__(self, timeout):
+            pass
+
+        def runs(self, project):
+            return [Run()]
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(wandb, "Api", Api)
+    (row,) = lb.load_wandb("team/sias")
+    assert row.values["pixel.ap"] == {"bottle": 0.5, "mean": 0.5} and row.run["where"] == Run.url
+    assert row.protocol == lb.protocol_of(make_results())
