@@ -8,6 +8,7 @@ own normalisation) to 2-class logits (B x 2 x h x w, any h x w). Batches are dic
 
 from __future__ import annotations
 
+from functools import partial
 from typing import ClassVar, Literal
 
 import lightning as L
@@ -20,6 +21,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def poly_factor(step: int, steps: int, power: float = 0.9, floor: float = 0.0, warmup: int = 0,
+                warmup_ratio: float = 0.1) -> float:
+    """LR multiplier at `step`: mmseg's PolyLR (eta_min = floor * lr) after a linear warm-up from
+    `warmup_ratio` over `warmup` steps (mmseg's LinearLR), as its configs chain them."""
+    if step < warmup:
+        return warmup_ratio + (1.0 - warmup_ratio) * step / warmup
+    t = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return (1.0 - floor) * (1.0 - t) ** power + floor
+
+
 class SegmenterOptions(BaseModel):
     """Training options every segmenter shares; models subclass this with their own fields."""
 
@@ -30,6 +41,12 @@ class SegmenterOptions(BaseModel):
     weight_decay: float = 1e-4
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     schedule: Literal["poly", "constant", "multistep"] = "poly"
+    # poly schedule as in mmseg's PolyLR (+ optional LinearLR warm-up): lr falls from `lr` to
+    # `min_lr` as (1 - t/T)^poly_power; the first `warmup_steps` ramp up from warmup_ratio * lr
+    poly_power: float = 0.9
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.1
     weights: str | None = None  # local pretrained weights; None = random init (never downloads)
 
 
@@ -74,9 +91,13 @@ class Segmenter(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
+    def param_groups(self) -> list[dict]:
+        """Optimizer parameter groups; models with per-module lr/decay multipliers override this."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def configure_optimizers(self):
         o = self.options
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = self.param_groups()
         if o.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
         elif o.optimizer == "adam":
@@ -84,8 +105,10 @@ class Segmenter(L.LightningModule):
         else:
             opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
         steps = max(1, o.max_steps)
-        if o.schedule == "poly":  # mmseg's PolyLR, power 0.9, per iteration
-            sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=steps, power=0.9)
+        if o.schedule == "poly":  # mmseg's LinearLR warm-up + PolyLR, per iteration
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(
+                poly_factor, steps=steps, power=o.poly_power, floor=o.min_lr / o.lr if o.lr else 0.0,
+                warmup=o.warmup_steps, warmup_ratio=o.warmup_ratio))
         elif o.schedule == "multistep":  # DRAEM: x0.2 at 80% and 90% of training
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.8 * steps), int(0.9 * steps)], gamma=0.2)
         else:

@@ -1,0 +1,317 @@
+"""BiSeNet V2, STDC, UPerNet and SegFormer, built by mmsegmentation 1.2.2 from its packaged configs.
+
+SeaS (NOTES 1.7) trains BiSeNet V2 and UPerNet-R50 "as the official implementation in MMSegmentation",
+with mmseg's decode head and auxiliary heads; STAGE (NOTES 5.7) uses SegFormer, BiSeNet V2 and STDC
+without naming a variant. We build each from `mmseg/.mim/configs/_base_/models/<config>.py`:
+
+- `num_classes` -> 2 (normal, defect); the STDC boundary head stays binary as in its config.
+- mmseg's heads and losses are kept for training: `training_loss` calls the EncoderDecoder's own
+  `loss()` with `SegDataSample` targets (CE on the decode head + every auxiliary head, OHEM sampler
+  and the detail/boundary loss for STDC), summed like mmengine's `parse_losses`.
+- inference is `decode_head(backbone(x))`: the auxiliary heads are not part of the inference graph
+  (nor of `inference_parameters()`).
+- `SyncBN` -> `BN` at build time. Under multi-GPU DDP, `setup()` converts every BatchNorm back to
+  `nn.SyncBatchNorm` for the models whose config uses SyncBN (the hook runs after Lightning has
+  initialised the process group and before it wraps the model in DDP and builds the optimiser).
+  CPU DDP keeps per-process BN: torch's SyncBatchNorm has no CPU kernel.
+- no `pretrained` / `init_cfg: Pretrained` survives (those would download); `weights` loads a local
+  checkpoint instead: a full mmseg checkpoint of the model (keys `backbone.*`, `decode_head.*`; heads
+  whose class count differs are skipped) or an ImageNet backbone checkpoint (mmseg's pretrain files:
+  ResNet-50 V1c, MiT, STDC).
+- inputs: RGB in [0, 1] normalised by the ImageNet mean/std, which is the packaged configs'
+  `SegDataPreProcessor` (mean 123.675/116.28/103.53, std 58.395/57.12/57.375 on 0-255 RGB).
+
+mmseg imports lazily (5-10 s) in `build_model`, through `segmenters.mmseg_compat` so that it works
+on mmcv-lite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from benchmark.errors import BenchError
+from segmenters.base import Segmenter, SegmenterOptions
+
+log = logging.getLogger(__name__)
+
+
+class MMSegOptions(SegmenterOptions):
+    aux_heads: bool = True  # train with the config's auxiliary heads (SeaS keeps them)
+    # SyncBN under multi-GPU DDP: None follows the packaged config (SyncBN there -> SyncBN here)
+    sync_bn: bool | None = None
+
+
+# -- config handling ----------------------------------------------------------------------------
+def packaged_config(name: str) -> dict:
+    """The `model` dict of `mmseg/.mim/configs/_base_/models/<name>.py`."""
+    import mmseg
+    from mmengine.config import Config
+
+    path = Path(mmseg.__file__).parent / ".mim" / "configs" / "_base_" / "models" / f"{name}.py"
+    if not path.is_file():
+        raise BenchError(f"{path}: mmsegmentation's packaged config is missing; reinstall mmsegmentation==1.2.2")
+    return Config.fromfile(str(path)).model.to_dict()
+
+
+def uses_sync_bn(cfg) -> bool:
+    if isinstance(cfg, dict):
+        return cfg.get("type") == "SyncBN" or any(uses_sync_bn(v) for v in cfg.values())
+    if isinstance(cfg, (list, tuple)):
+        return any(uses_sync_bn(v) for v in cfg)
+    return False
+
+
+def localise(cfg, num_classes: int = 2):
+    """SyncBN -> BN, `num_classes` -> 2 on the segmentation heads, drop every download source."""
+    if isinstance(cfg, list):
+        return [localise(v, num_classes) for v in cfg]
+    if not isinstance(cfg, dict):
+        return cfg
+    out = {}
+    if "num_classes" in cfg and "out_channels" not in cfg:
+        out["out_channels"] = num_classes  # 2-class softmax logits (mmseg would warn and suggest 1)
+    for key, value in cfg.items():
+        if key == "type" and value == "SyncBN":
+            value = "BN"
+        elif key == "num_classes":
+            value = num_classes
+        elif key == "pretrained":
+            value = None
+        elif key == "init_cfg" and isinstance(value, dict) and value.get("type") == "Pretrained":
+            value = None
+        out[key] = localise(value, num_classes)
+    return out
+
+
+@contextlib.contextmanager
+def quiet_mmengine():
+    """mmengine logs one INFO record per parameter in `init_weights`; keep the console readable."""
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def load_state(path: str) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise BenchError(f"{p}: segmenter weights not found; give a local checkpoint (segmenter.options.weights) "
+                         "or unset it for random init")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:  # mmseg checkpoints may pickle numpy metadata; the file is the user's own
+        log.warning("%s: not loadable with weights_only=True; loading it as a trusted local file", p)
+        state = torch.load(p, map_location="cpu", weights_only=False)
+    if isinstance(state, dict):
+        state = state.get("state_dict", state.get("model", state))
+    if not isinstance(state, dict):
+        raise BenchError(f"{p}: not a state dict or checkpoint with a 'state_dict'")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_matching(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, list[str]]:
+    """Copy every tensor whose name and shape fit; return (copied, skipped names)."""
+    own = module.state_dict()
+    fit = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    module.load_state_dict(fit, strict=False)
+    return len(fit), sorted(set(state) - set(fit))
+
+
+# -- the segmenters -----------------------------------------------------------------------------
+class MMSegSegmenter(Segmenter):
+    """Shared glue: config -> EncoderDecoder, mmseg losses, SyncBN policy, local weights."""
+
+    Options = MMSegOptions
+    config: ClassVar[str]  # file stem under mmseg/.mim/configs/_base_/models/
+    backbone_path: ClassVar[str] = "backbone"  # submodule an ImageNet backbone checkpoint fits
+
+    def model_config(self) -> dict:
+        """The packaged config with this segmenter's variant applied (subclasses override)."""
+        return packaged_config(self.config)
+
+    def build_model(self) -> nn.Module:
+        from segmenters.mmseg_compat import import_mmseg_models
+
+        import_mmseg_models()
+        from mmseg.registry import MODELS
+
+        cfg = self.model_config()
+        self.config_sync_bn = uses_sync_bn(cfg)
+        cfg = localise(cfg)
+        cfg.pop("data_preprocessor", None)  # normalisation happens in Segmenter.forward
+        if not self.options.aux_heads:
+            cfg.pop("auxiliary_head", None)
+        with quiet_mmengine():
+            model = MODELS.build(cfg)
+            model.init_weights()  # mmseg's own initialisation (no Pretrained init_cfg is left)
+        if self.options.weights:
+            self.load_weights(model, self.options.weights)
+        else:
+            log.info("%s: no segmenter.options.weights given, randomly initialised", self.name)
+        return model
+
+    def load_weights(self, model: nn.Module, path: str) -> None:
+        state = load_state(path)
+        if any(k.startswith(("backbone.", "decode_head.")) for k in state):
+            target, what = model, "full model"
+        else:
+            target, what = model.get_submodule(self.backbone_path), f"{self.backbone_path} (ImageNet)"
+        copied, skipped = load_matching(target, state)
+        if copied == 0:
+            raise BenchError(f"{path}: no tensor fits {self.name}'s {what}; is it a checkpoint of this model?")
+        log.info("%s: loaded %d tensors from %s into the %s%s", self.name, copied, path, what,
+                 f", skipped {len(skipped)} (e.g. {skipped[0]})" if skipped else "")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.decode_head(self.model.extract_feat(x))
+
+    def inference_parameters(self) -> int:
+        aux = self.model.auxiliary_head if self.model.with_auxiliary_head else None
+        skip = {id(p) for p in aux.parameters()} if aux is not None else set()
+        return sum(p.numel() for p in self.model.parameters() if id(p) not in skip)
+
+    # -- training: mmseg's own losses ---------------------------------------------------------
+    def training_loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        from mmengine.structures import PixelData
+        from mmseg.structures import SegDataSample
+
+        shape = tuple(masks.shape[-2:])
+        meta = {"img_shape": shape, "pad_shape": shape, "ori_shape": shape}
+        samples = [SegDataSample(gt_sem_seg=PixelData(data=m[None].long()), metainfo=meta) for m in masks]
+        losses = self.model.loss((images - self.pixel_mean) / self.pixel_std, samples)
+        # mmengine's parse_losses: the total is the sum of every entry whose key contains "loss"
+        parts = {k: (sum(v) if isinstance(v, (list, tuple)) else v) for k, v in losses.items() if "loss" in k}
+        if self._trainer is not None:
+            self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, batch_size=len(masks))
+        return sum(parts.values())
+
+    def setup(self, stage: str) -> None:
+        """SyncBN under multi-GPU DDP (see the module docstring)."""
+        want = self.options.sync_bn if self.options.sync_bn is not None else self.config_sync_bn
+        if not want or stage != "fit" or not torch.distributed.is_available():
+            return
+        if not torch.distributed.is_initialized() or torch.distributed.get_world_size() < 2:
+            return
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        if device.type == "cpu":
+            log.info("%s: DDP on CPU keeps per-process BatchNorm (SyncBatchNorm needs GPUs)", self.name)
+            return
+        self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+
+
+# Paper presets. SeaS and STAGE state no training schedule for these models (NOTES 1.7, 5.7), so
+# `paper` is the schedule mmseg's packaged config for the model uses (iterations, batch = GPUs x
+# per-GPU batch, optimiser, warm-up, poly power and floor); the benchmark's paper profile trains at
+# 256 px as SeaS's downstream code does (LFD repo, configs/LFD.yaml: img_resize 256), not at the
+# Cityscapes/ADE20K crop noted beside each preset.
+MMSEG_SMOKE = {"max_steps": 150, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
+
+
+class BiSeNetV2(MMSegSegmenter):
+    name = "bisenetv2"
+    config = "bisenetv2"
+    presets = {
+        "smoke": dict(MMSEG_SMOKE),
+        # bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024.py (crop 1024x1024)
+        "paper": {"max_steps": 160_000, "batch_size": 16, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4,
+                  "schedule": "poly", "poly_power": 0.9, "min_lr": 1e-4, "warmup_steps": 1000, "warmup_ratio": 0.1},
+    }
+
+
+class STDCOptions(MMSegOptions):
+    variant: Literal["stdc1", "stdc2"] = "stdc1"
+
+
+class STDC(MMSegSegmenter):
+    name = "stdc"
+    config = "stdc"
+    Options = STDCOptions
+    backbone_path = "backbone.backbone"  # mmseg's STDC ImageNet files fit the STDCNet inside the context path
+    presets = {
+        "smoke": dict(MMSEG_SMOKE),
+        # stdc1_4xb12-80k_cityscapes-512x1024.py (crop 512x1024; stdc2 uses the same schedule)
+        "paper": {"max_steps": 80_000, "batch_size": 48, "optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4,
+                  "schedule": "poly", "poly_power": 0.9, "min_lr": 1e-4, "warmup_steps": 1000, "warmup_ratio": 0.1},
+    }
+
+    def model_config(self) -> dict:
+        cfg = packaged_config(self.config)
+        cfg["backbone"]["backbone_cfg"]["stdc_type"] = {"stdc1": "STDCNet1", "stdc2": "STDCNet2"}[self.options.variant]
+        return cfg
+
+
+class UPerNet(MMSegSegmenter):
+    name = "upernet"
+    config = "upernet_r50"
+    presets = {
+        # ResNet-50 is ~20x the small models' cost on CPU: a short smoke run
+        "smoke": {**MMSEG_SMOKE, "max_steps": 20, "batch_size": 2},
+        # upernet_r50_4xb4-160k_ade20k-512x512.py (crop 512x512)
+        "paper": {"max_steps": 160_000, "batch_size": 16, "optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4,
+                  "schedule": "poly", "poly_power": 0.9, "min_lr": 1e-4},
+    }
+
+
+SEGFORMER_VARIANTS = {  # segformer_mit-b{1..5}_8xb2-160k_ade20k-512x512.py
+    "b0": {"embed_dims": 32, "num_layers": [2, 2, 2, 2]},
+    "b1": {"embed_dims": 64, "num_layers": [2, 2, 2, 2]},
+    "b2": {"embed_dims": 64, "num_layers": [3, 4, 6, 3]},
+    "b3": {"embed_dims": 64, "num_layers": [3, 4, 18, 3]},
+    "b4": {"embed_dims": 64, "num_layers": [3, 8, 27, 3]},
+    "b5": {"embed_dims": 64, "num_layers": [3, 6, 40, 3]},
+}
+
+
+class SegFormerOptions(MMSegOptions):
+    variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = "b0"
+    head_lr_mult: float = 10.0  # mmseg's paramwise_cfg: 'head' lr x10, no decay on norms / pos_block
+
+
+class SegFormer(MMSegSegmenter):
+    name = "segformer"
+    config = "segformer_mit-b0"
+    Options = SegFormerOptions
+    presets = {
+        "smoke": dict(MMSEG_SMOKE),
+        # segformer_mit-b0_8xb2-160k_ade20k-512x512.py (crop 512x512)
+        "paper": {"max_steps": 160_000, "batch_size": 16, "optimizer": "adamw", "lr": 6e-5, "weight_decay": 0.01,
+                  "schedule": "poly", "poly_power": 1.0, "min_lr": 0.0, "warmup_steps": 1500,
+                  "warmup_ratio": 1e-6},
+    }
+
+    def model_config(self) -> dict:
+        cfg = copy.deepcopy(packaged_config(self.config))
+        v = SEGFORMER_VARIANTS[self.options.variant]
+        cfg["backbone"].update(embed_dims=v["embed_dims"], num_layers=v["num_layers"])
+        cfg["decode_head"]["in_channels"] = [v["embed_dims"] * m for m in (1, 2, 5, 8)]
+        return cfg
+
+    def param_groups(self) -> list[dict]:
+        o = self.options
+        groups = {"decay": [], "no_decay": [], "head": []}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if "head" in name:
+                groups["head"].append(p)
+            elif "norm" in name or "pos_block" in name:
+                groups["no_decay"].append(p)
+            else:
+                groups["decay"].append(p)
+        return [g for g in (
+            {"params": groups["decay"]},
+            {"params": groups["no_decay"], "weight_decay": 0.0},
+            {"params": groups["head"], "lr": o.lr * o.head_lr_mult},
+        ) if g["params"]]

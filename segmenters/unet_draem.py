@@ -1,0 +1,147 @@
+"""The DRAEM discriminative U-Net (Zavrtanik et al., ICCV 2021), the "U-Net" AnomalyDiffusion and
+BADG train downstream (NOTES 2.7, 3.7, appendix A.2: sjtuplayer/anomalydiffusion
+`train-localization.py`, which uses DRAEM's `DiscriminativeSubNetwork(in_channels=3, out_channels=2)`).
+
+Encoder: six blocks of two (conv3x3 + BN + ReLU), widths w, 2w, 4w, 8w, 8w, 8w (w = 64), with a 2x2
+max-pool between blocks (input side divisible by 32). Decoder: five steps of bilinear x2 upsampling
+(align_corners=True) + conv3x3 + BN + ReLU, concatenation with the encoder block of that
+resolution, then two (conv3x3 + BN + ReLU); a final conv3x3 gives 2-class logits at full size.
+
+Training as in AnomalyDiffusion: focal loss (gamma 2) on the softmax output, Adam lr 1e-4, batch 8,
+LR x0.2 at 80 % and 90 % of training, weights initialised N(0, 0.02) (convs) / N(1, 0.02) (BN scale).
+Inputs are RGB in [0, 1] without mean/std normalisation (DRAEM's loaders divide by 255 only).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.errors import BenchError
+from segmenters.base import Segmenter, SegmenterOptions
+
+log = logging.getLogger(__name__)
+
+ENCODER_MULTIPLIERS = (1, 2, 4, 8, 8, 8)
+
+
+def double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class UpStep(nn.Module):
+    """Upsample x2, conv to the skip's width, concatenate the skip, two convs."""
+
+    def __init__(self, cin: int, cout: int, skip: int):
+        super().__init__()
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+                                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        self.fuse = double_conv(cout + skip, cout)
+
+    def forward(self, x, skip):
+        return self.fuse(torch.cat([self.up(x), skip], dim=1))
+
+
+class DiscriminativeUNet(nn.Module):
+    """DRAEM's discriminative sub-network: image -> logits (same spatial size, side % 32 == 0)."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 2, base_width: int = 64):
+        super().__init__()
+        widths = [base_width * m for m in ENCODER_MULTIPLIERS]
+        self.encoder = nn.ModuleList(double_conv(cin, cout) for cin, cout in zip([in_channels, *widths[:-1]], widths))
+        # decoder, deepest first: (8w -> 8w, skip 8w), (8w -> 4w, skip 8w), (4w -> 2w, skip 4w),
+        # (2w -> w, skip 2w), (w -> w, skip w)
+        outs = [widths[4], widths[2], widths[1], widths[0], widths[0]]
+        ins = [widths[5], *outs[:-1]]
+        skips = widths[4::-1]
+        self.decoder = nn.ModuleList(UpStep(i, o, s) for i, o, s in zip(ins, outs, skips))
+        self.out = nn.Conv2d(base_width, out_channels, 3, padding=1)
+
+    def forward(self, x):
+        features = []
+        for i, block in enumerate(self.encoder):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            features.append(x)
+        x = features.pop()
+        for step in self.decoder:
+            x = step(x, features.pop())
+        return self.out(x)
+
+
+def draem_init(module: nn.Module) -> None:
+    """`weights_init` of AnomalyDiffusion's train-localization.py (DCGAN-style)."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017) on the softmax output, averaged over pixels, as DRAEM's
+    `FocalLoss(alpha=None, gamma=2)`; computed from log-softmax (stable under mixed precision)
+    rather than DRAEM's 1e-5-smoothed probabilities."""
+    logp = F.log_softmax(logits.float(), dim=1).gather(1, target.long().unsqueeze(1)).squeeze(1)
+    return (-(1.0 - logp.exp()).pow(gamma) * logp).mean()
+
+
+class DraemUNetOptions(SegmenterOptions):
+    base_width: int = 64
+    focal_gamma: float = 2.0
+    optimizer: Literal["adamw", "adam", "sgd"] = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    schedule: Literal["poly", "constant", "multistep"] = "multistep"
+
+
+class DraemUNet(Segmenter):
+    name = "unet-draem"
+    Options = DraemUNetOptions
+    mean = (0.0, 0.0, 0.0)
+    std = (1.0, 1.0, 1.0)
+    presets = {
+        "smoke": {"max_steps": 150, "batch_size": 8, "base_width": 16, "lr": 1e-3},
+        # AnomalyDiffusion train-localization.py (NOTES 2.7, A.2; BADG follows it, NOTES 3.2/3.7):
+        # 256 px, per category, 200 epochs of a 500-sample dataset at batch 8 (63 steps) = 12,600
+        # steps, Adam lr 1e-4, MultiStepLR x0.2 at 80 % / 90 %.
+        "paper": {"max_steps": 12_600, "batch_size": 8, "base_width": 64, "optimizer": "adam", "lr": 1e-4,
+                  "weight_decay": 0.0, "schedule": "multistep"},
+    }
+
+    def build_model(self) -> nn.Module:
+        model = DiscriminativeUNet(3, 2, self.options.base_width)
+        model.apply(draem_init)
+        if self.options.weights:
+            p = Path(self.options.weights)
+            if not p.is_file():
+                raise BenchError(f"{p}: unet-draem weights not found; give a saved DRAEM discriminative "
+                                 "U-Net state dict or unset segmenter.options.weights")
+            state = torch.load(p, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
+            model.load_state_dict({k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()})
+            log.info("%s: loaded %s", self.name, p)
+        else:
+            log.info("%s: no segmenter.options.weights given, randomly initialised (DRAEM's N(0, 0.02))", self.name)
+        return model
+
+    def logits(self, x):
+        # five 2x2 max-pools: pad to a multiple of 32 and crop back so any size works
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 32, (-w) % 32
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        return self.model(x)[..., :h, :w]
+
+    def training_loss(self, images, masks):
+        logits = self(images)
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        return focal_loss(logits, masks, self.options.focal_gamma)
