@@ -1,0 +1,188 @@
+"""One loader for every latent-diffusion backbone: a hub id, a local folder, or `tiny`.
+
+A backbone is a diffusers-layout folder (`model_index.json` naming each component's library and
+class, one subfolder per component). The loader reads that index, so the same code loads
+- `CompVis/ldm-text2im-large-256`: the LDM txt2img-f8-large that AnomalyDiffusion and STAGE use
+  (`unet/`, `vqvae/` (an AutoencoderKL), `bert/` (LDM-BERT), BERT `tokenizer/`; 256 px, 32x32x4);
+- Stable Diffusion v1.x (`unet/`, `vae/`, CLIP `text_encoder/` and `tokenizer/`);
+- `tiny`: random-init components built by `generators.diffusion.tiny`, saved once under
+  `$SIAS_BENCH_CACHE/models/` and loaded back through this same path.
+A missing backbone raises one BenchError saying what to download and where to put it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmark.errors import BenchError
+
+TINY = "tiny"
+
+# role -> subfolder names used by the pipelines we load (first match wins)
+ROLES = {
+    "unet": ("unet",),
+    "vae": ("vae", "vqvae"),
+    "text_encoder": ("text_encoder", "bert"),
+    "tokenizer": ("tokenizer",),
+}
+
+# CompVis `make_beta_schedule("linear")` is linear in sqrt(beta): diffusers calls it "scaled_linear"
+LDM_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+KNOWN_BACKBONES = {
+    "CompVis/ldm-text2im-large-256": "LDM txt2img-f8-large + LDM-BERT, 256 px (AnomalyDiffusion, STAGE)",
+    "CompVis/stable-diffusion-v1-4": "Stable Diffusion v1.4, 512 px (SeaS)",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Stable Diffusion v1.5, 512 px",
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SIAS_BENCH_CACHE", "~/.cache/sias-bench")).expanduser()
+
+
+@dataclass
+class Backbone:
+    """The frozen parts of a text-to-image latent diffusion model, loaded from one folder."""
+
+    source: str
+    folder: Path
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: object
+    scheduler_config: dict
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        """Native image size in pixels (LDM-256: 32 * 8)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sizes must be multiples of this (VAE downsampling times the UNet's)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def max_length(self) -> int:
+        n = getattr(self.tokenizer, "model_max_length", 77)
+        return 77 if not n or n > 10_000 else int(n)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+
+    def freeze(self) -> "Backbone":
+        for module in self.modules().values():
+            module.requires_grad_(False).eval()
+        return self
+
+
+@contextmanager
+def quiet_hub_libraries():
+    """Silence diffusers/transformers info logs and progress bars while loading components."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
+        dlog.enable_progress_bar()
+        tlog.enable_progress_bar()
+
+
+def _component_class(library: str, name: str):
+    module = library if library in ("diffusers", "transformers") else f"diffusers.pipelines.{library}"
+    return getattr(importlib.import_module(module), name)
+
+
+def missing_weights_message(source: str, reason: str) -> str:
+    known = KNOWN_BACKBONES.get(source, "a diffusers-format text-to-image model")
+    return (
+        f"backbone '{source}' ({known}) is not available: {reason}. Download it where the hub is "
+        f"reachable, e.g. `huggingface-cli download {source} --local-dir <folder>` (it needs "
+        "model_index.json and the unet/, vae/ or vqvae/, text_encoder/ or bert/, tokenizer/ and "
+        "scheduler/ subfolders), copy <folder> to this machine and set the generator option "
+        "`backbone=<folder>`; or put it in the Hugging Face cache (HF_HOME). For a quick run "
+        "without weights use `backbone=tiny` (random init, numbers are not meaningful)."
+    )
+
+
+def resolve_folder(source: str) -> Path:
+    """A local folder as given, else a hub snapshot (cache first; honours HF_HUB_OFFLINE)."""
+    if source == TINY:
+        from generators.diffusion.tiny import tiny_backbone_folder
+
+        return tiny_backbone_folder()
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_absolute() or source.startswith((".", "~")) or source.count("/") != 1:
+        raise BenchError(missing_weights_message(source, f"no folder {path}"))
+    try:
+        from huggingface_hub import snapshot_download
+
+        subfolders = sorted({s for names in ROLES.values() for s in names} | {"scheduler"})
+        return Path(snapshot_download(
+            source, allow_patterns=["model_index.json"] + [f"{s}/*" for s in subfolders],
+            ignore_patterns=["*.ckpt", "*.msgpack", "*.h5", "*.onnx*", "*fp16*", "*.bin.index.json"],
+        ))
+    except Exception as err:  # offline, not cached, gated, no network: one message for all
+        raise BenchError(missing_weights_message(source, f"{type(err).__name__}: no local folder of that "
+                                                 "name and the hub snapshot could not be loaded")) from err
+
+
+def load_backbone(source: str, dtype: torch.dtype = torch.float32) -> Backbone:
+    """Load unet, vae, text encoder, tokenizer and the noise schedule from `source`, frozen."""
+    folder = resolve_folder(source)
+    index_file = folder / "model_index.json"
+    if not index_file.exists():
+        raise BenchError(missing_weights_message(source, f"{index_file} is missing (not a diffusers folder)"))
+    index = json.loads(index_file.read_text())
+    parts = {}
+    for role, names in ROLES.items():
+        sub = next((n for n in names if isinstance(index.get(n), list) and index[n][0] and (folder / n).is_dir()), None)
+        if sub is None:
+            raise BenchError(missing_weights_message(source, f"{folder} has no {' or '.join(names)} component"))
+        library, cls_name = index[sub]
+        cls = _component_class(library, cls_name)
+        try:
+            with quiet_hub_libraries():
+                parts[role] = cls.from_pretrained(folder / sub)
+        except (OSError, ValueError) as err:
+            raise BenchError(missing_weights_message(source, f"{folder / sub}: {err}")) from err
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    scheduler_config = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else dict(LDM_SCHEDULE)
+    if dtype != torch.float32:
+        for role in ("unet", "vae", "text_encoder"):
+            parts[role] = parts[role].to(dtype)
+    return Backbone(source, folder, scheduler_config=scheduler_config, **parts).freeze()

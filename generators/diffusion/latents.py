@@ -1,0 +1,43 @@
+"""Between pixels and latents: VAE encode/decode of images, masks at latent resolution.
+
+Images enter as uint8 HxWx3 (what `benchmark.data.images.load_image` returns), become (B,3,H,W)
+floats in [-1, 1], and latents are scaled by the VAE's `scaling_factor` (0.18215 for the LDM and
+SD v1), as the diffusion models were trained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def images_to_tensor(images: list[np.ndarray], device=None) -> torch.Tensor:
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    return (x / 127.5 - 1.0).to(device)
+
+
+def tensor_to_images(x: torch.Tensor) -> list[np.ndarray]:
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return list(x.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def masks_to_tensor(masks: list[np.ndarray], device=None) -> torch.Tensor:
+    return torch.from_numpy(np.stack(masks).astype(np.float32))[:, None].to(device)
+
+
+def encode_images(vae, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
+    """Latents of images in [-1, 1]: the posterior mode (deterministic) unless `sample`."""
+    dist = vae.encode(images.to(vae.dtype)).latent_dist
+    z = dist.sample(generator) if sample else dist.mode()
+    return z * vae.config.scaling_factor
+
+
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+
+
+def mask_to_latent(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Binary (B,1,H,W) pixel mask -> binary (B,1,h,w) latent mask: a latent cell is in the mask when
+    any of its pixels is, so a defect thinner than the VAE's 8 px cell is never dropped."""
+    return (F.adaptive_max_pool2d(mask.float(), size) > 0.5).to(mask.dtype if mask.is_floating_point() else torch.float32)
