@@ -108,7 +108,7 @@ def parse_override(text: str) -> dict:
 def build_config(profile: str = "smoke", overrides: list[dict] | None = None) -> RunConfig:
     if profile not in PROFILES:
         raise BenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
-    raw: dict = {"profile": profile}
+    raw = deep_merge(RunConfig().model_dump(), {"profile": profile})
     raw = deep_merge(raw, PROFILES[profile])
     for o in overrides or []:
         raw = deep_merge(raw, o)

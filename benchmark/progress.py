@@ -13,6 +13,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def quiet_lightning() -> None:
+    """Lightning sets its loggers to INFO when imported (device banners, tips); keep warnings only.
+    Call after `import lightning`."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class RunProgress:
     def __init__(self, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet

@@ -104,8 +104,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 # -- the run -----------------------------------------------------------------------------------
 class Run:
     def __init__(self, cfg: RunConfig, output: Path, quiet: bool = False, cache: Path | None = None):
+        import lightning  # noqa: F401  (before quiet_lightning: lightning sets its log levels on import)
+
+        from benchmark.progress import quiet_lightning
         from benchmark.registry import GENERATORS, SEGMENTERS
 
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            quiet_lightning()
         self.cfg = cfg
         self.folder = RunFolder(output)
         self.cache = Path(cache) if cache else cache_dir()

@@ -40,7 +40,7 @@ class SmpUNet(Segmenter):
     name = "unet"
     Options = SmpUNetOptions
     presets = {
-        "smoke": {"max_steps": 150, "batch_size": 8, "lr": 1e-3},
+        "smoke": {"encoder": "resnet18", "max_steps": 150, "batch_size": 8, "lr": 1e-3},
         # No paper trains this exact network: DefectDiffu gives no U-Net configuration (NOTES 4.7) and
         # AnomalyDiffusion / BADG use DRAEM's U-Net (`unet-draem`). `paper` applies their U-Net
         # schedule (NOTES 2.7, 3.2, A.2): 256 px, 200 epochs x 63 steps = 12,600 steps, batch 8,

@@ -1,0 +1,127 @@
+"""`bench` end to end on the demo data (tiny settings), and its one-line errors."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark.cli import main
+
+TINY = ["--image-size", "64", "--categories", "carpet_like,pill", "--set", "segmenter.options.max_steps=3",
+        "--set", "segmenter.options.batch_size=4", "--set", "generator.options.pairs_per_type=2"]
+
+
+def bench(*args) -> int:
+    return main(["--quiet", *args])
+
+
+@pytest.fixture(scope="module")
+def cutpaste_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "x"
+    assert bench("run", "--generator", "cutpaste", "--segmenter", "unet", "--profile", "smoke",
+                 "--output", str(out), "--no-wandb", *TINY) == 0
+    return out
+
+
+def test_run_writes_results_in_the_design_format(cutpaste_run):
+    results = json.loads((cutpaste_run / "results.json").read_text())
+    assert set(results) >= {"run", "config", "categories", "mean", "timings"}
+    assert set(results["run"]) >= {"id", "time", "versions", "config_hash"}
+    assert results["config"]["generator"]["name"] == "cutpaste"
+    assert results["config"]["segmenter"]["options"]["max_steps"] == 3
+    assert sorted(results["categories"]) == ["carpet_like", "pill"]
+    for entry in [*results["categories"].values(), results["mean"]]:
+        assert set(entry["image"]) == {"auroc", "ap", "f1_max"}
+        assert set(entry["pixel"]) >= {"auroc", "ap", "f1_max", "pro", "iou"}
+        for value in [*entry["image"].values(), *entry["pixel"].values(), entry["miou"], entry["acc"]]:
+            assert 0 <= value <= 1, value
+    cats = results["categories"]
+    assert math.isclose(results["mean"]["pixel"]["ap"], np.mean([c["pixel"]["ap"] for c in cats.values()]))
+    assert set(results["timings"]) >= {"data", "generate", "train", "evaluate"}
+
+
+def test_run_writes_csv_plots_split_and_synthetic_set(cutpaste_run):
+    csv_lines = (cutpaste_run / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("category,") and [ln.split(",")[0] for ln in csv_lines[1:]] == ["carpet_like", "pill", "mean"]
+    for png in ("samples.png", "per_category.png"):
+        assert (cutpaste_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    split = json.loads((cutpaste_run / "split.json").read_text())
+    assert set(split["categories"]) == {"carpet_like", "pill"}
+    records = (cutpaste_run / "synthetic" / "manifest.jsonl").read_text().splitlines()
+    n_types = sum(len(c["train_defects"]) for c in split["categories"].values())
+    assert len(records) == 2 * n_types
+
+
+def test_existing_run_is_refused_then_resumed_without_redoing_work(cutpaste_run, capsys):
+    args = ["run", "--generator", "cutpaste", "--segmenter", "unet", "--output", str(cutpaste_run), "--no-wandb", *TINY]
+    assert bench(*args) == 2
+    assert "--resume" in capsys.readouterr().err
+    before = (cutpaste_run / "results.json").read_text()
+    assert bench(*args, "--resume") == 0
+    after = json.loads((cutpaste_run / "results.json").read_text())
+    assert after["categories"] == json.loads(before)["categories"]
+    assert after["timings"]["train"] < 5  # the trained model was reused, not retrained
+
+
+def test_resume_with_another_config_is_refused(cutpaste_run, capsys):
+    assert bench("run", "--generator", "draem", "--output", str(cutpaste_run), "--resume", "--no-wandb", *TINY) == 2
+    assert "different configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--generator", "nope"], "unknown generator 'nope'; known: real-only, cutpaste"),
+    (["--segmenter", "nope"], "unknown segmenter 'nope'; known: unet"),
+    (["--generator", "seas"], "planned but not implemented"),
+    (["--data-root", "/does/not/exist"], "data root does not exist"),
+    (["--set", "segmenter.options.max_steps=-"], "invalid options for unet"),
+    (["--set", "nonsense"], "key.path=value"),
+    (["--categories", "no_such_category"], "no_such_category"),
+])
+def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
+    assert bench("run", "--output", str(tmp_path / "r"), "--no-wandb", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_wrong_layout_and_corrupt_images_name_the_file(private_cache, tmp_path, capsys):
+    from benchmark.data.demo import demo_dataset_path
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dataset_path(private_cache), data)
+    assert bench("run", "--data-root", str(data), "--layout", "btad", "--output", str(tmp_path / "a"), "--no-wandb") == 2
+    assert "--layout mvtec" in capsys.readouterr().err
+    broken = sorted((data / "wood" / "train" / "good").glob("*.png"))[0]
+    broken.write_bytes(b"not a png")
+    assert bench("data", "check", "--data-root", str(data), "--layout", "mvtec") == 1
+    assert str(broken) in capsys.readouterr().out.replace("\n", "")
+    mask = sorted((data / "pill" / "ground_truth").rglob("*_mask.png"))[0]
+    mask.unlink()
+    assert bench("data", "check", "--data-root", str(data), "--layout", "mvtec") == 1
+    out = capsys.readouterr().out.replace("\n", "")
+    assert str(broken) in out and mask.name.replace("_mask", "") in out
+
+
+def test_data_demo_and_check_pass_on_the_demo(tmp_path):
+    assert bench("data", "demo", "--output", str(tmp_path / "demo")) == 0
+    assert (tmp_path / "demo" / "pill" / "train" / "good").is_dir()
+    assert bench("data", "check", "--data-root", str(tmp_path / "demo"), "--layout", "mvtec") == 0
+
+
+def test_list_json_names_every_method_with_its_status(capsys):
+    assert bench("list", "--json", "--no-params") == 0
+    listing = json.loads(capsys.readouterr().out)
+    gens = {g["name"]: g for g in listing["generators"]}
+    assert {"real-only", "cutpaste", "draem", "stage"} <= set(gens)
+    assert gens["seas"]["status"] == "planned" and gens["cutpaste"]["status"] == "implemented"
+    assert {"unet", "segformer", "lfd"} <= {s["name"] for s in listing["segmenters"]}
+
+
+def test_wandb_offline_run_leaves_a_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "w"
+    assert bench("run", "--generator", "real-only", "--output", str(out), *TINY) == 0
+    runs = list((out / "wandb-logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
