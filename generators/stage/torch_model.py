@@ -1,0 +1,211 @@
+"""STAGE (Xu et al., "Segmentation-oriented Industrial Anomaly Synthesis via Graded Diffusion with
+Explicit Mask Alignment"): the math, no training loop.
+
+Notation follows the paper: t counts 1..T (T = 1000), diffusers' timestep index is t - 1; abar is
+diffusers' `alphas_cumprod`, indexed by that index; M0 is the binary anomaly mask at latent size.
+
+- Eq. 2  `posterior`: q(x_{t-1} | x_t, x_0), mean and variance (respacing-aware).
+- Eq. 3  `compose`: x0 = M0 * x^p + (1 - M0) * x^back (also every blend of Eq. 7 / Alg. 1).
+- Eq. 4-6 `anomaly_inference_step`: the reverse step whose mean takes the predicted anomaly inside
+  M0 and the clean background latent outside.
+- Eq. 7 / Algorithm 1 `graded_diffusion`: the sampling loop with the two branches.
+- Eq. 8  `zeta`, `ema_mask`: explicit mask alignment.
+- Sec. III-D `MaskGuidanceAdapter`; `StageModel` puts the frozen LDM, tokens and adapters together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from generators.diffusion.backbone import Backbone
+from generators.diffusion.noise import PerSampleNoise
+from generators.diffusion.tokens import LearnedTokens
+
+AWARE, ONLY = "aware", "only"  # anomaly-aware branch (full latent), anomaly-only branch (M0 * x0)
+
+
+# -- Eq. 8: explicit mask alignment ---------------------------------------------------------------
+def zeta(t: torch.Tensor | int, T: int, t_s: int) -> torch.Tensor:
+    """Eq. 8: (t - t_s) / (T - t_s) for t > t_s, else 0 (t counts 1..T)."""
+    t = torch.as_tensor(t, dtype=torch.float32)
+    return ((t - t_s) / (T - t_s)).clamp(min=0.0)
+
+
+def ema_mask(m0: torch.Tensor, t: torch.Tensor | int, T: int, t_s: int) -> torch.Tensor:
+    """Eq. 8: M_t^p = zeta(t) (1 - M0) + M0; all ones at t = T, M0 for t <= t_s. `t` is a scalar
+    or one value per sample."""
+    z = zeta(t, T, t_s).to(m0.device, m0.dtype)
+    z = z.view(-1, *([1] * (m0.dim() - 1))) if z.dim() else z
+    return z * (1 - m0) + m0
+
+
+# -- Eq. 2-6: DDPM posterior and anomaly inference ------------------------------------------------
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
+    """x0 from the predicted noise (Ho et al. 2020, Eq. 15), the x0-hat that Eq. 1 plugs in."""
+    return (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+
+
+def posterior(x0: torch.Tensor, x_t: torch.Tensor, abar_t: torch.Tensor, abar_prev: torch.Tensor):
+    """Eq. 2: mean and variance of q(x_prev | x_t, x0). With respaced steps beta_t and alpha_t
+    are those of the jump t -> prev: alpha_t = abar_t / abar_prev (Nichol & Dhariwal 2021)."""
+    alpha_t = abar_t / abar_prev
+    beta_t = 1 - alpha_t
+    mean = (abar_prev.sqrt() * beta_t / (1 - abar_t)) * x0 + (alpha_t.sqrt() * (1 - abar_prev) / (1 - abar_t)) * x_t
+    var = (1 - abar_prev) / (1 - abar_t) * beta_t
+    return mean, var
+
+
+def compose(m: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: m * inside + (1 - m) * outside (the same blend serves Eq. 4, Eq. 7 and Alg. 1)."""
+    return m * inside + (1 - m) * outside
+
+
+def ddpm_step(x0, x_t, abar_t, abar_prev, noise) -> torch.Tensor:
+    """Eq. 1-2: x_prev ~ N(mean, var); the last step (abar_prev = 1) has var = 0."""
+    mean, var = posterior(x0, x_t, abar_t, abar_prev)
+    return mean + var.sqrt() * noise
+
+
+def anomaly_inference_step(x0_anomaly, x_back, x_t, m0, abar_t, abar_prev, noise) -> torch.Tensor:
+    """Eq. 4-6: mean = M0 * mu(x0_anomaly, x_t^p) (Eq. 5 top) + (1 - M0) * mu(x^back, x_t^back)
+    (Eq. 5 bottom), one shared variance (Eq. 6). The posterior is per pixel, so with binary M0,
+    M0 * mu(., M0 * x_t) = M0 * mu(., x_t). At the last step mu(x^back, .) = x^back exactly."""
+    mean_anomaly, var = posterior(x0_anomaly, x_t, abar_t, abar_prev)
+    mean_back, _ = posterior(x_back, x_t, abar_t, abar_prev)
+    return compose(m0, mean_anomaly, mean_back) + var.sqrt() * noise  # Eq. 4 + Eq. 6
+
+
+# -- Algorithm 1 / Eq. 7: graded diffusion ----------------------------------------------------------
+def in_intervals(t: int, intervals) -> bool:
+    """Alg. 1 "if t in [d1, d2]": inclusive, either bound order, any number of intervals."""
+    return any(min(a, b) <= t <= max(a, b) for a, b in intervals)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    T: int = 1000
+    intervals: tuple[tuple[int, int], ...] = ((1000, 800), (400, 300))  # paper; authors' code: (800, 700)
+    t_s: int = 200
+    graded: bool = True  # False: the anomaly-aware branch at every step (ablation "AIF+EMA")
+    anomaly_inference: bool = True  # False: plain DDPM posterior (ablations without AIF)
+    mask_alignment: str = "ema"  # "ema" (Eq. 8), "binary" (M0: the "AIF+PD" ablation), "none" (no re-injection)
+
+
+# denoise(x_t, timestep_index, branch, mask) -> predicted noise
+Denoise = Callable[[torch.Tensor, int, str, torch.Tensor], torch.Tensor]
+
+
+def graded_diffusion(denoise: Denoise, x_back: torch.Tensor, m0: torch.Tensor, timesteps: list[int],
+                     abar: torch.Tensor, noise: PerSampleNoise, cfg: SamplingConfig) -> torch.Tensor:
+    """Algorithm 1 with Eq. 7; returns x0-hat. `timesteps` are diffusers indices, descending (all
+    T of them for the paper's ancestral DDPM, fewer for a respaced run); `abar` is alphas_cumprod.
+
+    State: x (x-hat_t, the anomaly-aware latent) and xp (x-hat_t^p, the anomaly-only latent).
+    Inside [d1, d2] the anomaly-only branch denoises xp (MGA sees M0), and x is M0 * xp plus the
+    forward-noised background; elsewhere the anomaly-aware branch denoises x with the AIF posterior
+    (MGA sees M_t^p), the background is re-injected through M_t^p, and xp is refreshed from x.
+    Outside M0, xp holds the forward-noised mask q(M_{t-1} | M0), which is sqrt(1 - abar) * eps
+    there: Eq. 7's choice (Alg. 1 writes M_{t-1}^p), and exactly what the anomaly-only branch saw
+    in training (its input is the noised M0 * x0, pure noise outside M0). The blend uses M_t^p,
+    the mask the adapter saw at this step (Eq. 7; Alg. 1 writes M_{t-1}^p, one step apart)."""
+    dtype = x_back.dtype
+    abar = abar.to(x_back.device, dtype)
+    one = torch.ones((), dtype=dtype, device=x_back.device)
+    m0_latent = m0.expand_as(x_back)
+    x = noise.randn_like(x_back)  # x_T ~ N(0, I)
+    xp = compose(m0, x, (1 - abar[timesteps[0]]).sqrt() * noise.randn_like(x_back))  # x-hat_T^p per Eq. 7
+    for i, index in enumerate(timesteps):
+        t = index + 1
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        abar_t, abar_prev = abar[index], (abar[prev] if prev >= 0 else one)
+        mask_t = ema_mask(m0, t, cfg.T, cfg.t_s) if cfg.mask_alignment == "ema" else m0
+        back_prev = (abar_prev.sqrt() * x_back + (1 - abar_prev).sqrt() * noise.randn_like(x_back))  # q(x_{t-1}^back | x^back)
+        mask_prev = abar_prev.sqrt() * m0_latent + (1 - abar_prev).sqrt() * noise.randn_like(x_back)  # q(M_{t-1} | M0)
+        z = noise.randn_like(x_back)
+        if cfg.graded and in_intervals(t, cfg.intervals):
+            xp_prev = ddpm_step(predict_x0(xp, denoise(xp, index, ONLY, m0), abar_t), xp, abar_t, abar_prev, z)
+            x = compose(m0, xp_prev, back_prev)  # Eq. 7, t in [d1, d2]
+            xp = compose(m0, xp_prev, mask_prev)
+        else:
+            x0 = predict_x0(x, denoise(x, index, AWARE, mask_t), abar_t)
+            if cfg.anomaly_inference:
+                x_prev = anomaly_inference_step(x0, x_back, x, m0, abar_t, abar_prev, z)
+            else:
+                x_prev = ddpm_step(x0, x, abar_t, abar_prev, z)
+            x = x_prev if cfg.mask_alignment == "none" else compose(mask_t, x_prev, back_prev)  # Eq. 7, otherwise
+            xp = compose(m0, x, mask_prev)
+    return x
+
+
+# -- Sec. III-D: mask guidance adapter ---------------------------------------------------------------
+class MaskGuidanceAdapter(nn.Module):
+    """[frozen denoiser output, mask] -> N x (conv 3x3, ReLU, BN) -> conv 3x3 -> noise.
+
+    The authors' code repeats the mask to the latent's 4 channels (8 input channels) and uses
+    hidden widths 64-256-512-256-64. `residual=True` (not in the paper) adds the UNet's own
+    prediction back, with a zero-initialised last conv, so training starts from the frozen model."""
+
+    def __init__(self, latent_channels: int = 4, hidden: tuple[int, ...] = (64, 256, 512, 256, 64), residual: bool = False):
+        super().__init__()
+        layers, c = [], 2 * latent_channels
+        for h in hidden:
+            layers += [nn.Conv2d(c, h, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(h)]
+            c = h
+        self.body = nn.Sequential(*layers, nn.Conv2d(c, latent_channels, 3, padding=1))
+        self.residual = residual
+        if residual:
+            nn.init.zeros_(self.body[-1].weight)
+            nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, eps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.body(torch.cat([eps, mask.to(eps.dtype).expand_as(eps)], 1))
+        return eps + out if self.residual else out
+
+
+# -- the model: frozen LDM + learned tokens + two adapters ------------------------------------------
+class StageModel(nn.Module):
+    def __init__(self, backbone: Backbone, tokens_per_type: int = 8, init_word: str = "anomaly",
+                 adapter_channels: tuple[int, ...] = (64, 256, 512, 256, 64), adapter_residual: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.unet, self.vae, self.text_encoder = backbone.unet, backbone.vae, backbone.text_encoder
+        self.tokens = LearnedTokens(backbone.tokenizer, backbone.text_encoder, tokens_per_type, init_word)
+        c = backbone.latent_channels
+        self.adapters = nn.ModuleDict({b: MaskGuidanceAdapter(c, adapter_channels, adapter_residual) for b in (AWARE, ONLY)})
+
+    def train(self, mode: bool = True) -> "StageModel":
+        super().train(mode)
+        for frozen in (self.unet, self.vae, self.text_encoder):
+            frozen.eval()  # no dropout in the frozen LDM (LDM-BERT has p = 0.1) while adapters train
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.tokens.parameters()) + list(self.adapters.parameters())
+
+    def context(self, concepts: list[str], texts: list[str]) -> torch.Tensor:
+        prompts = [self.tokens.prompt(c, t) for c, t in zip(concepts, texts)]
+        return self.tokens.encode(prompts, self.backbone.max_length)
+
+    def denoise(self, x_t: torch.Tensor, index, context: torch.Tensor, mask: torch.Tensor, branch: str) -> torch.Tensor:
+        """One branch: frozen UNet, then that branch's MGA with its mask."""
+        eps = self.unet(x_t, index, encoder_hidden_states=context).sample
+        return self.adapters[branch](eps, mask)
+
+    def denoise_both(self, x_t, xp_t, index, context, mask_aware, m0):
+        """Both branches with one batched UNet call (training)."""
+        eps = self.unet(torch.cat([x_t, xp_t]), torch.cat([index, index]),
+                        encoder_hidden_states=torch.cat([context, context])).sample
+        eps_x, eps_p = eps.chunk(2)
+        return self.adapters[AWARE](eps_x, mask_aware), self.adapters[ONLY](eps_p, m0)
+
+    def trained_state(self) -> dict:
+        return {"tokens": self.tokens.trained_state(),
+                "adapters": {k: v.detach().cpu().clone() for k, v in self.adapters.state_dict().items()}}
+
+    def load_trained_state(self, state: dict) -> None:
+        self.tokens.load_trained_state(state["tokens"])
+        self.adapters.load_state_dict(state["adapters"])
