@@ -272,7 +272,7 @@ class Run:
 
             ckpt_dir = self.folder.root / "checkpoints" / tag
             checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                         every_n_train_steps=max(1, self.segmenter_options.max_steps // 10))
+                                         every_n_train_steps=max(25, self.segmenter_options.max_steps // 10))
             trainer = self.trainer(max_steps=self.segmenter_options.max_steps, callbacks=[checkpoint],
                                    logger=self.wandb_logger(), devices_for="fit")
             last = ckpt_dir / "last.ckpt"
