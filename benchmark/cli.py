@@ -80,6 +80,19 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from benchmark.runner import Run
+
+    cfg = config_from_args(args)
+    output = Path(args.output) if args.output else Path("runs") / (
+        f"{cfg.generator.name}-generate-{cfg.profile}-{cfg.config_hash()[:8]}")
+    run = Run(cfg, output, quiet=args.quiet, cache=Path(args.cache_dir) if args.cache_dir else None,
+              generator_checkpoint=Path(args.checkpoint) if args.checkpoint else None)
+    run.execute(resume=args.resume, overwrite=args.overwrite, until="generate")
+    print(f"synthetic set: {output / 'synthetic'}")
+    return 0
+
+
 # -- bench list ----------------------------------------------------------------------------------
 def cmd_list(args) -> int:
     from benchmark.registry import GENERATORS, SEGMENTERS
@@ -164,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="generate, train a segmenter, evaluate, report")
     add_run_arguments(run)
     run.set_defaults(func=cmd_run)
+
+    gen = sub.add_parser("generate", help="only the split and the synthetic set (reuses a trained generator)")
+    add_run_arguments(gen)
+    gen.add_argument("--checkpoint", default=None,
+                     help="trained generator (generator.pt of an earlier synthetic set): skip training")
+    gen.set_defaults(func=cmd_generate)
 
     lst = sub.add_parser("list", help="registered generators and segmenters")
     lst.add_argument("--json", action="store_true")

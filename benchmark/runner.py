@@ -48,6 +48,14 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -103,7 +111,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 # -- the run -----------------------------------------------------------------------------------
 class Run:
-    def __init__(self, cfg: RunConfig, output: Path, quiet: bool = False, cache: Path | None = None):
+    def __init__(self, cfg: RunConfig, output: Path, quiet: bool = False, cache: Path | None = None,
+                 generator_checkpoint: Path | None = None):
         import lightning  # noqa: F401  (before quiet_lightning: lightning sets its log levels on import)
 
         from benchmark.progress import quiet_lightning
@@ -120,6 +129,10 @@ class Run:
         self.generator_options = resolve_options(self.generator_cls, cfg.profile, cfg.generator.options)
         self.segmenter_options = resolve_options(self.segmenter_cls, cfg.profile, cfg.segmenter.options)
         self.timings: dict[str, float] = {}
+        self.generator_checkpoint = Path(generator_checkpoint) if generator_checkpoint else None
+        if self.generator_checkpoint and not self.generator_checkpoint.is_file():
+            raise BenchError(f"{self.generator_checkpoint}: generator checkpoint not found (a generator.pt "
+                             "from a synthetic set folder, or from a previous run's synthetic/ link)")
 
     def resolved_config(self) -> dict:
         d = self.cfg.model_dump(mode="json")
@@ -135,7 +148,7 @@ class Run:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
         self.folder.mark(name, self.timings[name])
 
-    def execute(self, resume: bool = False, overwrite: bool = False) -> dict:
+    def execute(self, resume: bool = False, overwrite: bool = False, until: str = "report") -> dict | None:
         import lightning as L
 
         self.folder.claim(self.resolved_config(), resume, overwrite)
@@ -145,6 +158,9 @@ class Run:
                 split = self.make_split()
             with self.stage("generate"):
                 synthetic = self.generate(split)
+            if until == "generate":
+                self.progress.log(f"synthetic set: {synthetic.root} ({len(synthetic)} pairs)")
+                return None
             with self.stage("train"):
                 models = self.train(split, synthetic)
             with self.stage("evaluate"):
@@ -190,6 +206,8 @@ class Run:
             "split": split.to_json(),
             "seed": self.cfg.seed,
             "image_size": self.cfg.data.image_size,
+            # a given trained generator makes a different set than one trained here
+            "checkpoint": file_digest(self.generator_checkpoint) if self.generator_checkpoint else None,
         })
 
     def generate(self, split):
@@ -228,6 +246,9 @@ class Run:
         return synthetic
 
     def fit_generator(self, generator, checkpoint: Path) -> None:
+        if self.generator_checkpoint is not None:
+            generator.load_trained(self.generator_checkpoint)
+            return
         if checkpoint.exists():
             generator.load_trained(checkpoint)
             return
