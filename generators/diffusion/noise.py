@@ -20,8 +20,10 @@ class PerSampleNoise:
 
     def randn(self, *shape: int) -> torch.Tensor:
         """(B, *shape) standard normal, sample b drawn from generator b."""
-        x = torch.stack([torch.randn(shape, generator=g, dtype=self.dtype) for g in self.generators])
-        return x.to(self.device)
+        x = torch.empty((len(self.generators), *shape), dtype=self.dtype)
+        for row, g in zip(x, self.generators):
+            torch.randn(shape, generator=g, dtype=self.dtype, out=row)
+        return x if self.device is None else x.to(self.device, non_blocking=True)
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.randn(*x.shape[1:])

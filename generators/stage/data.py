@@ -39,8 +39,8 @@ class FewShotDefects(Dataset):
         self.items = []
         for k, (category, defect) in enumerate(split_concepts(split)):
             for sample in split.categories[category].train_defects[defect]:
-                image = torch.from_numpy(load_image(sample.image, resolution)).permute(2, 0, 1).float() / 127.5 - 1
-                mask = torch.from_numpy(load_mask(sample, resolution)).float()[None]
+                image = torch.tensor(load_image(sample.image, resolution)).permute(2, 0, 1).float() / 127.5 - 1
+                mask = torch.tensor(load_mask(sample, resolution)).float()[None]
                 self.items.append((image, mask, k))
 
     def __len__(self) -> int:

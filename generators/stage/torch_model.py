@@ -29,32 +29,35 @@ AWARE, ONLY = "aware", "only"  # anomaly-aware branch (full latent), anomaly-onl
 
 
 # -- Eq. 8: explicit mask alignment ---------------------------------------------------------------
-def zeta(t: torch.Tensor | int, T: int, t_s: int) -> torch.Tensor:
-    """Eq. 8: (t - t_s) / (T - t_s) for t > t_s, else 0 (t counts 1..T)."""
-    t = torch.as_tensor(t, dtype=torch.float32)
-    return ((t - t_s) / (T - t_s)).clamp(min=0.0)
+def zeta(t: torch.Tensor | int, T: int, t_s: int) -> torch.Tensor | float:
+    """Eq. 8: (t - t_s) / (T - t_s) for t > t_s, else 0 (t counts 1..T); a float for an int t."""
+    if isinstance(t, int):
+        return max(0.0, (t - t_s) / (T - t_s))
+    return ((torch.as_tensor(t, dtype=torch.float32) - t_s) / (T - t_s)).clamp(min=0.0)
 
 
 def ema_mask(m0: torch.Tensor, t: torch.Tensor | int, T: int, t_s: int) -> torch.Tensor:
-    """Eq. 8: M_t^p = zeta(t) (1 - M0) + M0; all ones at t = T, M0 for t <= t_s. `t` is a scalar
+    """Eq. 8: M_t^p = zeta(t) (1 - M0) + M0; all ones at t = T, M0 for t <= t_s. `t` is an int
     or one value per sample."""
-    z = zeta(t, T, t_s).to(m0.device, m0.dtype)
-    z = z.view(-1, *([1] * (m0.dim() - 1))) if z.dim() else z
+    z = zeta(t, T, t_s)
+    if isinstance(z, torch.Tensor):
+        z = z.to(m0.device, m0.dtype).view(-1, *([1] * (m0.dim() - 1)))
     return z * (1 - m0) + m0
 
 
 # -- Eq. 2-6: DDPM posterior and anomaly inference ------------------------------------------------
-def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t) -> torch.Tensor:
     """x0 from the predicted noise (Ho et al. 2020, Eq. 15), the x0-hat that Eq. 1 plugs in."""
-    return (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+    return (x_t - (1 - abar_t) ** 0.5 * eps) / abar_t**0.5
 
 
-def posterior(x0: torch.Tensor, x_t: torch.Tensor, abar_t: torch.Tensor, abar_prev: torch.Tensor):
+def posterior(x0: torch.Tensor, x_t: torch.Tensor, abar_t, abar_prev):
     """Eq. 2: mean and variance of q(x_prev | x_t, x0). With respaced steps beta_t and alpha_t
-    are those of the jump t -> prev: alpha_t = abar_t / abar_prev (Nichol & Dhariwal 2021)."""
+    are those of the jump t -> prev: alpha_t = abar_t / abar_prev (Nichol & Dhariwal 2021).
+    abar_t, abar_prev: floats (fast in the sampling loop) or tensors broadcastable to x0."""
     alpha_t = abar_t / abar_prev
     beta_t = 1 - alpha_t
-    mean = (abar_prev.sqrt() * beta_t / (1 - abar_t)) * x0 + (alpha_t.sqrt() * (1 - abar_prev) / (1 - abar_t)) * x_t
+    mean = (abar_prev**0.5 * beta_t / (1 - abar_t)) * x0 + (alpha_t**0.5 * (1 - abar_prev) / (1 - abar_t)) * x_t
     var = (1 - abar_prev) / (1 - abar_t) * beta_t
     return mean, var
 
@@ -67,16 +70,16 @@ def compose(m: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> tor
 def ddpm_step(x0, x_t, abar_t, abar_prev, noise) -> torch.Tensor:
     """Eq. 1-2: x_prev ~ N(mean, var); the last step (abar_prev = 1) has var = 0."""
     mean, var = posterior(x0, x_t, abar_t, abar_prev)
-    return mean + var.sqrt() * noise
+    return mean + var**0.5 * noise
 
 
 def anomaly_inference_step(x0_anomaly, x_back, x_t, m0, abar_t, abar_prev, noise) -> torch.Tensor:
     """Eq. 4-6: mean = M0 * mu(x0_anomaly, x_t^p) (Eq. 5 top) + (1 - M0) * mu(x^back, x_t^back)
-    (Eq. 5 bottom), one shared variance (Eq. 6). The posterior is per pixel, so with binary M0,
-    M0 * mu(., M0 * x_t) = M0 * mu(., x_t). At the last step mu(x^back, .) = x^back exactly."""
-    mean_anomaly, var = posterior(x0_anomaly, x_t, abar_t, abar_prev)
-    mean_back, _ = posterior(x_back, x_t, abar_t, abar_prev)
-    return compose(m0, mean_anomaly, mean_back) + var.sqrt() * noise  # Eq. 4 + Eq. 6
+    (Eq. 5 bottom), one shared variance (Eq. 6). The posterior is per pixel and linear in x0, so
+    with binary M0 this is the posterior of the composed x0 = M0 * x0_anomaly + (1 - M0) * x^back
+    (Eq. 3) and x_t: one posterior instead of two. At the last step it is x^back outside M0."""
+    mean, var = posterior(compose(m0, x0_anomaly, x_back), x_t, abar_t, abar_prev)  # Eq. 3-5
+    return mean + var**0.5 * noise  # Eq. 6
 
 
 # -- Algorithm 1 / Eq. 7: graded diffusion ----------------------------------------------------------
@@ -112,32 +115,30 @@ def graded_diffusion(denoise: Denoise, x_back: torch.Tensor, m0: torch.Tensor, t
     there: Eq. 7's choice (Alg. 1 writes M_{t-1}^p), and exactly what the anomaly-only branch saw
     in training (its input is the noised M0 * x0, pure noise outside M0). The blend uses M_t^p,
     the mask the adapter saw at this step (Eq. 7; Alg. 1 writes M_{t-1}^p, one step apart)."""
-    dtype = x_back.dtype
-    abar = abar.to(x_back.device, dtype)
-    one = torch.ones((), dtype=dtype, device=x_back.device)
-    m0_latent = m0.expand_as(x_back)
+    ab = abar.double().tolist()  # python floats: the step's scalars cost nothing
     x = noise.randn_like(x_back)  # x_T ~ N(0, I)
-    xp = compose(m0, x, (1 - abar[timesteps[0]]).sqrt() * noise.randn_like(x_back))  # x-hat_T^p per Eq. 7
+    xp = compose(m0, x, (1 - ab[timesteps[0]]) ** 0.5 * noise.randn_like(x_back))  # x-hat_T^p per Eq. 7
+    only = [cfg.graded and in_intervals(index + 1, cfg.intervals) for index in timesteps]
     for i, index in enumerate(timesteps):
-        t = index + 1
-        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        abar_t, abar_prev = abar[index], (abar[prev] if prev >= 0 else one)
+        t, last = index + 1, i + 1 == len(timesteps)
+        a_t, a_prev = ab[index], (1.0 if last else ab[timesteps[i + 1]])
         mask_t = ema_mask(m0, t, cfg.T, cfg.t_s) if cfg.mask_alignment == "ema" else m0
-        back_prev = (abar_prev.sqrt() * x_back + (1 - abar_prev).sqrt() * noise.randn_like(x_back))  # q(x_{t-1}^back | x^back)
-        mask_prev = abar_prev.sqrt() * m0_latent + (1 - abar_prev).sqrt() * noise.randn_like(x_back)  # q(M_{t-1} | M0)
+        back_prev = a_prev**0.5 * x_back + (1 - a_prev) ** 0.5 * noise.randn_like(x_back)  # q(x_{t-1}^back | x^back)
         z = noise.randn_like(x_back)
-        if cfg.graded and in_intervals(t, cfg.intervals):
-            xp_prev = ddpm_step(predict_x0(xp, denoise(xp, index, ONLY, m0), abar_t), xp, abar_t, abar_prev, z)
+        if only[i]:
+            xp_prev = ddpm_step(predict_x0(xp, denoise(xp, index, ONLY, m0), a_t), xp, a_t, a_prev, z)
             x = compose(m0, xp_prev, back_prev)  # Eq. 7, t in [d1, d2]
-            xp = compose(m0, xp_prev, mask_prev)
         else:
-            x0 = predict_x0(x, denoise(x, index, AWARE, mask_t), abar_t)
+            x0 = predict_x0(x, denoise(x, index, AWARE, mask_t), a_t)
             if cfg.anomaly_inference:
-                x_prev = anomaly_inference_step(x0, x_back, x, m0, abar_t, abar_prev, z)
+                x_prev = anomaly_inference_step(x0, x_back, x, m0, a_t, a_prev, z)
             else:
-                x_prev = ddpm_step(x0, x, abar_t, abar_prev, z)
+                x_prev = ddpm_step(x0, x, a_t, a_prev, z)
             x = x_prev if cfg.mask_alignment == "none" else compose(mask_t, x_prev, back_prev)  # Eq. 7, otherwise
-            xp = compose(m0, x, mask_prev)
+            xp_prev = x
+        if not last and only[i + 1]:  # x-hat^p is read only by the next anomaly-only step
+            mask_prev = a_prev**0.5 * m0 + (1 - a_prev) ** 0.5 * noise.randn_like(x_back)  # q(M_{t-1} | M0)
+            xp = compose(m0, xp_prev, mask_prev)  # Eq. 7 (Alg. 1 writes M_{t-1}^p for the filler)
     return x
 
 
