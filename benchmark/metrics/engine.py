@@ -171,9 +171,9 @@ class AnomalyMetrics(Metric):
         super()._sync_dist(*args, **kwargs)
 
 
-def evaluate(maps_iterable: Iterable, masks_iterable: Iterable, options: MetricOptions | None = None) -> dict:
+def evaluate(maps_iterable: Iterable, masks_iterable: Iterable, opts: MetricOptions | None = None) -> dict:
     """Functional twin of `AnomalyMetrics`: one `update` per (maps, masks) pair, then `compute`."""
-    metric = AnomalyMetrics(options)
+    metric = AnomalyMetrics(opts)
     maps_it, masks_it = iter(maps_iterable), iter(masks_iterable)
     sentinel = object()
     for i, maps in enumerate(maps_it):
@@ -202,11 +202,15 @@ def _histograms(keys: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np
     if keys.size == 0:
         return np.zeros(bins, np.int64), np.zeros(bins, np.int64), np.zeros(bins, np.float64)
     scores, areas = curves.unpack_keys(keys)
-    index = np.minimum((scores.astype(np.float64) * bins).astype(np.int64), bins - 1)
-    anomalous = areas > 0
-    counts = np.bincount(index + bins * anomalous, minlength=2 * bins)
-    weight = np.bincount(index[anomalous], weights=1.0 / areas[anomalous], minlength=bins)
-    return counts[:bins], counts[bins:], weight
+    # float32 product: at most 1 ulp from the float64 bin edge, and half the temporary memory
+    index = (scores * np.float32(bins)).astype(np.int32)
+    np.minimum(index, bins - 1, out=index)
+    anomalous = np.flatnonzero(areas)
+    anomalous_index = index[anomalous]
+    total = np.bincount(index, minlength=bins)
+    anomalous_count = np.bincount(anomalous_index, minlength=bins)
+    weight = np.bincount(anomalous_index, weights=1.0 / areas[anomalous], minlength=bins)
+    return total - anomalous_count, anomalous_count, weight
 
 
 def _to_numpy(x, what: str) -> np.ndarray:

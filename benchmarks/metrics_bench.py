@@ -1,0 +1,284 @@
+"""Speed, memory and agreement of the metric engine on MVTec-sized synthetic maps (issue 3).
+
+    /work/venv/bin/python benchmarks/metrics_bench.py                      # 100 images at 256 and 1024
+    /work/venv/bin/python benchmarks/metrics_bench.py --images 20 --sizes 256 --ref-thresholds 100
+    ... --anomalib-python /tmp/anomalib-venv/bin/python                   # adds anomalib's AUPRO
+
+Compared, each in a fresh process (peak memory = the process's peak RSS above its RSS once the
+maps are loaded, reset through /proc/self/clear_refs):
+  engine-exact / engine-binned   AnomalyMetrics, updates of 10 images, then compute (all metrics)
+  sklearn                        roc_auc_score + average_precision_score + precision_recall_curve
+                                 (F1-max) on the concatenated pixels
+  ref-pro-T                      the straightforward PRO: T thresholds evenly spaced over the score
+                                 range (cflow / ADer style), per threshold the overlap of every
+                                 8-connected region and the FPR, area to FPR 0.3 / 0.3
+  anomalib-aupro                 anomalib's AUPRO(fpr_limit=0.3), when --anomalib-python names an
+                                 interpreter with anomalib installed (a throwaway venv)
+Values are compared with engine-exact, which equals scikit-learn and MVTec AD's exact PRO (tests).
+
+Data: a third of the images normal; defects are 1-3 irregular blobs (0.05-3 % of the image, a few
+one-pixel specks); maps are sigmoid probabilities of a smooth background plus a blurred, partly
+missed copy of the defect, so most normal pixels sit near 0 as with a trained segmenter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+CACHE = Path(os.environ.get("METRICS_BENCH_CACHE", "/tmp/metrics_bench_cache"))
+HERE = Path(__file__).resolve()
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def _smooth_noise(rng, size: int, sigma: float) -> np.ndarray:
+    low = max(size // 4, 8)
+    noise = ndimage.gaussian_filter(rng.standard_normal((low, low)), sigma / 4)
+    noise = ndimage.zoom(noise, size / low, order=1)[:size, :size]
+    return (noise - noise.mean()) / (noise.std() + 1e-12)
+
+
+def make_image(index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([size, index])
+    mask = np.zeros((size, size), dtype=bool)
+    if index % 3:  # two thirds defective
+        yy, xx = np.ogrid[:size, :size]
+        shape_noise = _smooth_noise(rng, size, size / 40)
+        for _ in range(rng.integers(1, 4)):
+            cy, cx = rng.integers(0, size, 2)
+            ry, rx = rng.uniform(0.01, 0.08, 2) * size
+            ellipse = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+            mask |= ellipse + 0.4 * shape_noise <= 1.0
+        if rng.random() < 0.3:  # a one-pixel speck
+            mask[tuple(rng.integers(0, size, 2))] = True
+    signal = 0.8 * _smooth_noise(rng, size, size / 30) + 0.3 * rng.standard_normal((size, size))
+    response = ndimage.gaussian_filter(mask.astype(np.float32), size / 200) * rng.uniform(3.0, 7.0)
+    response *= (_smooth_noise(rng, size, size / 20) > -0.8)  # parts of the defect missed
+    probability = 1.0 / (1.0 + np.exp(-(signal + response - 3.5)))
+    return probability.astype(np.float32), mask
+
+
+def dataset(n_images: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(maps float32 NxSxS, masks bool NxSxS), generated once and cached under CACHE."""
+    folder = CACHE / f"{size}px_{n_images}"
+    if not (folder / "masks.npy").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        maps = np.empty((n_images, size, size), np.float32)
+        masks = np.empty((n_images, size, size), bool)
+        for i in range(n_images):
+            maps[i], masks[i] = make_image(i, size)
+        np.save(folder / "maps.npy", maps)
+        np.save(folder / "masks.npy", masks)
+    return np.load(folder / "maps.npy"), np.load(folder / "masks.npy")
+
+
+# ---------------------------------------------------------------------------- methods
+
+
+def run_engine(maps, masks, mode: str) -> dict:
+    from benchmark.metrics import AnomalyMetrics, MetricOptions
+
+    metric = AnomalyMetrics(MetricOptions(mode=mode))
+    for start in range(0, len(maps), 10):
+        metric.update(maps[start : start + 10], masks[start : start + 10])
+    result = metric.compute()
+    return {**{f"pixel_{k}": v for k, v in result["pixel"].items()}, **{f"image_{k}": v for k, v in result["image"].items()}}
+
+
+def run_sklearn(maps, masks) -> dict:
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+    y, s = masks.ravel(), maps.ravel()
+    precision, recall, _ = precision_recall_curve(y, s)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    return {"pixel_auroc": roc_auc_score(y, s), "pixel_ap": average_precision_score(y, s), "pixel_f1_max": float(f1.max())}
+
+
+def run_reference_pro(maps, masks, n_thresholds: int, max_fpr: float = 0.3) -> dict:
+    structure = np.ones((3, 3), dtype=int)
+    labels = np.zeros(masks.shape, dtype=np.int64)
+    offset = 0
+    for i, gt in enumerate(masks):  # region ids made unique across images
+        lab, n = ndimage.label(gt, structure)
+        labels[i] = np.where(lab > 0, lab + offset, 0)
+        offset += n
+    areas = np.bincount(labels.ravel(), minlength=offset + 1)[1:]
+    normal = labels == 0
+    n_normal = int(normal.sum())
+    fprs, pros = [0.0], [0.0]
+    for t in np.linspace(float(maps.min()), float(maps.max()), n_thresholds):
+        predicted = maps >= t
+        fprs.append(np.count_nonzero(predicted & normal) / n_normal)
+        overlap = np.bincount(labels[predicted], minlength=offset + 1)[1:] / areas
+        pros.append(float(overlap.mean()))
+    order = np.argsort(fprs, kind="stable")
+    x, y = np.array(fprs)[order], np.array(pros)[order]
+    x, y = np.append(x, 1.0), np.append(y, 1.0)
+    ins = int(np.searchsorted(x, max_fpr, side="right"))
+    area = float(np.sum(0.5 * (y[1:ins] + y[: ins - 1]) * np.diff(x[:ins])))
+    if x[ins - 1] < max_fpr:
+        y_max = y[ins - 1] + (y[ins] - y[ins - 1]) * (max_fpr - x[ins - 1]) / (x[ins] - x[ins - 1])
+        area += 0.5 * (y_max + y[ins - 1]) * (max_fpr - x[ins - 1])
+    return {"pixel_pro": area / max_fpr}
+
+
+def run_anomalib(maps, masks) -> dict:
+    import torch
+    from anomalib.metrics.aupro import _AUPRO
+
+    metric = _AUPRO(fpr_limit=0.3)
+    for start in range(0, len(maps), 10):
+        metric.update(torch.from_numpy(maps[start : start + 10]), torch.from_numpy(masks[start : start + 10]).long())
+    return {"pixel_pro": float(metric.compute())}
+
+
+# ---------------------------------------------------------------------------- measurement
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def worker(method: str, size: int, n_images: int) -> dict:
+    maps, masks = dataset(n_images, size)
+    if method.startswith("engine"):
+        import benchmark.metrics  # noqa: F401 - import cost is not part of the timing
+    elif method == "sklearn":
+        import sklearn.metrics  # noqa: F401
+    elif method == "anomalib-aupro":
+        import anomalib.metrics.aupro  # noqa: F401
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
+    except OSError:
+        pass
+    rss_before = _status_kb("VmRSS")
+    start = time.perf_counter()
+    if method == "engine-exact":
+        values = run_engine(maps, masks, "exact")
+    elif method == "engine-binned":
+        values = run_engine(maps, masks, "binned")
+    elif method == "sklearn":
+        values = run_sklearn(maps, masks)
+    elif method.startswith("ref-pro-"):
+        values = run_reference_pro(maps, masks, int(method.rsplit("-", 1)[1]))
+    elif method == "anomalib-aupro":
+        values = run_anomalib(maps, masks)
+    else:
+        raise SystemExit(f"unknown method {method}")
+    seconds = time.perf_counter() - start
+    peak_mb = (_status_kb("VmHWM") - rss_before) / 1024
+    return {"method": method, "size": size, "images": n_images, "seconds": seconds, "peak_mb": peak_mb,
+            "values": {k: float(v) for k, v in values.items()}}
+
+
+def measure(method: str, size: int, n_images: int, python: str = sys.executable) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    proc = subprocess.run([python, str(HERE), "--worker", method, "--size", str(size), "--images", str(n_images)],
+                          capture_output=True, text=True, env=env, cwd=HERE.parent.parent)
+    if proc.returncode:
+        return {"method": method, "size": size, "images": n_images, "error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def report(rows: list[dict]) -> str:
+    lines = []
+    for size in sorted({r["size"] for r in rows}):
+        group = [r for r in rows if r["size"] == size and r["images"] == max(x["images"] for x in rows if x["size"] == size)]
+        exact = next((r for r in group if r["method"] == "engine-exact" and "values" in r), None)
+        n = group[0]["images"]
+        pixels = n * size * size
+        lines += [f"\n### {n} images at {size}x{size} ({pixels / 1e6:.1f} M pixels)\n",
+                  "| method | time (s) | peak memory (MB) | PRO | max abs diff vs engine-exact |",
+                  "|---|---:|---:|---:|---|"]
+        for r in group:
+            if "error" in r:
+                lines.append(f"| {r['method']} | failed: {' '.join(r['error'])} | | | |")
+                continue
+            diffs = ""
+            if exact and r is not exact:
+                d = {k: abs(v - exact["values"][k]) for k, v in r["values"].items() if k in exact["values"]}
+                worst = max(d, key=d.get)
+                diffs = f"{worst} {d[worst]:.2e}" + ("" if len(d) == 1 else f" ({len(d)} metrics)")
+            pro = r["values"].get("pixel_pro")
+            lines.append(f"| {r['method']} | {r['seconds']:.2f} | {r['peak_mb']:.0f} | "
+                         f"{'' if pro is None else f'{pro:.5f}'} | {diffs} |")
+        by = {r["method"]: r for r in group if "seconds" in r}
+        engine = by.get("engine-exact")
+        if engine and "sklearn" in by:
+            for method, r in by.items():
+                if method.startswith("ref-pro-"):
+                    speedup = (by["sklearn"]["seconds"] + r["seconds"]) / engine["seconds"]
+                    lines.append(f"\nsklearn + {method} vs engine-exact (all metrics): {speedup:.1f}x")
+    scaling = [r for r in rows if r["method"].startswith("engine") and "seconds" in r]
+    if len({r["images"] for r in scaling}) > 1:
+        lines += ["\n### Engine peak memory vs number of images\n", "| size | images | exact (MB) | binned (MB) |",
+                  "|---|---:|---:|---:|"]
+        for size, n in sorted({(r["size"], r["images"]) for r in scaling}):
+            peak = {r["method"]: r["peak_mb"] for r in scaling if r["size"] == size and r["images"] == n}
+            lines.append(f"| {size} | {n} | {peak.get('engine-exact', float('nan')):.0f} | "
+                         f"{peak.get('engine-binned', float('nan')):.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--ref-thresholds", type=int, nargs="+", default=[100, 1000],
+                        help="threshold counts of the reference PRO (1000 at 1024 px takes ~10 min)")
+    parser.add_argument("--scaling", type=int, nargs="*", default=[25, 50],
+                        help="also run the engine on these image counts at the largest size (memory vs images)")
+    parser.add_argument("--anomalib-python", help="python of a throwaway venv with anomalib installed")
+    parser.add_argument("--json", default=None, help="also write the raw measurements here")
+    parser.add_argument("--reuse", default=None, metavar="JSON",
+                        help="take the rows of methods other than engine-* from an earlier --json (they do not "
+                             "depend on this code and take minutes)")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.size, args.images)))
+        return
+
+    reused = json.loads(Path(args.reuse).read_text()) if args.reuse else []
+
+    def row(method: str, size: int, n: int, python: str = sys.executable) -> None:
+        old = [r for r in reused if (r["method"], r["size"], r["images"]) == (method, size, n)]
+        rows.append(old[0] if old and not method.startswith("engine") else measure(method, size, n, python))
+        print(json.dumps(rows[-1]), flush=True)
+
+    rows: list[dict] = []
+    for size in args.sizes:
+        dataset(args.images, size)  # generate once, outside every timing
+        for method in ["engine-exact", "engine-binned", "sklearn", *[f"ref-pro-{t}" for t in args.ref_thresholds]]:
+            row(method, size, args.images)
+        if args.anomalib_python:
+            row("anomalib-aupro", size, args.images, args.anomalib_python)
+    for n in args.scaling:
+        dataset(n, max(args.sizes))
+        for method in ("engine-exact", "engine-binned"):
+            row(method, max(args.sizes), n)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    print(report(rows))
+
+
+if __name__ == "__main__":
+    main()
