@@ -23,7 +23,8 @@ class MetricsCollector(BasePredictionWriter):
         self.metric = AnomalyMetrics(metric_options(cfg))
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        self.metric.update(prediction["prob"].detach().float().cpu().clamp(0, 1), prediction["mask"].cpu())
+        # no clamp: the engine rejects values outside [0, 1], which catches a model returning logits
+        self.metric.update(prediction["prob"].detach().float().cpu(), prediction["mask"].cpu())
 
     def compute(self) -> dict:
         return self.metric.compute()

@@ -20,9 +20,20 @@ TABLE_COLUMNS = [  # (results key, header)
 ]
 
 
+def json_safe(obj):
+    """NaN (a metric undefined for a category) becomes null: results.json stays strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_results(results: dict, root: Path) -> None:
     tmp = root / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, allow_nan=True))
+    tmp.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False))
     tmp.replace(root / "results.json")
     rows = [{"category": c, **flat_metrics(m)} for c, m in results["categories"].items()]
     rows.append({"category": "mean", **flat_metrics(results["mean"])})

@@ -5,7 +5,8 @@
      "mean": {same keys}, "timings": {stage: seconds}}
 
 Metrics are fractions in [0, 1]. The mean of a metric skips categories where it is undefined (NaN,
-e.g. AUROC of a category with no defect) and is NaN only if it is undefined everywhere.
+e.g. AUROC of a category with no defect) and is NaN only if it is undefined everywhere; NaN is
+written as null, so results.json is strict JSON.
 """
 
 from __future__ import annotations
