@@ -14,8 +14,8 @@ import torch  # noqa: E402
 from benchmark.errors import BenchError  # noqa: E402
 from generators.diffusion.attention import CrossAttentionHook  # noqa: E402
 from generators.diffusion.backbone import LDM_SCHEDULE, load_backbone  # noqa: E402
-from generators.diffusion.latents import (decode_latents, encode_images, images_to_tensor, mask_to_latent,  # noqa: E402
-                                          tensor_to_images)
+from generators.diffusion.latents import (decode_latents, decode_masks, encode_images, encode_masks,  # noqa: E402
+                                          images_to_tensor, mask_to_latent, tensor_to_images)
 from generators.diffusion.noise import PerSampleNoise  # noqa: E402
 from generators.diffusion.schedulers import add_noise, alphas_cumprod, make_scheduler  # noqa: E402
 from generators.diffusion.tiny import TINY_VERSION, tiny_backbone_folder  # noqa: E402
@@ -86,7 +86,7 @@ def test_ldm_layout_with_bert_and_vqvae_loads(tmp_path, tiny_folder):
     (root / "tokenizer").mkdir()
     (root / "tokenizer" / "vocab.txt").write_text("\n".join(words) + "\n")
     (root / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 77}))
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512}))
     torch.manual_seed(0)
     LDMBertModel(LDMBertConfig(vocab_size=len(words), d_model=32, encoder_layers=1, encoder_ffn_dim=64,
                                encoder_attention_heads=2, head_dim=16)).save_pretrained(root / "bert")
@@ -96,6 +96,7 @@ def test_ldm_layout_with_bert_and_vqvae_loads(tmp_path, tiny_folder):
         "vqvae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"]}))
     b = load_backbone(str(root))
     assert type(b.text_encoder).__name__ == "LDMBertModel" and b.scheduler_config["beta_schedule"] == "scaled_linear"
+    assert b.max_length == 77  # capped by LDM-BERT's positions, whatever the tokenizer claims
     tokens = LearnedTokens(b.tokenizer, b.text_encoder, 2)
     tokens.add("bottle/broken_large")
     states = tokens.encode([tokens.prompt("bottle/broken_large", "bottle broken large")], b.max_length)
@@ -255,6 +256,10 @@ def test_vae_round_trip_shapes_and_mask_to_latent(backbone):
         assert z.shape == (2, 4, 8, 8)
         assert torch.equal(z, encode_images(backbone.vae, x))  # the posterior mode: deterministic
         assert decode_latents(backbone.vae, z).shape == (2, 3, 64, 64)
+        zm = encode_masks(backbone.vae, torch.ones(2, 1, 64, 64))
+        assert torch.equal(zm, encode_images(backbone.vae, torch.ones(2, 3, 64, 64)))  # mask 1 = white image
+        decoded = decode_masks(backbone.vae, zm)
+        assert decoded.shape == (2, 1, 64, 64) and set(decoded.unique().tolist()) <= {0.0, 1.0}
     mask = torch.zeros(1, 1, 64, 64)
     mask[0, 0, 17, 41] = 1  # one defect pixel
     small = mask_to_latent(mask, (8, 8))

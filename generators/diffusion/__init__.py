@@ -11,10 +11,10 @@ Importing this package costs torch only; diffusers/transformers load when a back
 
 from generators.diffusion.attention import CrossAttentionHook
 from generators.diffusion.backbone import TINY, Backbone, load_backbone
-from generators.diffusion.latents import decode_latents, encode_images, mask_to_latent
+from generators.diffusion.latents import decode_latents, decode_masks, encode_images, encode_masks, mask_to_latent
 from generators.diffusion.noise import PerSampleNoise
 from generators.diffusion.schedulers import make_scheduler
 from generators.diffusion.tokens import LearnedTokens
 
 __all__ = ["TINY", "Backbone", "CrossAttentionHook", "LearnedTokens", "PerSampleNoise", "decode_latents",
-           "encode_images", "load_backbone", "make_scheduler", "mask_to_latent"]
+           "decode_masks", "encode_images", "encode_masks", "load_backbone", "make_scheduler", "mask_to_latent"]

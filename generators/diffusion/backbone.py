@@ -84,8 +84,11 @@ class Backbone:
 
     @property
     def max_length(self) -> int:
-        n = getattr(self.tokenizer, "model_max_length", 77)
-        return 77 if not n or n > 10_000 else int(n)
+        """Prompt length: the tokenizer's, capped by the text encoder's positions (77 for CLIP and
+        LDM-BERT; a BERT tokenizer may claim 512)."""
+        n = getattr(self.tokenizer, "model_max_length", None) or 77
+        positions = getattr(self.text_encoder.config, "max_position_embeddings", None) or 77
+        return int(min(n, positions))
 
     @property
     def num_train_timesteps(self) -> int:

@@ -1,4 +1,4 @@
-"""Between pixels and latents: VAE encode/decode of images, masks at latent resolution.
+"""Between pixels and latents: VAE encode/decode of images and masks, masks at latent resolution.
 
 Images enter as uint8 HxWx3 (what `benchmark.data.images.load_image` returns), become (B,3,H,W)
 floats in [-1, 1], and latents are scaled by the VAE's `scaling_factor` (0.18215 for the LDM and
@@ -35,6 +35,17 @@ def encode_images(vae, images: torch.Tensor, generator: torch.Generator | None =
 
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+
+
+def encode_masks(vae, masks: torch.Tensor) -> torch.Tensor:
+    """Latents of binary (B,1,H,W) masks, encoded as grey images (0 -> -1, 1 -> +1): how
+    DefectDiffu supervises its mask latent with the VAE."""
+    return encode_images(vae, (masks.float() * 2 - 1).expand(-1, 3, -1, -1))
+
+
+def decode_masks(vae, latents: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """Binary (B,1,H,W) masks from mask latents: channel mean of the decoded image above `threshold`."""
+    return (decode_latents(vae, latents).mean(1, keepdim=True) > threshold).float()
 
 
 def mask_to_latent(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
