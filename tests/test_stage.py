@@ -20,7 +20,7 @@ from benchmark.errors import BenchError  # noqa: E402
 from generators.base import MASK_GIVEN, collate_requests  # noqa: E402
 from generators.diffusion.noise import PerSampleNoise  # noqa: E402
 from generators.diffusion.schedulers import alphas_cumprod, make_scheduler  # noqa: E402
-from generators.stage.data import place_mask, random_flips  # noqa: E402
+from generators.stage.data import place_mask, prompt_text, random_flips  # noqa: E402
 from generators.stage.loss import anomaly_aware_loss, anomaly_only_loss, stage_loss  # noqa: E402
 from generators.stage.torch_model import (AWARE, ONLY, MaskGuidanceAdapter, SamplingConfig,  # noqa: E402
                                           anomaly_inference_step, compose, ddpm_step, ema_mask,
@@ -252,6 +252,11 @@ def test_place_mask_keeps_the_mask_whole_and_inside():
     assert all(o.sum() == mask.sum() and o.shape == mask.shape for o in outs)
     assert len({o.tobytes() for o in outs}) > 10
     assert np.array_equal(place_mask(mask, np.random.default_rng(3)), outs[3])
+
+
+def test_prompt_is_class_and_anomaly_type():
+    assert prompt_text("metal_nut", "color_stain") == "metal nut color stain"
+    assert prompt_text("01", "ko", "damaged") == "damaged"  # the paper's BTAD prompt
 
 
 def test_random_flips_move_image_and_mask_together():

@@ -185,7 +185,7 @@ def load_backbone(source: str, dtype: torch.dtype = torch.float32) -> Backbone:
             raise BenchError(missing_weights_message(source, f"{folder / sub}: {err}")) from err
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     scheduler_config = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else dict(LDM_SCHEDULE)
-    if dtype != torch.float32:
-        for role in ("unet", "vae", "text_encoder"):
+    for role in ("unet", "vae", "text_encoder"):  # checkpoints may be stored in half precision
+        if next(parts[role].parameters()).dtype != dtype:
             parts[role] = parts[role].to(dtype)
     return Backbone(source, folder, scheduler_config=scheduler_config, **parts).freeze()

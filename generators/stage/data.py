@@ -21,9 +21,9 @@ def concept_name(category: str, defect: str) -> str:
     return f"{category}/{defect}"
 
 
-def prompt_text(category: str, defect: str) -> str:
+def prompt_text(category: str, defect: str, template: str = "{category} {defect}") -> str:
     """The paper's prompt "<class name> <anomaly type>" (the learned tokens follow it)."""
-    return f"{category} {defect}".replace("_", " ")
+    return template.format(category=category, defect=defect).replace("_", " ")
 
 
 def split_concepts(split: FewShotSplit) -> list[tuple[str, str]]:
@@ -33,9 +33,9 @@ def split_concepts(split: FewShotSplit) -> list[tuple[str, str]]:
 class FewShotDefects(Dataset):
     """(image in [-1, 1] (3,R,R), mask (1,R,R) in {0,1}, concept index) per few-shot defect."""
 
-    def __init__(self, split: FewShotSplit, resolution: int):
+    def __init__(self, split: FewShotSplit, resolution: int, prompt: str = "{category} {defect}"):
         self.concepts = [concept_name(c, d) for c, d in split_concepts(split)]
-        self.texts = [prompt_text(c, d) for c, d in split_concepts(split)]
+        self.texts = [prompt_text(c, d, prompt) for c, d in split_concepts(split)]
         self.items = []
         for k, (category, defect) in enumerate(split_concepts(split)):
             for sample in split.categories[category].train_defects[defect]:

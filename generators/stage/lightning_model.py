@@ -10,7 +10,11 @@ the types apart.
 Deviations, each an option: fewer sampling steps than T = 1000 respace the ancestral DDPM
 ("trailing" spacing, so sampling starts at t = T); `intervals` defaults to the paper's
 [1000, 800] and [400, 300] (the authors' code: [800, 700] and [400, 300]); `adapter_residual`
-(off by default) makes the adapters start from the frozen UNet's prediction.
+(off by default) makes the adapters start from the frozen UNet's prediction; `prompt` is the
+paper's "class name + anomaly type" (set it to "damaged" for BTAD, as the paper does). Choices
+where paper and code are silent or disagree sit where they are made: Eq. 7 vs Algorithm 1
+(`torch_model.graded_diffusion`), Eq. 12's branch labels (`loss`), a latent cell belongs to the
+mask when any of its pixels does (`generators.diffusion.latents.mask_to_latent`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class StageOptions(GeneratorOptions):
     lr: float = 1e-3
     tokens_per_type: int = Field(8, ge=1)
     init_word: str = "anomaly"  # initialises the learned tokens (authors' code)
+    prompt: str = "{category} {defect}"  # the text before the learned tokens; BTAD in the paper: "damaged"
     adapter_channels: tuple[int, ...] = (64, 256, 512, 256, 64)  # authors' code
     adapter_residual: bool = False
     sampling_steps: int = Field(1000, ge=1)  # < T: respaced ancestral DDPM (a deviation, for speed)
@@ -108,7 +113,7 @@ class StageGenerator(Generator):
     def train_dataloader(self) -> DataLoader:
         if self.split is None:
             raise BenchError("stage: call setup_split(split) before fit")
-        self.train_set = FewShotDefects(self.split, self.resolution)
+        self.train_set = FewShotDefects(self.split, self.resolution, self.options.prompt)
         if not len(self.train_set):
             raise BenchError("stage: the split has no few-shot defects to learn from")
         o = self.options
@@ -155,7 +160,7 @@ class StageGenerator(Generator):
             raise BenchError(f"stage: no learned tokens for {', '.join(unknown)}; train on a split that has them")
         x_back = encode_images(self.model.vae, images_to_tensor(normals, self.device))
         m0 = mask_to_latent(masks_to_tensor(masks, self.device), x_back.shape[-2:])
-        context = self.model.context(concepts, [prompt_text(r.category, r.defect) for r in batch])
+        context = self.model.context(concepts, [prompt_text(r.category, r.defect, self.options.prompt) for r in batch])
 
         def denoise(x_t, index, branch, mask):
             return self.model.denoise(x_t, index, context, mask, branch)

@@ -114,7 +114,9 @@ def graded_diffusion(denoise: Denoise, x_back: torch.Tensor, m0: torch.Tensor, t
     Outside M0, xp holds the forward-noised mask q(M_{t-1} | M0), which is sqrt(1 - abar) * eps
     there: Eq. 7's choice (Alg. 1 writes M_{t-1}^p), and exactly what the anomaly-only branch saw
     in training (its input is the noised M0 * x0, pure noise outside M0). The blend uses M_t^p,
-    the mask the adapter saw at this step (Eq. 7; Alg. 1 writes M_{t-1}^p, one step apart)."""
+    the mask the adapter saw at this step (Eq. 7; Alg. 1 writes M_{t-1}^p, one step apart). The
+    anomaly-only step is a plain posterior: AIF only changes pixels outside M0, which Eq. 7
+    overwrites with the background there."""
     ab = abar.double().tolist()  # python floats: the step's scalars cost nothing
     x = noise.randn_like(x_back)  # x_T ~ N(0, I)
     xp = compose(m0, x, (1 - ab[timesteps[0]]) ** 0.5 * noise.randn_like(x_back))  # x-hat_T^p per Eq. 7
