@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmark/cli.py
 
 import pytest  # noqa: E402
 
