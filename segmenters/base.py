@@ -31,6 +31,16 @@ def poly_factor(step: int, steps: int, power: float = 0.9, floor: float = 0.0, w
     return (1.0 - floor) * (1.0 - t) ** power + floor
 
 
+def run_padded(model: nn.Module, x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
+    """Run an encoder-decoder that needs sides divisible by `multiple` (five 2x poolings) on any
+    size: pad (reflect, or replicate when the pad exceeds the image) and crop the output back."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+    return model(x)[..., :h, :w]
+
+
 def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """1 - Dice of the anomaly-class probability, over the whole batch (so all-normal batches
     contribute through their false positives)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from benchmark.errors import BenchError
-from segmenters.base import Segmenter, SegmenterOptions
+from segmenters.base import Segmenter, SegmenterOptions, run_padded
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,4 @@ class SmpUNet(Segmenter):
         return model
 
     def logits(self, x):
-        # smp's U-Net needs sides divisible by 32; pad and crop so any size works
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % 32, (-w) % 32
-        if ph or pw:
-            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
-        return self.model(x)[..., :h, :w]
+        return run_padded(self.model, x)

@@ -21,3 +21,15 @@ def private_cache(tmp_path_factory):
         os.environ.pop("SIAS_BENCH_CACHE", None)
     else:
         os.environ["SIAS_BENCH_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and two OpenMP threads on a 2-core machine
+    that runs other jobs slow every small op down 10-25x (measured); restore afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

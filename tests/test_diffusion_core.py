@@ -22,14 +22,7 @@ from generators.diffusion.tiny import TINY_VERSION, tiny_backbone_folder  # noqa
 from generators.diffusion.tokens import LearnedTokens  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and two OpenMP threads on a 2-core machine
-    that runs other jobs slow every small op down 10-25x (measured); restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -447,11 +447,14 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
     dist.destroy_process_group()
 
 
+@pytest.mark.timeout(300)
 def test_ddp_sync_matches_single_process(tmp_path):
     import torch.multiprocessing as mp
 
+    # spawn, not fork: gloo in a child forked from a process that already runs torch/OpenMP
+    # threads deadlocked in all_gather when this ran after other tests in one session
     mp.start_processes(
-        _ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="fork", join=True
+        _ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn", join=True
     )
     maps, masks = blob_dataset(40)
     for rank in (0, 1):

@@ -29,14 +29,7 @@ from generators.stage.torch_model import (AWARE, ONLY, MaskGuidanceAdapter, Samp
 T, TS = 1000, 200
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and two OpenMP threads on a 2-core machine
-    that runs other jobs slow every small op down 10-25x (measured); restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _mask(h=8, w=8, box=(2, 5, 3, 7)):
