@@ -78,6 +78,8 @@ def cmd_run(args) -> int:
     run = Run(cfg, output, quiet=args.quiet, cache=Path(args.cache_dir) if args.cache_dir else None)
     results = run.execute(resume=args.resume, overwrite=args.overwrite)
     console = Console()
+    if not console.is_terminal:  # logs and pipes: rich's 80-column default would truncate the table
+        console = Console(width=160)
     if not args.quiet:
         console.print(results_table(results))
     console.print(f"results: {output / 'results.json'}")
