@@ -17,10 +17,12 @@ With full mmcv installed (`mmcv._ext` importable) `install()` does nothing. See 
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import logging
 import sys
 import types
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,8 @@ def install() -> bool:
     shim = types.ModuleType("mmcv.ops", "Stand-in for mmcv.ops without compiled ops "
                             "(installed by segmenters.mmseg_compat).")
     shim.__path__ = [str(ops_dir)]  # pure submodules (point_sample) stay importable
+    shim.__spec__ = importlib.machinery.ModuleSpec("mmcv.ops", None, is_package=True)
+    shim.__spec__.submodule_search_locations = shim.__path__
     shim.__file__ = __file__
     setattr(shim, SHIM_ATTR, True)
     for name in PURE_OPS:
@@ -114,7 +118,10 @@ def import_mmseg_models():
     """Install the shim if needed, import `mmseg.models` and register mmseg's modules in the
     default scope. Returns the `mmseg.models` module. Slow the first time (5-10 s)."""
     install()
-    import mmseg.models  # noqa: F401
+    with warnings.catch_warnings():
+        # mmseg probes mmcv for a compiled deformable-attention op we never use
+        warnings.filterwarnings("ignore", message=".*MultiScaleDeformableAttention.*")
+        import mmseg.models  # noqa: F401
     from mmseg.utils import register_all_modules
 
     register_all_modules(init_default_scope=True)

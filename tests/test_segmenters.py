@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchmark.config import resolve_options
 from benchmark.errors import BenchError
 from benchmark.registry import SEGMENTERS
+from segmenters import mmseg_compat
 from segmenters.base import Segmenter, poly_factor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,17 +324,22 @@ def test_missing_weights_file_is_a_clear_error(no_network, name, tmp_path):
 
 
 # -- the mmcv.ops compatibility module ----------------------------------------------------------
-def test_mmcv_ops_shim_is_active_on_mmcv_lite(zoo):
-    from segmenters import mmseg_compat
+FULL_MMCV = mmseg_compat.compiled_mmcv_available()
+needs_mmcv_lite = pytest.mark.skipif(FULL_MMCV, reason="full mmcv (compiled ops) installed: the shim is not used")
 
-    zoo("segformer")  # mmseg.models imported through the shim
-    assert not mmseg_compat.compiled_mmcv_available(), "full mmcv installed: run the shim tests against mmcv-lite"
-    assert mmseg_compat.is_installed() and mmseg_compat.install() is True  # idempotent
+
+def test_mmcv_ops_shim_is_active_exactly_when_compiled_mmcv_is_absent(zoo):
+    zoo("segformer")  # mmseg.models imported through segmenters.mmseg_compat
     import mmcv.ops
 
+    if FULL_MMCV:
+        assert not mmseg_compat.is_installed() and mmseg_compat.install() is False
+        return
+    assert mmseg_compat.is_installed() and mmseg_compat.install() is True  # idempotent
     assert getattr(mmcv.ops, mmseg_compat.SHIM_ATTR)
 
 
+@needs_mmcv_lite
 def test_mmcv_ops_shim_point_sample_is_mmcvs_pure_version(zoo):
     zoo("segformer")
     from mmcv.ops import point_sample
@@ -347,16 +353,15 @@ def test_mmcv_ops_shim_point_sample_is_mmcvs_pure_version(zoo):
     assert mmseg.models.utils.point_sample is not None
 
 
+@needs_mmcv_lite
 def test_mmcv_ops_shim_compiled_ops_fail_loudly(zoo):
     zoo("segformer")
     from mmcv.ops import SyncBatchNorm, sigmoid_focal_loss
 
-    from segmenters.mmseg_compat import CompiledOpUnavailable
-
-    with pytest.raises(CompiledOpUnavailable, match="sigmoid_focal_loss.*mmcv-lite"):
+    with pytest.raises(mmseg_compat.CompiledOpUnavailable, match="sigmoid_focal_loss.*mmcv-lite"):
         sigmoid_focal_loss(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), 2.0, 0.25)
     assert not isinstance(torch.nn.BatchNorm2d(2), SyncBatchNorm)  # isinstance checks keep working
-    with pytest.raises(CompiledOpUnavailable):
+    with pytest.raises(mmseg_compat.CompiledOpUnavailable):
         SyncBatchNorm(4)
 
 
