@@ -190,6 +190,8 @@ class Run:
             return FewShotSplit.load(path)
         root, layout = self.data_root()
         categories = read_dataset(root, layout, self.cfg.data.categories)
+        if self.cfg.data.root is not None:
+            self.check_pixels(root, layout, categories)
         for name, cat in categories.items():
             if not cat.train_good:
                 raise BenchError(f"{root}/{name}: category has no normal training images")
@@ -198,6 +200,20 @@ class Run:
         split = few_shot_split(categories, self.cfg.split.fraction, self.cfg.split.order, self.cfg.seed)
         split.save(path)
         return split
+
+    def check_pixels(self, root: Path, layout: str, categories) -> None:
+        """Unreadable files, image/mask size mismatches, non-binary or empty masks stop the run
+        here, before hours of generation, with the first few named (headers only: seconds)."""
+        from benchmark.data.check import check_samples
+        from benchmark.data.layouts import get_layout
+
+        samples = [s for c in categories.values() for s in c.all_samples()]
+        problems = check_samples(samples, get_layout(layout).mask_encoding)
+        if problems:
+            shown = "; ".join(str(p) for p in problems[:3])
+            more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise BenchError(f"{shown}{more}; list them all with `bench data check --data-root {root} "
+                             f"--layout {layout}`")
 
     def synthetic_key(self, split) -> str:
         return digest({

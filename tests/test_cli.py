@@ -125,3 +125,17 @@ def test_wandb_offline_run_leaves_a_run_folder(tmp_path, monkeypatch):
     assert bench("run", "--generator", "real-only", "--output", str(out), *TINY) == 0
     runs = list((out / "wandb-logs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_run_stops_on_a_mask_size_mismatch_naming_the_file(private_cache, tmp_path, capsys):
+    from PIL import Image
+
+    from benchmark.data.demo import demo_dataset_path
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dataset_path(private_cache), data)
+    mask = sorted((data / "wood" / "ground_truth").rglob("*_mask.png"))[0]
+    Image.open(mask).resize((50, 60)).save(mask)
+    assert bench("run", "--data-root", str(data), "--output", str(tmp_path / "r"), "--no-wandb", *TINY[:2]) == 2
+    err = capsys.readouterr().err
+    assert str(mask) in err and "bench data check" in err

@@ -36,11 +36,15 @@ def check_dataset(root: Path | str, layout: str, categories: Sequence[str] | Non
     scan = scan_dataset(root, layout, categories)
     mask_encoding = get_layout(layout).mask_encoding
     samples = [s for data in scan.categories.values() for s in data.all_samples()]
+    return sorted(set(scan.problems + check_samples(samples, mask_encoding)), key=lambda p: (str(p.path), p.message))
+
+
+def check_samples(samples: Sequence[Sample], mask_encoding: str = "binary") -> list[Problem]:
+    """The pixel checks of `check_sample` over many samples, on a thread pool."""
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         found = pool.map(lambda s: check_sample(s, mask_encoding), samples, chunksize=16)
-        pixel_problems = [p for problems in found for p in problems]
-    return sorted(set(scan.problems + pixel_problems), key=lambda p: (str(p.path), p.message))
+        return [p for problems in found for p in problems]
 
 
 def check_sample(sample: Sample, mask_encoding: str = "binary") -> list[Problem]:
