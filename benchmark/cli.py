@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (module, help_text) in DELEGATED.items():
         p = sub.add_parser(name, help=help_text)
-        p.set_defaults(func=_delegate(module), module=module, add_args=module)
+        p.set_defaults(func=_delegate(module))
         _add_delegated_arguments(p, module)
     return parser
 
