@@ -28,16 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))
 
-CASES = {  # id -> (registry name, options)
-    "unet": ("unet", {}),
-    "unet-draem": ("unet-draem", {}),
-    "bisenetv2": ("bisenetv2", {}),
-    "stdc1": ("stdc", {}),
-    "stdc2": ("stdc", {"variant": "stdc2"}),
-    "upernet": ("upernet", {}),
-    "segformer": ("segformer", {}),
-    "lfd": ("lfd", {}),
-}
+from segmenters import VARIANTS as CASES  # noqa: E402
 
 
 def rss_mb(field: str = "VmRSS") -> float:

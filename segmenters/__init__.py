@@ -1,2 +1,15 @@
 """Downstream segmenters that judge each generator. Each is a LightningModule registered in
 `benchmark.registry.SEGMENTERS`."""
+
+# Every distinct model the zoo builds: case id -> (registry name, options). Tests and
+# benchmarks/segmenters_bench.py iterate over the same list.
+VARIANTS = {
+    "unet": ("unet", {}),
+    "unet-draem": ("unet-draem", {}),
+    "bisenetv2": ("bisenetv2", {}),
+    "stdc1": ("stdc", {}),
+    "stdc2": ("stdc", {"variant": "stdc2"}),
+    "upernet": ("upernet", {}),
+    "segformer": ("segformer", {}),
+    "lfd": ("lfd", {}),
+}

@@ -30,17 +30,7 @@ from segmenters.base import Segmenter, poly_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# case id -> (registry name, options)
-CASES = {
-    "unet": ("unet", {}),
-    "unet-draem": ("unet-draem", {}),
-    "bisenetv2": ("bisenetv2", {}),
-    "stdc1": ("stdc", {}),
-    "stdc2": ("stdc", {"variant": "stdc2"}),
-    "upernet": ("upernet", {}),
-    "segformer": ("segformer", {}),
-    "lfd": ("lfd", {}),
-}
+from segmenters import VARIANTS as CASES  # noqa: E402  (case id -> (registry name, options))
 # 2 classes, inference graph without auxiliary heads (SeaS A.4 / DEPS.md / LFD-RoadSeg abstract)
 PUBLISHED = {"bisenetv2": 3.341e6, "upernet": 64.042e6, "stdc1": 8.271e6, "stdc2": 12.301e6,
              "segformer": 3.716e6, "lfd": 0.936e6}
