@@ -9,7 +9,6 @@ current run, or when the two runs were measured under different protocols.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 

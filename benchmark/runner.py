@@ -15,7 +15,6 @@ import platform
 import shutil
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 

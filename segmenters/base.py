@@ -31,6 +31,21 @@ def poly_factor(step: int, steps: int, power: float = 0.9, floor: float = 0.0, w
     return (1.0 - floor) * (1.0 - t) ** power + floor
 
 
+def read_state_dict(path: str, what: str, hint: str) -> dict:
+    """A local checkpoint's tensors: the file must exist (never a download), `state_dict` is
+    unwrapped and DDP/Lightning prefixes (`module.`, `model.`) are dropped."""
+    from pathlib import Path
+
+    from benchmark.errors import BenchError
+
+    p = Path(path)
+    if not p.is_file():
+        raise BenchError(f"{p}: {what} not found; {hint}")
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    return {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
+
+
 def run_padded(model: nn.Module, x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
     """Run an encoder-decoder that needs sides divisible by `multiple` (five 2x poolings) on any
     size: pad (reflect, or replicate when the pad exceeds the image) and crop the output back."""

@@ -35,7 +35,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from benchmark.errors import BenchError
-from segmenters.base import Segmenter, SegmenterOptions
+from segmenters.base import Segmenter, SegmenterOptions, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +180,8 @@ def load_lfd_weights(model: LFDNet, path: str) -> None:
     """A state dict of this network (e.g. a previous run), or an ImageNet ResNet-18 checkpoint
     (torchvision's resnet18-f37072fd.pth) that initialises both branches, as the paper does."""
     p = Path(path)
-    if not p.is_file():
-        raise BenchError(f"{p}: LFD weights not found; give a local ImageNet ResNet-18 checkpoint "
-                         "(torchvision's resnet18-f37072fd.pth) or a saved LFD state dict, or unset weights")
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    state = {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
+    state = read_state_dict(path, "LFD weights", "give a local ImageNet ResNet-18 checkpoint (torchvision's "
+                            "resnet18-f37072fd.pth) or a saved LFD state dict, or unset segmenter.options.weights")
     if any(k.startswith(("detail.", "context.")) for k in state):
         model.load_state_dict(state, strict=True)
         log.info("lfd: loaded the full network from %s", p)

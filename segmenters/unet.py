@@ -7,12 +7,11 @@ init: smp's own `encoder_weights="imagenet"` would try the model hub, which this
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
 from benchmark.errors import BenchError
-from segmenters.base import Segmenter, SegmenterOptions, run_padded
+from segmenters.base import Segmenter, SegmenterOptions, read_state_dict, run_padded
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +22,13 @@ class SmpUNetOptions(SegmenterOptions):
 
 
 def load_encoder_weights(encoder: torch.nn.Module, path: str) -> None:
-    p = Path(path)
-    if not p.is_file():
-        raise BenchError(f"{p}: encoder weights not found; give a local ImageNet checkpoint "
-                         "(e.g. torchvision's resnet34-b627a593.pth) or unset segmenter.weights")
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+    state = read_state_dict(path, "encoder weights", "give a local ImageNet checkpoint (e.g. torchvision's "
+                            "resnet34-b627a593.pth) or unset segmenter.options.weights")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     # smp's ResNetEncoder.load_state_dict returns None; call nn.Module's to get the key report
     missing, unexpected = torch.nn.Module.load_state_dict(encoder, state, strict=False)
     if unexpected or len(missing) > 0:
-        raise BenchError(f"{p}: does not fit the encoder (missing {len(missing)}, unexpected {len(unexpected)} keys)")
+        raise BenchError(f"{path}: does not fit the encoder (missing {len(missing)}, unexpected {len(unexpected)} keys)")
 
 
 class SmpUNet(Segmenter):

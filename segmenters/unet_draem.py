@@ -15,15 +15,13 @@ Inputs are RGB in [0, 1] without mean/std normalisation (DRAEM's loaders divide 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import BenchError
-from segmenters.base import Segmenter, SegmenterOptions, run_padded
+from segmenters.base import Segmenter, SegmenterOptions, read_state_dict, run_padded
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +119,10 @@ class DraemUNet(Segmenter):
         model = DiscriminativeUNet(3, 2, self.options.base_width)
         model.apply(draem_init)
         if self.options.weights:
-            p = Path(self.options.weights)
-            if not p.is_file():
-                raise BenchError(f"{p}: unet-draem weights not found; give a saved DRAEM discriminative "
-                                 "U-Net state dict or unset segmenter.options.weights")
-            state = torch.load(p, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
-            model.load_state_dict({k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()})
-            log.info("%s: loaded %s", self.name, p)
+            model.load_state_dict(read_state_dict(
+                self.options.weights, "unet-draem weights",
+                "give a saved DRAEM discriminative U-Net state dict or unset segmenter.options.weights"))
+            log.info("%s: loaded %s", self.name, self.options.weights)
         else:
             log.info("%s: no segmenter.options.weights given, randomly initialised (DRAEM's N(0, 0.02))", self.name)
         return model
