@@ -142,16 +142,18 @@ class Run:
 
     @contextmanager
     def stage(self, name: str):
+        import lightning as L
+
+        # Re-seed per stage: a stage's randomness (segmenter init, flips) must not depend on
+        # whether earlier stages ran here or were reused from the cache / a resumed run.
+        L.seed_everything(self.cfg.seed, workers=True, verbose=False)
         start = time.perf_counter()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
         self.folder.mark(name, self.timings[name])
 
     def execute(self, resume: bool = False, overwrite: bool = False, until: str = "report") -> dict | None:
-        import lightning as L
-
         self.folder.claim(self.resolved_config(), resume, overwrite)
-        L.seed_everything(self.cfg.seed, workers=True, verbose=False)
         with self.progress:
             with self.stage("data"):
                 split = self.make_split()
@@ -289,7 +291,10 @@ class Run:
         from benchmark.segmentation_data import SegmentationDataset, training_items
 
         models = {}
+        import lightning as L
+
         for group in self.groups(split):
+            L.seed_everything(self.cfg.seed, workers=True, verbose=False)  # each model as if trained alone
             tag = group or "unified"
             final = self.folder.root / "segmenter" / f"{tag}.pt"
             model = self.segmenter_cls(self.segmenter_options)

@@ -138,3 +138,13 @@ def test_run_stops_on_a_mask_size_mismatch_naming_the_file(private_cache, tmp_pa
     assert bench("run", "--data-root", str(data), "--output", str(tmp_path / "r"), "--no-wandb", *TINY[:2]) == 2
     err = capsys.readouterr().err
     assert str(mask) in err and "bench data check" in err
+
+
+def test_numbers_do_not_depend_on_whether_the_synthetic_set_came_from_the_cache(cutpaste_run, tmp_path):
+    again = tmp_path / "again"  # same config, new folder: the synthetic set is reused, not made
+    assert bench("run", "--generator", "cutpaste", "--segmenter", "unet", "--profile", "smoke",
+                 "--output", str(again), "--no-wandb", *TINY) == 0
+    first = json.loads((cutpaste_run / "results.json").read_text())
+    second = json.loads((again / "results.json").read_text())
+    assert second["timings"]["generate"] < first["timings"]["generate"] or first["timings"]["generate"] < 1
+    assert second["categories"] == first["categories"]
