@@ -1,0 +1,107 @@
+"""The CI smoke gate: pair fingerprints and the spread band, on planted sets and tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmark.smoke_gate import check_table, compare_pairs, main, pair_fingerprints, spread
+
+
+def _write_set(root, images: dict[str, np.ndarray], masks: dict[str, np.ndarray]):
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for pair_id, image in images.items():
+        Image.fromarray(image).save(root / "images" / f"{pair_id}.png")
+        Image.fromarray(masks[pair_id].astype(np.uint8) * 255).save(root / "masks" / f"{pair_id}.png")
+        lines.append(json.dumps({"id": pair_id, "image": f"images/{pair_id}.png", "mask": f"masks/{pair_id}.png"}))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def planted():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[4:9, 10:20] = True
+    return image, mask
+
+
+def test_fingerprint_block_means_match_a_hand_computation(tmp_path, planted):
+    image, mask = planted
+    fp = pair_fingerprints(_write_set(tmp_path, {"a": image}, {"a": mask}))["a"]
+    # block (row 1, col 2) of the 8 x 8 grid on a 32 px image covers rows 4..7, columns 8..11
+    hand = [image[4:8, 8:12, c].astype(float).sum() / 16 for c in range(3)]
+    index = (1 * 8 + 2) * 3
+    assert fp["image"][index:index + 3] == pytest.approx(hand, abs=0.005)
+
+
+def test_pairs_within_rounding_pass_and_real_changes_fail(tmp_path, planted):
+    image, mask = planted
+    base = pair_fingerprints(_write_set(tmp_path / "a", {"p": image}, {"p": mask}))
+    nudged = image.copy()
+    nudged[0, 0] = np.clip(nudged[0, 0].astype(int) + 1, 0, 255)  # one grey level in one pixel
+    assert compare_pairs(base, pair_fingerprints(_write_set(tmp_path / "b", {"p": nudged}, {"p": mask}))) == []
+
+    painted = image.copy()
+    painted[0:4, 0:4] = 0  # a 4 x 4 black patch moves one block mean by its whole value
+    problems = compare_pairs(base, pair_fingerprints(_write_set(tmp_path / "c", {"p": painted}, {"p": mask})))
+    assert len(problems) == 1 and "image moved" in problems[0]
+
+    moved = np.roll(mask, 1, axis=1)
+    problems = compare_pairs(base, pair_fingerprints(_write_set(tmp_path / "d", {"p": image}, {"p": moved})))
+    assert problems == ["pair p: mask differs"]
+
+    extra = pair_fingerprints(_write_set(tmp_path / "e", {"p": image, "q": image}, {"p": mask, "q": mask}))
+    assert compare_pairs(base, extra) == ["pair q: written by this run, not in the baseline"]
+
+
+def test_spread_is_mean_and_sample_std():
+    rows = [{"pixel.ap": 0.2, "miou": 0.6}, {"pixel.ap": 0.4, "miou": 0.6}, {"pixel.ap": 0.3, "miou": 0.6}]
+    band = spread(rows)
+    # by hand: mean 0.3, deviations -0.1, 0.1, 0 -> sum of squares 0.02 / (3 - 1) -> std 0.1
+    assert band["pixel.ap"]["mean"] == pytest.approx(0.3)
+    assert band["pixel.ap"]["std"] == pytest.approx(0.1)
+    assert (band["pixel.ap"]["min"], band["pixel.ap"]["max"], band["pixel.ap"]["n"]) == (0.2, 0.4, 3)
+    assert band["miou"]["std"] == 0.0
+
+
+def test_check_table_uses_k_sigma_with_a_floor_and_requires_positive_metrics():
+    band = {"pixel.ap": {"mean": 0.30, "std": 0.05, "min": 0.25, "max": 0.35, "n": 4},
+            "pixel.iou": {"mean": 0.10, "std": 0.0, "min": 0.10, "max": 0.10, "n": 4}}
+    # k = 2: pixel.ap may fall to 0.30 - 0.10 = 0.20; pixel.iou has no spread, so the floor 0.02 rules
+    failures, _ = check_table(band, {"pixel.ap": 0.21, "pixel.iou": 0.081}, k=2, floor=0.02, require_positive=[])
+    assert failures == []
+    failures, _ = check_table(band, {"pixel.ap": 0.19, "pixel.iou": 0.079}, k=2, floor=0.02, require_positive=[])
+    assert [f.split(":")[0] for f in failures] == ["pixel.ap", "pixel.iou"]
+    failures, _ = check_table({}, {"pixel.iou": 0.0}, k=2, floor=0.02, require_positive=["pixel.iou"])
+    assert len(failures) == 1 and "not above zero" in failures[0]
+    failures, _ = check_table(band, {"pixel.ap": 0.3}, k=2, floor=0.02, require_positive=[])
+    assert failures == ["pixel.iou: missing in this run"]
+
+
+def test_record_then_check_round_trip(tmp_path, planted, capsys):
+    image, mask = planted
+    runs = []
+    for i, ap in enumerate((0.30, 0.34, 0.26)):
+        run = tmp_path / f"run{i}"
+        _write_set(run / "synthetic", {"p": image}, {"p": mask})
+        mean = {"pixel": {"ap": ap, "iou": 0.1}, "threshold": 0.5}
+        (run / "results.json").write_text(json.dumps({"config": {"seed": i}, "categories": {"x": mean}, "mean": mean}))
+        runs.append(str(run))
+    out = tmp_path / "baseline.json"
+    assert main(["record", "--name", "g", "--runs", *runs, "--require-positive", "pixel.iou", "--k", "3",
+                 "--out", str(out)]) == 0
+    entry = json.loads(out.read_text())["entries"]["g"]
+    assert "threshold" not in entry["band"]  # not a metric
+    assert main(["check", "--baseline", str(out), "--name", "g", "--run", runs[0]]) == 0
+    results = json.loads((tmp_path / "run0" / "results.json").read_text())
+    results["mean"]["pixel"]["ap"] = 0.05  # std 0.04, k 3: the band ends at 0.18
+    (tmp_path / "run0" / "results.json").write_text(json.dumps(results))
+    assert main(["check", "--baseline", str(out), "--name", "g", "--run", runs[0]]) == 1
+    assert "FAIL pixel.ap" in capsys.readouterr().out
