@@ -119,6 +119,7 @@ FIXES = {  # pydantic error type -> how to fix it
     "float_type": "values are percentages (numbers) as printed in the paper, null where not given",
     "literal_error": "use one of the values listed",
     "list_type": "give a list in column order",
+    "string_type": "quote it: this field is text",
 }
 
 
