@@ -197,3 +197,23 @@ def test_bench_compare_does_not_load_the_renderer():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert eval(out) == ["benchmark.leaderboard.protocol", "benchmark.leaderboard.reproduced",
                          "benchmark.leaderboard.rows"]
+
+
+def test_terminal_tables_fit_80_columns_and_keep_every_value():
+    import io
+
+    from rich.console import Console
+
+    rows = reported.load_reported(command.DATA_DIR / "reported")
+    board = layout.build(rows, dataset="mvtec_ad", metrics=["pixel.auroc"])
+    out = io.StringIO()
+    render.print_rich(board, Console(file=out, width=80))
+    lines = out.getvalue().splitlines()
+    tables = [line for line in lines if line.startswith("┃ Generator")]
+    assert len(tables) > 1 and all("Mean" in line for line in tables)  # split, the Mean in each part
+    for line in lines:
+        if line.startswith(("┏", "┃", "┡", "│", "└")):
+            assert len(line) <= 80 and line.rstrip()[-1] in "┓┃┩│┘", line  # nothing cut at the right
+    shown = [c.strip().rstrip("…") for line in tables for c in line.split("┃")[4:-2]]  # categories, not Mean
+    assert len(shown) == len(board.sections[0].categories)  # each category once, in some part
+    assert all(name.startswith(s) for s, name in zip(shown, board.sections[0].categories))  # may end in "…"

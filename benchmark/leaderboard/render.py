@@ -58,23 +58,27 @@ def run_name(row: Row) -> str:
     return f"{'accepted' if row.accepted else 'added'} run {row.run['config_hash'][:8] or row.run['id']}"
 
 
-def source_cell(board: Leaderboard, row: Row, metric: str, link_dir: Path | None) -> Cell:
+def source_cell(board: Leaderboard, row: Row, metric: str, link_dir: Path | None, short: bool = False) -> Cell:
     if row.origin == "reported":
         tables = row.sources.get(metric, [])
-        return Cell([(f"reported: {row.protocol['paper']} " + ("Table " if len(tables) == 1 else "Tables ")
-                      + ", ".join(tables) + (" (own method)" if row.proposed else ""), None)])
+        text = f"{row.protocol['paper']} " + ("Table " if len(tables) == 1 else "Tables ") + ", ".join(tables)
+        own = " (own)" if short else " (own method)"
+        return Cell([(("" if short else "reported: ") + text + (own if row.proposed else ""), None)])
     rid = board.run_ids[row.run["where"]]
+    if short:  # the rest is in the run's footnote
+        return Cell([(f"{rid} {'accepted' if row.accepted else 'added'}", None)])
     return Cell([(run_name(row), run_link(row, link_dir)), (f" · {row.run['time'][:10]} · ", None),
                  (rid, f"#{rid.lower()}")])
 
 
-def table_cells(board: Leaderboard, section: Section, link_dir: Path | None) -> list[list[Cell]]:
-    """The rendered rows of one section: Generator, Source, Protocol, categories..., Mean."""
+def table_cells(board: Leaderboard, section: Section, link_dir: Path | None, short: bool = False) -> list[list[Cell]]:
+    """The rendered rows of one section: Generator, Source, Protocol, categories..., Mean; `short`
+    leaves a run's hash, link and date to its footnote (for terminals)."""
     out = []
     for key, group in section.groups:
         pid = board.protocol_ids[key]
         for row in group:
-            cells = [Cell([(row.label + KINDS[row.kind], None)]), source_cell(board, row, section.metric, link_dir),
+            cells = [Cell([(row.label + KINDS[row.kind], None)]), source_cell(board, row, section.metric, link_dir, short),
                      Cell([(pid, f"#{pid.lower()}")])]
             for cell in [*section.categories, "mean"]:
                 value = row.values[section.metric].get(cell)
@@ -244,18 +248,40 @@ def render_html(board: Leaderboard, link_dir: Path | None = None, title: str = R
 
 
 def print_rich(board: Leaderboard, console=None) -> None:
+    """Tables for a terminal: a section with more categories than fit the width is split into
+    several tables (each with the Mean), so no value is cut off."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     console = console or Console()
     for section in board.sections:
-        table = Table(title=section.title, title_justify="left")
-        for name in ["Generator", "Source", "Protocol", *section.categories, "Mean"]:
-            table.add_column(name, justify="right" if name not in ("Generator", "Source", "Protocol") else "left")
-        for cells in table_cells(board, section, None):
-            table.add_row(*[Text(c.text, style="bold" if c.bold else "") for c in cells])
-        console.print(table)
+        rows = table_cells(board, section, None, short=True)
+        # greedy split by the narrowest each column can be (content, padding, border): Generator 13,
+        # Source 12, Protocol 11, Mean 8, a category its name up to 10 chars + 3, the right border 1,
+        # and 2 of slack for rich's rounding when it shares out the width
+        fixed = 13 + 12 + 11 + 8 + 1 + 2
+        chunks: list[list[int]] = [[]]
+        used = fixed
+        for i, name in enumerate(section.categories):
+            width = min(max(len(name), 5), 10) + 3
+            if chunks[-1] and used + width > console.width:
+                chunks.append([])
+                used = fixed
+            chunks[-1].append(i)
+            used += width
+        for n, chunk in enumerate(chunks):
+            title = section.title + (f" ({n + 1}/{len(chunks)})" if len(chunks) > 1 else "")
+            table = Table(title=title, title_justify="left")
+            table.add_column("Generator", min_width=10)
+            table.add_column("Source", min_width=9)
+            table.add_column("Protocol")
+            for name in [*(section.categories[i] for i in chunk), "Mean"]:
+                table.add_column(name, justify="right", min_width=5, max_width=10)
+            for cells in rows:
+                shown = [*cells[:3], *(cells[3 + i] for i in chunk), cells[-1]]
+                table.add_row(*[Text(c.text, style="bold" if c.bold else "") for c in shown])
+            console.print(table)
     for key, pid in board.protocol_ids.items():
         headline, details = describe_protocol(board.protocols[key])
         console.print(Text(f"{pid}: {headline}", style="bold"))
