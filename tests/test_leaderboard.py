@@ -1,4 +1,7 @@
-"""Leaderboard: reported YAMLs, protocol grouping, bold-best, markdown/HTML rendering, README."""
+"""Leaderboard: reported YAMLs, protocol grouping, bold-best, markdown/HTML rendering, README.
+
+Run folders, added runs, settings and the schema's errors: test_leaderboard_sources.py; the wheel:
+test_leaderboard_package.py."""
 
 from __future__ import annotations
 
@@ -11,10 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark import leaderboard as lb
+from benchmark.leaderboard import command, layout, render, reported, reproduced
+from benchmark.leaderboard import rows as lb_rows
+from benchmark.leaderboard.protocol import protocol_of
 from benchmark.errors import BenchError
 
-REPORTED = lb.LEADERBOARD_DIR / "reported"
+REPORTED = command.DATA_DIR / "reported"
 PAPERS = {"stage", "seas", "anomalydiffusion", "badg", "defectdiffu"}
 
 
@@ -43,7 +48,7 @@ def write(path: Path, results: dict) -> Path:
 
 def args_for(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    lb.add_arguments(parser)
+    command.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -69,7 +74,7 @@ def test_every_reported_yaml_parses_and_every_number_is_a_percentage():
                         assert v is None or (isinstance(v, (int, float)) and 0 <= v <= 100), (path.name, row, v)
                         count += v is not None
     assert count > 600
-    rows = lb.load_reported(REPORTED)
+    rows = reported.load_reported(REPORTED)
     assert {r.protocol["reported_by"] for r in rows} == PAPERS
     for row in rows:
         assert row.origin == "reported"
@@ -77,7 +82,7 @@ def test_every_reported_yaml_parses_and_every_number_is_a_percentage():
 
 
 def test_reported_values_are_converted_and_tables_of_one_protocol_merge():
-    rows = {(r.protocol["reported_by"], r.protocol["id"], r.generator): r for r in lb.load_reported(REPORTED)}
+    rows = {(r.protocol["reported_by"], r.protocol["id"], r.generator): r for r in reported.load_reported(REPORTED)}
     seas = rows[("seas", "mvtec_bisenetv2", "seas")]
     assert seas.values["pixel.iou"]["mean"] == pytest.approx(0.5528)
     assert seas.values["image.auroc"]["mean"] == pytest.approx(0.96)  # Table 23 merged into Table 22's row
@@ -109,7 +114,7 @@ def _paper(tmp_path, rows, columns=("miou",), name="p.yaml", tables=None):
 ])
 def test_reported_loader_rejects_bad_rows(tmp_path, row, message):
     with pytest.raises(BenchError, match=message):
-        lb.load_reported(_paper(tmp_path, [row]))
+        reported.load_reported(_paper(tmp_path, [row]))
 
 
 def test_reported_loader_rejects_conflicting_tables(tmp_path):
@@ -117,33 +122,33 @@ def test_reported_loader_rejects_conflicting_tables(tmp_path):
              "rows": [{"generator": "a", "label": "A", "mean": [50]}]}
     other = {**table, "source": {"paper": "P", "table": "2"}, "rows": [{"generator": "a", "label": "A", "mean": [51]}]}
     with pytest.raises(BenchError, match="50 in one table and 51"):
-        lb.load_reported(_paper(tmp_path, [], tables=[table, other]))
+        reported.load_reported(_paper(tmp_path, [], tables=[table, other]))
 
 
 # ---------------------------------------------------------------------------------- protocols
 
 def test_protocol_of_and_its_key():
     results = make_results()
-    protocol = lb.protocol_of(results)
+    protocol = protocol_of(results)
     assert protocol["dataset"] == "demo" and protocol["segmenter"] == "unet"
     assert protocol["split"] == {"fraction": 0.3333, "order": "id"} and protocol["image_size"] == 128
     reordered = json.loads(json.dumps(protocol, sort_keys=True))
-    assert lb.protocol_key(reordered) == lb.protocol_key(protocol)
-    assert lb.protocol_key(lb.protocol_of(make_results(image_size=256))) != lb.protocol_key(protocol)
-    assert lb.protocol_key(lb.protocol_of(make_results(generator="draem"))) == lb.protocol_key(protocol)
-    assert lb.canonical_dataset("mvtec:mvtec_anomaly_detection") == "mvtec_ad"
-    assert lb.canonical_dataset("visa:VisA_20220922") == "visa"
-    assert lb.canonical_dataset("mvtec:my_parts") == "mvtec:my_parts"
+    assert lb_rows.protocol_key(reordered) == lb_rows.protocol_key(protocol)
+    assert lb_rows.protocol_key(protocol_of(make_results(image_size=256))) != lb_rows.protocol_key(protocol)
+    assert lb_rows.protocol_key(protocol_of(make_results(generator="draem"))) == lb_rows.protocol_key(protocol)
+    assert lb_rows.canonical_dataset("mvtec:mvtec_anomaly_detection") == "mvtec_ad"
+    assert lb_rows.canonical_dataset("visa:VisA_20220922") == "visa"
+    assert lb_rows.canonical_dataset("mvtec:my_parts") == "mvtec:my_parts"
     with pytest.raises(BenchError):
-        lb.protocol_of({"categories": {}})
+        protocol_of({"categories": {}})
 
 
 def test_rows_group_by_protocol_and_reported_rows_never_join_reproduced(tmp_path):
     runs = [write(tmp_path / "a.json", make_results("cutpaste", 0.6, dataset="mvtec_ad")),
             write(tmp_path / "b.json", make_results("draem", 0.7, dataset="mvtec_ad")),
             write(tmp_path / "c.json", make_results("cutpaste", 0.9, dataset="mvtec_ad", image_size=256))]
-    rows = lb.load_reproduced(runs) + lb.load_reported(REPORTED)
-    board = lb.build(rows, dataset="mvtec_ad", metrics=["pixel.ap"])
+    rows = reproduced.load_reproduced(runs) + reported.load_reported(REPORTED)
+    board = layout.build(rows, dataset="mvtec_ad", metrics=["pixel.ap"])
     (section,) = board.sections
     keys = [key for key, _ in section.groups]
     assert len(keys) == len(set(keys))
@@ -152,7 +157,7 @@ def test_rows_group_by_protocol_and_reported_rows_never_join_reproduced(tmp_path
     for key, group in section.groups:
         assert len({r.origin for r in group}) == 1
         assert all(r.key == key for r in group)
-    text = lb.render_markdown(board)
+    text = render.render_markdown(board)
     protocol_column = {line.split(" | ")[2] for line in text.splitlines() if line.startswith("| draem")}
     assert protocol_column == {"[P1](#p1)"}
     assert '<a id="p1"></a>**P1** reproduced · MVTec AD · U-Net (unified) · 128 px' in text
@@ -164,8 +169,8 @@ def test_bold_marks_the_best_value_within_each_protocol_group_only(tmp_path):
             write(tmp_path / "b.json", make_results("draem", 0.7)),
             write(tmp_path / "c.json", make_results("dfmgan", 0.7)),
             write(tmp_path / "d.json", make_results("seas", 0.95, image_size=256))]
-    board = lb.build(lb.load_reproduced(runs), metrics=["miou"])
-    lines = {line.split(" | ")[0][2:]: line for line in lb.render_markdown(board).splitlines()
+    board = layout.build(reproduced.load_reproduced(runs), metrics=["miou"])
+    lines = {line.split(" | ")[0][2:]: line for line in render.render_markdown(board).splitlines()
              if line.startswith("| ") and "run " in line}
     assert lines["draem"].count("**70.00**") == 3 and lines["dfmgan"].count("**70.00**") == 3  # tie: both bold
     assert "**" not in lines["cutpaste"]
@@ -175,11 +180,13 @@ def test_bold_marks_the_best_value_within_each_protocol_group_only(tmp_path):
 def test_markdown_rows_link_to_their_runs_and_mark_uneven_means(tmp_path):
     write(tmp_path / "results" / "a.json", make_results("cutpaste", 0.61234))
     write(tmp_path / "results" / "b.json", make_results("draem", 0.5, categories=("bottle",)))
-    board = lb.build(lb.load_reproduced([tmp_path / "results"]), metrics=["pixel.ap"])
-    text = lb.render_markdown(board, link_dir=tmp_path)
+    board = layout.build(reproduced.load_reproduced([tmp_path / "results"]), metrics=["pixel.ap"])
+    text = render.render_markdown(board, link_dir=tmp_path)
     assert "| Generator | Source | Protocol | bottle | screw | Mean |" in text
-    assert ("| cutpaste | [reproduced: run abcdef12](results/a.json) · 2026-01-02 · sias_bench 0.1.0, torch 2.14.1 "
+    assert ("| cutpaste | [added run abcdef12](results/a.json) · 2026-01-02 · [R1](#r1) "
             "| [P1](#p1) | **61.23** | 61.23 | **61.23‡** |") in text
+    assert '<a id="r1"></a>**R1** cutpaste: [added run abcdef12](results/a.json)' in text
+    assert "- packages: torch 2.14.1, sias_bench 0.1.0" in text  # versions in the footnote, not the table
     assert "| draem |" in text and "| – |" in text  # draem has no screw
     assert "‡ draem [P1]: mean over bottle" in text
 
@@ -187,20 +194,20 @@ def test_markdown_rows_link_to_their_runs_and_mark_uneven_means(tmp_path):
 def test_newest_run_per_generator_and_protocol_wins(tmp_path):
     old = write(tmp_path / "old.json", make_results("cutpaste", 0.4, time="2026-01-01T00:00:00+00:00"))
     new = write(tmp_path / "new.json", make_results("cutpaste", 0.5, time="2026-02-01T00:00:00+00:00"))
-    (row,) = lb.load_reproduced([new, old])
+    (row,) = reproduced.load_reproduced([new, old])
     assert row.values["miou"]["mean"] == 0.5 and row.run["where"].endswith("new.json")
 
 
 def test_html_page_has_the_tables_and_embedded_bar_charts(tmp_path):
     write(tmp_path / "results" / "a.json", make_results("cutpaste", 0.6))
     write(tmp_path / "results" / "b.json", make_results("draem", 0.7))
-    board = lb.build(lb.load_reproduced([tmp_path / "results"]), metrics=["pixel.ap", "miou"])
-    page = lb.render_html(board, tmp_path)
-    assert page == lb.render_html(board, tmp_path)  # deterministic
+    board = layout.build(reproduced.load_reproduced([tmp_path / "results"]), metrics=["pixel.ap", "miou"])
+    page = render.render_html(board, tmp_path)
+    assert page == render.render_html(board, tmp_path)  # deterministic
     assert page.count("<table>") == 2 and "<b>70.00</b>" in page
     charts = [part.split('"')[0] for part in page.split("data:image/png;base64,")[1:]]
     assert len(charts) == 2 and all(base64.b64decode(c)[:8] == b"\x89PNG\r\n\x1a\n" for c in charts)
-    assert '<a href="results/a.json">reproduced: run abcdef12</a>' in page
+    assert '<a href="results/a.json">added run abcdef12</a>' in page
 
 
 def test_cli_filters_and_writes_markdown_and_html(tmp_path, capsys):
@@ -210,37 +217,42 @@ def test_cli_filters_and_writes_markdown_and_html(tmp_path, capsys):
     out, page = tmp_path / "out" / "lb.md", tmp_path / "out" / "lb.html"
     args = args_for("--dir", str(board_dir), "--dataset", "MVTec AD", "--segmenter", "U-Net",
                     "--metric", "pixel_ap", "--out", str(out), "--html", str(page))
-    assert lb.run(args) == 0
+    assert command.run(args) == 0
     text = out.read_text()
     assert text.count("### ") == 1 and "### MVTec AD · pixel AP" in text
     assert "SegFormer" not in text.split("## Protocols")[0]  # segmenter filter
-    assert "| CutPaste | [reproduced: run abcdef12](../leaderboards/results/a.json)" in text  # the papers' name
+    assert "| CutPaste | [accepted run abcdef12](../leaderboards/results/a.json)" in text  # the papers' name
     assert "reported: BADG Table 2 (own method)" in text
     assert page.read_text().startswith("<!DOCTYPE html>")
-    assert lb.run(args_for("--dir", str(board_dir), "--dataset", "btad", "--metric", "miou")) == 0
+    assert command.run(args_for("--dir", str(board_dir), "--dataset", "btad", "--metric", "miou")) == 0
     assert "BTAD · mIoU" in capsys.readouterr().out  # rich table on the terminal
     with pytest.raises(BenchError, match="no leaderboard rows"):
-        lb.run(args_for("--dir", str(board_dir), "--dataset", "visa", "--segmenter", "segformer"))
+        command.run(args_for("--dir", str(board_dir), "--dataset", "visa", "--segmenter", "segformer"))
 
 
 def test_readme_is_idempotent_and_the_committed_one_is_current(tmp_path):
     board_dir = tmp_path / "leaderboards"
     shutil.copytree(REPORTED, board_dir / "reported")
-    assert lb.run(args_for("--dir", str(board_dir), "--readme")) == 0
-    first = (board_dir / "README.md").read_bytes()
-    assert lb.run(args_for("--dir", str(board_dir), "--readme")) == 0
-    assert (board_dir / "README.md").read_bytes() == first
-    committed = lb.LEADERBOARD_DIR / "README.md"
-    current = lb.readme_text(lb.build(lb.load_rows(args_for())), lb.LEADERBOARD_DIR)
+    readme = tmp_path / "board" / "README.md"
+    readme.parent.mkdir()
+    assert command.run(args_for("--dir", str(board_dir), "--readme", str(readme))) == 0
+    first = readme.read_bytes()
+    assert command.run(args_for("--dir", str(board_dir), "--readme", str(readme))) == 0
+    assert readme.read_bytes() == first
+    committed = command.REPO_README
+    current = command.readme_text(layout.build(command.load_rows(args_for())), committed)
     assert committed.read_text() == current, "leaderboards/README.md is stale: run `bench leaderboard --readme`"
+    assert "](../benchmark/leaderboard/data/results/smoke-cutpaste-unet.json)" in current
     with pytest.raises(BenchError, match="--readme"):
-        lb.run(args_for("--dir", str(board_dir), "--readme", "--dataset", "visa"))
+        command.run(args_for("--dir", str(board_dir), "--readme", "--dataset", "visa"))
+    with pytest.raises(BenchError, match="no folder"):
+        command.run(args_for("--dir", str(board_dir), "--readme", str(tmp_path / "nowhere" / "README.md")))
 
 
 def test_wandb_offline_or_without_key_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     with pytest.raises(BenchError, match="WANDB_MODE=offline") as offline:
-        lb.load_wandb("team/sias")
+        reproduced.load_wandb("team/sias")
     assert "\n" not in str(offline.value)
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -248,7 +260,7 @@ def test_wandb_offline_or_without_key_is_a_one_line_error(tmp_path, monkeypatch)
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb"))
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     with pytest.raises(BenchError, match="API key|wandb login") as nokey:
-        lb.load_wandb("team/sias")
+        reproduced.load_wandb("team/sias")
     assert "\n" not in str(nokey.value)
 
 
@@ -283,6 +295,6 @@ def test_wandb_runs_are_read_back_from_what_the_runner_logs(tmp_path, monkeypatc
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setattr(wandb, "Api", Api)
-    (row,) = lb.load_wandb("team/sias")
+    (row,) = reproduced.load_wandb("team/sias")
     assert row.values["pixel.ap"] == {"bottle": 0.5, "mean": 0.5} and row.run["where"] == Run.url
-    assert row.protocol == lb.protocol_of(make_results())
+    assert row.protocol == protocol_of(make_results())

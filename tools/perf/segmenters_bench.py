@@ -1,8 +1,8 @@
 """Train-step and inference throughput and peak memory of every segmenter (issue 4).
 
-    /work/venv/bin/python benchmarks/segmenters_bench.py                      # all, 256 px, batch 8, CPU
-    /work/venv/bin/python benchmarks/segmenters_bench.py --models lfd segformer --steps 10
-    /work/venv/bin/python benchmarks/segmenters_bench.py --device cuda --precision bf16   # on a GPU
+    python tools/perf/segmenters_bench.py                      # all, 256 px, batch 8, CPU
+    python tools/perf/segmenters_bench.py --models lfd segformer --steps 10
+    python tools/perf/segmenters_bench.py --device cuda --precision bf16   # on a GPU
 
 Each segmenter runs in a fresh process (so peak memory is its own): build with default options and
 random init, then
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE.parents[2]))  # the repository root
 
 from segmenters import VARIANTS as CASES  # noqa: E402
 

@@ -1,8 +1,10 @@
 """Speed, memory and agreement of the metric engine on MVTec-sized synthetic maps (issue 3).
 
-    /work/venv/bin/python benchmarks/metrics_bench.py                      # 100 images at 256 and 1024
-    /work/venv/bin/python benchmarks/metrics_bench.py --images 20 --sizes 256 --ref-thresholds 100
-    ... --anomalib-python /tmp/anomalib-venv/bin/python                   # adds anomalib's AUPRO
+    python tools/perf/metrics_bench.py                      # 100 images at 256 and 1024
+    python tools/perf/metrics_bench.py --images 20 --sizes 256 --ref-thresholds 100
+    ... --anomalib-python <venv with anomalib>/bin/python  # adds anomalib's AUPRO
+
+The maps are generated once into a temporary folder (or $METRICS_BENCH_CACHE) and reused.
 
 Compared, each in a fresh process (peak memory = the process's peak RSS above its RSS once the
 maps are loaded, reset through /proc/self/clear_refs):
@@ -28,14 +30,17 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-CACHE = Path(os.environ.get("METRICS_BENCH_CACHE", "/tmp/metrics_bench_cache"))
+CACHE = Path(os.environ.get("METRICS_BENCH_CACHE") or Path(tempfile.gettempdir()) / "sias-bench-metrics-perf")
 HERE = Path(__file__).resolve()
+ROOT = HERE.parents[2]  # the repository: `benchmark` imports from the source tree, also in the workers
+sys.path.insert(0, str(ROOT))
 
 
 # ---------------------------------------------------------------------------- data
@@ -186,9 +191,9 @@ def worker(method: str, size: int, n_images: int) -> dict:
 
 
 def measure(method: str, size: int, n_images: int, python: str = sys.executable) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "METRICS_BENCH_CACHE": str(CACHE)}
     proc = subprocess.run([python, str(HERE), "--worker", method, "--size", str(size), "--images", str(n_images)],
-                          capture_output=True, text=True, env=env, cwd=HERE.parent.parent)
+                          capture_output=True, text=True, env=env)
     if proc.returncode:
         return {"method": method, "size": size, "images": n_images, "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """STAGE sampler overhead and throughput on the tiny backbone (CPU).
 
-    python benchmarks/stage_sampler_bench.py [--steps 50] [--batch 4] [--size 128] [--threads 1]
+    python tools/perf/stage_sampler_bench.py [--steps 50] [--batch 4] [--size 128] [--threads 1]
 
 1. Sampler overhead: `graded_diffusion` (Algorithm 1: EMA masks, AIF posterior, background and
    mask re-noising, per-sample noise) against the bare denoiser calls it makes: the same number of
@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 
 def timed(fn) -> float:

@@ -1,0 +1,59 @@
+"""Protocols: what must match for two numbers to be comparable.
+
+Dataset, few-shot split, segmenter (and unified vs per-category training), image size and metric
+options. Reproduced rows get theirs from `protocol_of(results)`; reported rows carry the protocol
+their paper describes (data/reported/*.yaml) and so never share a protocol with a reproduced row.
+"""
+
+from __future__ import annotations
+
+from benchmark.errors import BenchError
+from benchmark.leaderboard.rows import DATASET_NAMES, SEGMENTER_NAMES, canonical_dataset, canonical_name
+
+
+def protocol_of(results: dict) -> dict:
+    """What two results.json must share to be comparable (see the module docstring)."""
+    config = results.get("config") or {}
+    data, split = config.get("data") or {}, config.get("split") or {}
+    segmenter = config.get("segmenter") or {}
+    if not data.get("name") or not segmenter.get("name"):
+        raise BenchError("results.json has no config.data.name or config.segmenter.name; "
+                         "is it a SIAS-Bench results.json?")
+    fraction = split.get("fraction")
+    protocol = {
+        "dataset": canonical_dataset(data["name"]),
+        "split": {"fraction": None if fraction is None else round(float(fraction), 4),
+                  "order": split.get("order")},
+        "segmenter": canonical_name(segmenter["name"]),
+        "image_size": data.get("image_size"),
+        "metrics": dict(sorted((config.get("metrics") or {}).items())),
+    }
+    if config.get("training") is not None:  # unified vs per-category segmenter (SeaS Table 8)
+        protocol["training"] = config["training"]
+    return protocol
+
+
+def describe_protocol(protocol: dict) -> tuple[str, list[tuple[str, str]]]:
+    """A headline and (field, text) details for humans; reported protocols quote the YAML."""
+    dataset = DATASET_NAMES.get(protocol["dataset"], protocol["dataset"])
+    segmenter = SEGMENTER_NAMES.get(protocol["segmenter"], protocol["segmenter"])
+    if "reported_by" in protocol:
+        headline = f"reported by {protocol['paper']} ({protocol['tables']}) · {dataset} · {segmenter}"
+        details = [(k.replace("_", " "), str(protocol[k])) for k in
+                   ("variant", "segmenter_training", "split", "resolution", "synthetic_data", "notes") if protocol.get(k)]
+        details += [(f'{k} (printed "{v["printed"]}")', v["definition"]) for k, v in protocol["metric_definitions"].items()]
+        return headline, details
+    split = protocol.get("split") or {}
+    fraction = split.get("fraction")
+    training = f" ({protocol['training']})" if protocol.get("training") else ""
+    headline = f"reproduced · {dataset} · {segmenter}{training} · {protocol.get('image_size')} px"
+    details = [("split", ("?" if fraction is None else f"{100 * fraction:.2f}% of the defects") + f", by {split.get('order')}"),
+               ("metric options", ", ".join(f"{k}={v}" for k, v in (protocol.get("metrics") or {}).items()) or "none")]
+    return headline, details
+
+
+def short_protocol(protocol: dict) -> str:
+    seg = SEGMENTER_NAMES.get(protocol["segmenter"], protocol["segmenter"])
+    if "reported_by" in protocol:
+        return f"{protocol['paper']}, {seg}" + (f", {protocol['variant']}" if protocol.get("variant") else "")
+    return f"reproduced, {seg}, {protocol.get('image_size')} px"
