@@ -2,7 +2,7 @@
 `benchmark.registry.SEGMENTERS`."""
 
 # Every distinct model the zoo builds: case id -> (registry name, options). Tests and
-# benchmarks/segmenters_bench.py iterate over the same list.
+# tools/perf/segmenters_bench.py iterate over the same list.
 VARIANTS = {
     "unet": ("unet", {}),
     "unet-draem": ("unet-draem", {}),
