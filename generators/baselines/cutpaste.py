@@ -72,11 +72,13 @@ def _draw_rest(h, w, width, height, angle, rng) -> PatchDraw:
 
 def jitter_patch(patch: torch.Tensor, strength: float, seed: int) -> torch.Tensor:
     """torchvision's ColorJitter draws from torch's global generator; a forked, seeded generator
-    makes it a function of `seed` and leaves the caller's random state as it was."""
+    makes it a function of `seed` and leaves the caller's random state as it was. It runs on floats:
+    on uint8 torchvision truncates each intermediate grey level, which darkens grey by ~1% per step."""
     jitter = v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength, hue=strength)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return jitter(patch)
+        out = jitter(patch.float() / 255)
+    return (out * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def paste_patch(image: torch.Tensor, draw: PatchDraw, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
