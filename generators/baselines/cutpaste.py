@@ -1,4 +1,4 @@
-"""CutPaste (Li et al., CVPR 2021, Sec. 3.1): a patch cut from the normal image, colour-jittered
+"""CutPaste (Li et al., CVPR 2021): a patch cut from the normal image, colour-jittered
 and pasted elsewhere in the same image; the pasted pixels are the mask.
 
 - `scar` (the default, CutPaste-Scar): a thin rectangle, width U(2, 16) x height U(10, 25) px at
@@ -6,10 +6,11 @@ and pasted elsewhere in the same image; the pasted pixels are the mask.
   own footprint is the mask);
 - `normal` (CutPaste): a rectangle of U(0.02, 0.15) of the image area with aspect ratio
   log-uniform in [0.3, 1/0.3], not rotated;
-- `union`: one of the two with probability 1/2 (the paper's CutPaste + Scar mix).
+- `union`: one of the two with probability 1/2.
 
 The patch is jittered by torchvision's `ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1,
-hue=0.1)`, the strengths of the public re-implementations. docs/baselines.md gives the sources.
+hue=0.1)`. The authors published no code: sizes and strengths are those of the public
+re-implementations (Runinho/pytorch-cutpaste, LilitYolyan/CutPaste); docs/baselines.md has the sources.
 """
 
 from __future__ import annotations
