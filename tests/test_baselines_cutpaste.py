@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from benchmark.config import resolve_options
 from benchmark.data.demo import demo_dataset_path
@@ -65,7 +66,8 @@ def test_pasted_scar_has_the_drawn_size_and_rotation():
         draw = draw_scar(256, 256, CutPasteOptions(), rng)
         out, mask = paste_patch(image, draw, 0.1)
         mask = mask.numpy()
-        assert abs(mask.sum() - draw.width * draw.height) <= 0.15 * draw.width * draw.height + 2 * (draw.width + draw.height)
+        area = draw.width * draw.height  # nearest-neighbour rotation keeps it up to the border pixels
+        assert abs(mask.sum() - area) <= 0.15 * area + 2 * (draw.width + draw.height)
         assert torch.equal(out[:, ~torch.from_numpy(mask)], image[:, ~torch.from_numpy(mask)])
         if draw.height >= 3 * draw.width and draw.height >= 15:  # a clear long axis
             diff = (_principal_axis_degrees(mask) - draw.angle + 90) % 180 - 90
@@ -107,8 +109,8 @@ def split(private_cache):
     return few_shot_split(read_dataset(demo_dataset_path(private_cache), "mvtec"))
 
 
-def _generator(split, **options):
-    cls = GENERATORS.load("cutpaste")
+def _generator(split, name="cutpaste", **options):
+    cls = GENERATORS.load(name)
     gen = cls(resolve_options(cls, "smoke", {"pairs_per_type": 2, **options}), 64)
     gen.setup_split(split)
     return gen
@@ -118,10 +120,9 @@ def _generator(split, **options):
 def test_one_patch_per_image_by_default(split, variant):
     gen = _generator(split, variant=variant)
     for pair in gen.predict_step(gen.plan(split, 0)[:4]):
-        from scipy import ndimage
-
         assert pair.mask.any()
-        assert ndimage.label(pair.mask, structure=np.ones((3, 3)))[1] <= 2  # one patch (a rotated scar may touch itself diagonally)
+        # one patch: 8-connected, so a rotated nearest-neighbour scar stays one region
+        assert ndimage.label(pair.mask, structure=np.ones((3, 3)))[1] == 1
 
 
 def test_pairs_do_not_depend_on_global_random_state(split):
@@ -164,11 +165,7 @@ def test_same_seed_same_pairs_in_another_process(split, private_cache):
     """A fresh interpreter (other thread count, no shared state) makes byte-identical pairs."""
     here = {}
     for name in ("cutpaste", "draem"):
-        gen = _generator(split) if name == "cutpaste" else None
-        if gen is None:
-            cls = GENERATORS.load(name)
-            gen = cls(resolve_options(cls, "smoke", {"pairs_per_type": 2}), 64)
-            gen.setup_split(split)
+        gen = _generator(split, name)
         here[name] = [hashlib.sha256(p.image.tobytes() + p.mask.tobytes()).hexdigest()
                       for p in gen.predict_step(gen.plan(split, 7)[:4])]
     proc = subprocess.run([sys.executable, "-c", FINGERPRINT, "2", str(private_cache)],
