@@ -44,9 +44,14 @@ def make_wandb_logger(cfg, run_dir: Path, resolved: dict, quiet: bool = False):
     if quiet:
         os.environ["WANDB_SILENT"] = "true"  # also read by wandb's service process
     settings = wandb.Settings(silent=quiet, console="off" if quiet else "auto")
-    return WandbLogger(project=cfg.wandb_project, name=run_dir.name, save_dir=str(save_dir),
-                       offline=mode == "offline", config=resolved, mode=mode, id=wandb_run_id(run_dir),
-                       resume="allow", settings=settings)
+    logger = WandbLogger(project=cfg.wandb_project, name=run_dir.name, save_dir=str(save_dir),
+                         offline=mode == "offline", config=resolved, mode=mode, id=wandb_run_id(run_dir),
+                         resume="allow", settings=settings)
+    # Lightning passes anonymous=None to wandb.init, which wandb 0.31 answers with a deprecation
+    # line on the terminal even when silent; leaving the key out means the same to both
+    if getattr(logger, "_wandb_init", {}).get("anonymous", 0) is None:
+        del logger._wandb_init["anonymous"]
+    return logger
 
 
 def leaderboard_row(results: dict) -> dict:
