@@ -24,8 +24,8 @@ LAYOUT_CHOICES = ["mvtec", "visa", "btad", "mvtec3d", "loco", "folder"]
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", default=None, help="generator name (default cutpaste; see `bench list`)")
     p.add_argument("--segmenter", default=None, help="segmenter name (default unet; see `bench list`)")
-    p.add_argument("--profile", default="smoke", choices=["smoke", "paper"],
-                   help="smoke: tiny models, few steps, CPU-friendly; paper: each method's published settings")
+    p.add_argument("--profile", default=None, choices=["smoke", "paper"],
+                   help="smoke (default): tiny models, few steps, CPU-friendly; paper: each method's published settings")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the built-in demo dataset)")
     p.add_argument("--layout", default=None, choices=LAYOUT_CHOICES, help="dataset layout (default mvtec)")
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all)")
@@ -34,7 +34,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--training", choices=["unified", "per-category"], default=None,
                    help="one segmenter for all categories (default) or one per category")
     p.add_argument("--output", default=None, help="run folder (default runs/<generator>-<segmenter>-<profile>-<hash>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last finished stage")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output with the configuration stored there, from the last "
+                        "checkpoint of the stage it was in (other flags must agree with that configuration)")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --output")
     p.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
     p.add_argument("--cache-dir", default=None, help="demo data, tiny models and synthetic sets "
@@ -44,10 +46,19 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
-    from benchmark.config import build_config, parse_override
+    from benchmark.config import build_config
+
+    return build_config(args.profile or "smoke", given_settings(args))
+
+
+def given_settings(args) -> list[dict]:
+    """The settings the command line states explicitly (flags, then --set overrides), as nested dicts."""
+    from benchmark.config import parse_override
 
     overrides = [parse_override(o) for o in args.overrides]
     flags: dict = {}
+    if args.profile:
+        flags["profile"] = args.profile
     if args.generator:
         flags.setdefault("generator", {})["name"] = args.generator
     if args.segmenter:
@@ -63,19 +74,78 @@ def config_from_args(args):
         flags["training"] = args.training
     if args.no_wandb:
         flags["wandb"] = False
-    return build_config(args.profile, [flags, *overrides])
+    return [flags, *overrides]
+
+
+def resumed_config(args, output: Path):
+    """`--resume`: the configuration stored in the run folder. A setting given on the command line
+    must equal the stored one (after the same resolution a new run would apply), else it is refused
+    naming the field. None when the folder holds no run yet (then the flags start one)."""
+    from benchmark.config import config_from_resolved, resolve_options
+    from benchmark.formatting import flatten_config
+    from benchmark.registry import GENERATORS, SEGMENTERS
+
+    path = output / "config.json"
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except ValueError as e:
+        raise BenchError(f"{path}: unreadable ({e}); the folder cannot be resumed, use --overwrite") from None
+    given = flatten_config(deep_merge_all(given_settings(args)))
+    if not given:
+        return config_from_resolved(stored, path)
+    new = config_from_args(args)
+    resolved = new.model_dump(mode="json")
+    for kind, registry in (("generator", GENERATORS), ("segmenter", SEGMENTERS)):
+        cls = registry.load(getattr(new, kind).name)
+        resolved[kind]["options"] = resolve_options(cls, new.profile, getattr(new, kind).options).model_dump(mode="json")
+    now, before = flatten_config(resolved), flatten_config(stored)
+    for key in sorted(given):
+        matches = [k for k in now if k == key or k.startswith(key + ".")]
+        for k in matches:
+            if now[k] != before.get(k):
+                raise BenchError(f"{output}: --resume with {k}={now[k]}, but the run was started with "
+                                 f"{k}={before.get(k, '(unset)')}; drop the flag to continue it, or start "
+                                 "a new run with another --output (or --overwrite)")
+    return config_from_resolved(stored, path)
+
+
+def deep_merge_all(dicts: list[dict]) -> dict:
+    from benchmark.config import deep_merge
+
+    out: dict = {}
+    for d in dicts:
+        out = deep_merge(out, d)
+    return out
+
+
+def run_output(args, cfg, kind: str | None) -> Path:
+    if args.output:
+        return Path(args.output).expanduser()
+    return Path("runs") / f"{cfg.generator.name}-{kind or cfg.segmenter.name}-{cfg.profile}-{cfg.config_hash()[:8]}"
+
+
+def make_run(args, kind: str | None, **kwargs):
+    """The Run of `bench run` (kind None: the folder is named after the segmenter) or `bench generate`."""
+    from benchmark.run import Run
+
+    cfg = None
+    if args.resume and args.output:
+        cfg = resumed_config(args, Path(args.output).expanduser())
+    cfg = cfg or config_from_args(args)
+    output = run_output(args, cfg, kind)
+    args.resolved_output = output  # for the resume command printed on an interrupt
+    run = Run(cfg, output, quiet=args.quiet, cache=Path(args.cache_dir) if args.cache_dir else None, **kwargs)
+    return run, output
 
 
 def cmd_run(args) -> int:
     from rich.console import Console
 
     from benchmark.report import results_table
-    from benchmark.runner import Run
 
-    cfg = config_from_args(args)
-    output = Path(args.output) if args.output else Path("runs") / (
-        f"{cfg.generator.name}-{cfg.segmenter.name}-{cfg.profile}-{cfg.config_hash()[:8]}")
-    run = Run(cfg, output, quiet=args.quiet, cache=Path(args.cache_dir) if args.cache_dir else None)
+    run, output = make_run(args, None)
     results = run.execute(resume=args.resume, overwrite=args.overwrite)
     console = Console()
     if not console.is_terminal:  # logs and pipes: rich's 80-column default would truncate the table
@@ -87,13 +157,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from benchmark.runner import Run
-
-    cfg = config_from_args(args)
-    output = Path(args.output) if args.output else Path("runs") / (
-        f"{cfg.generator.name}-generate-{cfg.profile}-{cfg.config_hash()[:8]}")
-    run = Run(cfg, output, quiet=args.quiet, cache=Path(args.cache_dir) if args.cache_dir else None,
-              generator_checkpoint=Path(args.checkpoint) if args.checkpoint else None)
+    run, output = make_run(args, "generate", generator_checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     run.execute(resume=args.resume, overwrite=args.overwrite, until="generate")
     print(f"synthetic set: {output / 'synthetic'}")
     return 0
@@ -265,6 +329,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; continue with --resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        if type(e).__name__ != "RunInterrupted":
+            raise
+        print(f"{e.signal_name.lower().removeprefix('sig')}: stopped during {e.where}; checkpoints and finished "
+              f"stages are kept; resume with: {resume_command(args)}", file=sys.stderr)
+        return 130
+
+
+def resume_command(args) -> str:
+    import shlex
+
+    output = getattr(args, "resolved_output", None) or getattr(args, "output", None) or "<run folder>"
+    return f"bench {args.command} --output {shlex.quote(str(output))} --resume"
 
 
 if __name__ == "__main__":

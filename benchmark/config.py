@@ -121,6 +121,17 @@ def build_config(profile: str = "smoke", overrides: list[dict] | None = None) ->
     return cfg
 
 
+def config_from_resolved(stored: dict, source: Path | str = "config.json") -> RunConfig:
+    """A RunConfig from a run folder's config.json (the resolved configuration it was started with)."""
+    raw = json.loads(json.dumps(stored))
+    raw.get("data", {}).pop("name", None)  # derived from root and layout
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise BenchError(f"{source}: not a configuration this version can run ({_first_error(e)}); "
+                         "start a new run with another --output") from None
+
+
 def resolve_options(component_cls, profile: str, options: dict):
     """Method defaults < the method's preset for this profile < user options, validated."""
     merged = deep_merge(component_cls.presets.get(profile, {}), options)

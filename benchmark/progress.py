@@ -33,6 +33,7 @@ class RunProgress:
             TextColumn("{task.fields[info]}"), console=self.console, transient=False,
         )
         self._task = None
+        self.current: dict | None = None  # stage, category, completed, total: where an interrupt stopped
 
     def __enter__(self):
         if self._progress is not None:
@@ -45,20 +46,47 @@ class RunProgress:
 
     @contextmanager
     def stage(self, stage: str, total: int | None, category: str = "all"):
+        """A bar for one piece of work. It is filled only when the work finished: an interrupted or
+        failed stage keeps its real count and says so."""
+        self.current = {"stage": stage, "category": category, "completed": 0, "total": total}
         if self._progress is not None:
             self._task = self._progress.add_task("", total=total, stage=stage, category=category, info="")
         try:
             yield self
-        finally:
+        except BaseException as e:
+            if self._progress is not None and self._task is not None:
+                failed = type(e).__name__ in ("RunInterrupted", "KeyboardInterrupt", "SystemExit")
+                self._progress.update(self._task, info="[yellow]interrupted" if failed else "[red]failed")
+            raise
+        else:
             if self._progress is not None and self._task is not None:
                 task = self._progress.tasks[self._task]
                 if task.total is not None:
                     self._progress.update(self._task, completed=task.total)
-                self._task = None
+            self.current = None
+        finally:
+            self._task = None
+
+    def start_at(self, completed: int) -> None:
+        """A resumed fit starts its bar at the checkpoint's step."""
+        if self.current is not None:
+            self.current["completed"] = completed
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=completed)
 
     def advance(self, n: int = 1, info: str | None = None) -> None:
+        if self.current is not None:
+            self.current["completed"] += n
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, advance=n, **({"info": info} if info is not None else {}))
+
+    def where(self) -> str:
+        """'train (unified) at 40/150': the piece of work in progress, for the interrupt message."""
+        c = self.current
+        if c is None:
+            return ""
+        total = f"/{c['total']}" if c["total"] else ""
+        return f"{c['stage']} ({c['category']}) at {c['completed']}{total}"
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -70,6 +98,9 @@ class ProgressCallback(Callback):
 
     def __init__(self, progress: RunProgress):
         self.progress = progress
+
+    def on_train_start(self, trainer, pl_module):
+        self.progress.start_at(trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = trainer.callback_metrics.get("train/loss")

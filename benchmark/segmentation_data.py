@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from benchmark.data.dataset import Sample
 from benchmark.data.images import load_image, load_mask
@@ -78,3 +79,105 @@ class SegmentationDataset(Dataset):
             "category": item.category,
             "id": item.id,
         }
+
+
+class ResumableBatches(Sampler[list[int]]):
+    """The batches `DataLoader(shuffle=True, generator=g, drop_last=...)` draws (the same
+    `RandomSampler` + `BatchSampler` on the same generator, so an uninterrupted run trains on
+    exactly what it did before), made resumable mid-epoch: `SegmentationDataModule` saves, with
+    each Lightning checkpoint, where the stream is and the RNG states the next batches' random
+    flips depend on, and a resumed fit replays the rest of the epoch from there.
+
+    Written by hand because Lightning only resumes a loader mid-epoch if it is stateful, and
+    torch's DataLoader is not; exact with `num_workers=0` (flips then come from the main
+    process's torch RNG); with workers the order is exact, the flips are not."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, generator: torch.Generator):
+        self.generator = generator
+        self.inner = BatchSampler(RandomSampler(range(n), generator=generator), batch_size, drop_last)
+        self.position = 0  # stream index (= global step) of the next batch handed out
+        self.rng_before: dict[int, torch.Tensor] = {}  # stream index -> torch RNG before its batch loads
+        self.generator_at_epoch_start: torch.Tensor | None = None
+        self._resume: dict | None = None
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        resume, self._resume = self._resume, None
+        skip = 0
+        if resume is not None and resume["skip"]:
+            skip = resume["skip"]
+            self.generator.set_state(resume["generator"])  # the epoch's permutation, drawn again
+            torch.set_rng_state(resume["rng_first"])
+        self.generator_at_epoch_start = self.generator.get_state()
+        for i, batch in enumerate(self.inner):
+            if i < skip:
+                continue
+            self.rng_before[self.position] = torch.get_rng_state()
+            for old in [k for k in self.rng_before if k < self.position - 4]:
+                del self.rng_before[old]
+            self.position += 1
+            yield batch
+            if resume is not None:  # the rest of the epoch continues from the checkpoint's RNG
+                if resume["rng_after_first"] is not None:
+                    torch.set_rng_state(resume["rng_after_first"])
+                resume = None
+
+    def state_at(self, global_step: int) -> dict:
+        """What a checkpoint taken after `global_step` optimizer steps needs to continue exactly."""
+        skip = global_step % len(self)
+        now = torch.get_rng_state()
+        state = {"position": global_step, "skip": skip, "rng_first": now, "rng_after_first": None,
+                 "generator": self.generator.get_state() if skip == 0 else self.generator_at_epoch_start}
+        if skip and global_step in self.rng_before:
+            # the data fetcher loads one batch ahead: the next batch was loaded before the step that
+            # just ended, so it replays from the RNG it was loaded with, and the rest from now
+            state["rng_first"], state["rng_after_first"] = self.rng_before[global_step], now
+        return state
+
+    def load_state(self, state: dict) -> None:
+        self.position = state["position"]
+        if state["skip"]:
+            self._resume = state
+        else:  # at an epoch boundary: the next epoch starts from the saved generator and RNG
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["rng_first"])
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """A segmenter's training data: synthetic pairs + few-shot real defects + normal images of one
+    group (all categories when unified), shuffled by `seed`, resumable mid-epoch."""
+
+    def __init__(self, items: list[SegItem], size: int, batch_size: int, seed: int, num_workers: int = 0,
+                 resumable: bool = True):
+        super().__init__()
+        self.dataset = SegmentationDataset(items, size, augment=True)
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.resumable = resumable  # False under data-parallel strategies (Lightning shards the sampler)
+        self.batches: ResumableBatches | None = None
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        drop_last = len(self.dataset) > self.batch_size
+        common = dict(generator=generator, num_workers=self.num_workers,
+                      persistent_workers=self.num_workers > 0)
+        if not self.resumable:
+            return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=drop_last, **common)
+        self.batches = ResumableBatches(len(self.dataset), self.batch_size, drop_last, generator)
+        if self._pending is not None:
+            self.batches.load_state(self._pending)
+            self._pending = None
+        return DataLoader(self.dataset, batch_sampler=self.batches, **common)
+
+    _pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        # Lightning saves a datamodule's state_dict in every checkpoint (key = class name)
+        if self.batches is None or self.trainer is None:
+            return {}
+        return {"batches": self.batches.state_at(self.trainer.global_step)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("batches") is not None:
+            self._pending = state["batches"]

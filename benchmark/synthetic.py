@@ -22,7 +22,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from benchmark.data.images import save_png_atomic
-from generators.base import GenerationRequest, SyntheticPair
+from benchmark.contracts import GenerationRequest, SyntheticPair
 
 
 def append_line(path: Path, line: str) -> None:

@@ -7,10 +7,14 @@ offline otherwise (the run folder can be synced later with `wandb sync`).
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 from benchmark.report import TABLE_COLUMNS
 from benchmark.results import flat_metrics
+from benchmark.storage import atomic_write_text
+
+RUN_ID_FILE = "wandb-run-id"  # in the run folder: a resumed run logs into the same W&B run
 
 
 def wandb_configured() -> bool:
@@ -18,14 +22,35 @@ def wandb_configured() -> bool:
     return bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
 
 
-def make_wandb_logger(cfg, run_dir: Path, resolved: dict):
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of this run folder, made once and kept in the folder."""
+    path = run_dir / RUN_ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:8]  # W&B ids: short, [a-z0-9]
+    atomic_write_text(path, run_id)
+    return run_id
+
+
+def make_wandb_logger(cfg, run_dir: Path, resolved: dict, quiet: bool = False):
+    """A Lightning WandbLogger for the run folder: the same W&B run id on every resume; with
+    `quiet`, wandb prints nothing (no banners, no console capture)."""
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_configured() else "offline")
     save_dir = run_dir / "wandb-logs"
     save_dir.mkdir(parents=True, exist_ok=True)
+    if quiet:
+        os.environ["WANDB_SILENT"] = "true"  # also read by wandb's service process
+    settings = wandb.Settings(silent=quiet, console="off" if quiet else "auto")
     logger = WandbLogger(project=cfg.wandb_project, name=run_dir.name, save_dir=str(save_dir),
-                         offline=mode == "offline", config=resolved, mode=mode)
+                         offline=mode == "offline", config=resolved, mode=mode, id=wandb_run_id(run_dir),
+                         resume="allow", settings=settings)
+    # Lightning passes anonymous=None to wandb.init, which wandb 0.31 answers with a deprecation
+    # line on the terminal even when silent; leaving the key out means the same to both
+    if getattr(logger, "_wandb_init", {}).get("anonymous", 0) is None:
+        del logger._wandb_init["anonymous"]
     return logger
 
 
@@ -49,9 +74,10 @@ def log_results(logger, results: dict, run_dir: Path) -> None:
     payload = {"results/per_category": table,
                "results/leaderboard_row": wandb.Table(columns=list(row), data=[list(row.values())]),
                **{f"mean/{k}": v for k, v in flat_metrics(results["mean"]).items()}}
+    # plots under their own keys: an image logged as results/per_category would replace the table
     for name, file in (("samples", "samples.png"), ("per_category", "per_category.png")):
         if (run_dir / file).exists():
-            payload[f"results/{name}"] = wandb.Image(str(run_dir / file))
+            payload[f"plots/{name}"] = wandb.Image(str(run_dir / file))
     experiment.log(payload)
     experiment.summary.update({"results": results["mean"], "config_hash": results["run"]["config_hash"]})
     experiment.finish()

@@ -10,42 +10,23 @@ prediction-writer callback) writes each pair the moment it exists.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import lightning as L
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from benchmark.data.split import CategorySplit, FewShotSplit
-
-MASK_GIVEN = "given"  # the request's mask, possibly moved/flipped by the generator
-MASK_PREDICTED = "predicted"  # the method predicts the mask with the image
-MASK_SYNTHESIZED = "synthesized"  # a training-free method draws its own mask
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    id: str  # "<category>/<defect>/<index:05d>": unique, stable, the resume key
-    category: str
-    defect: str
-    normal_image: str
-    mask: tuple[str, ...] | None  # mask files of a few-shot real defect, or None
-    seed: int
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["mask"] = list(self.mask) if self.mask is not None else None
-        return d
-
-
-@dataclass
-class SyntheticPair:
-    request: GenerationRequest
-    image: np.ndarray  # uint8 HxWx3
-    mask: np.ndarray  # bool HxW
-    mask_origin: str
+# the contract types live in a leaf module both sides import; re-exported here for generator code
+from benchmark.contracts import (  # noqa: F401
+    MASK_GIVEN,
+    MASK_PREDICTED,
+    MASK_SYNTHESIZED,
+    CategorySplit,
+    FewShotSplit,
+    GenerationRequest,
+    SyntheticPair,
+    collate_requests,
+)
 
 
 class GeneratorOptions(BaseModel):
@@ -58,6 +39,8 @@ class GeneratorOptions(BaseModel):
 
 class Generator(L.LightningModule):
     name: ClassVar[str]
+    # part of the synthetic-set cache key: bump it when a change alters the pairs a config makes
+    code_version: ClassVar[int] = 1
     trainable: ClassVar[bool] = False
     uses_given_masks: ClassVar[bool] = False
     Options: ClassVar[type[GeneratorOptions]] = GeneratorOptions
@@ -119,18 +102,23 @@ class Generator(L.LightningModule):
         self.load_state_dict(state)
 
     def save_trained(self, path: Path) -> None:
-        import torch
+        from benchmark.storage import atomic_torch_save
 
-        tmp = Path(str(path) + ".tmp")
-        torch.save({"generator": self.name, "options": self.options.model_dump(), "state": self.trained_state()}, tmp)
-        tmp.replace(path)
+        atomic_torch_save({"generator": self.name, "options": self.options.model_dump(mode="json"),
+                           "state": self.trained_state()}, path)
 
     def load_trained(self, path: Path) -> None:
-        import torch
+        from benchmark.errors import BenchError
+        from benchmark.storage import load_weights
 
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            blob = load_weights(path)
+        except Exception as e:  # noqa: BLE001  (torch raises several types for a foreign or broken file)
+            raise BenchError(f"{path}: not a generator checkpoint readable with weights_only=True "
+                             f"({type(e).__name__}); use the generator.pt of a synthetic set") from None
+        if not isinstance(blob, dict) or "state" not in blob:
+            raise BenchError(f"{path}: not a generator checkpoint (no 'state'); use the generator.pt of a synthetic set")
+        if blob.get("generator") not in (None, self.name):
+            raise BenchError(f"{path}: a checkpoint of generator '{blob['generator']}', not '{self.name}'")
         self.load_trained_state(blob["state"])
 
-
-def collate_requests(batch: list[GenerationRequest]) -> list[GenerationRequest]:
-    return batch

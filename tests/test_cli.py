@@ -67,7 +67,8 @@ def test_existing_run_is_refused_then_resumed_without_redoing_work(cutpaste_run,
 
 def test_resume_with_another_config_is_refused(cutpaste_run, capsys):
     assert bench("run", "--generator", "draem", "--output", str(cutpaste_run), "--resume", "--no-wandb", *TINY) == 2
-    assert "different configuration" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--resume with generator.name=\"draem\"" in err and "started with generator.name=\"cutpaste\"" in err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,118 @@
+"""What the stages of a run share: the configuration, the run folder, the cache, the progress
+display, the stop request, the Lightning Trainer factory and what earlier stages produced."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmark.config import RunConfig
+from benchmark.progress import RunProgress
+from benchmark.run.folder import RunFolder
+from benchmark.run.interrupt import StopRequest
+
+log = logging.getLogger(__name__)
+
+VERSIONED = ("sias-bench", "torch", "torchvision", "lightning", "torchmetrics", "diffusers", "transformers",
+             "segmentation-models-pytorch", "mmsegmentation", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def checkpoint_every(max_steps: int | None) -> int:
+    """Steps between periodic Lightning checkpoints: ~10 per fit, at least 25 steps apart."""
+    return max(25, (max_steps or 0) // 10)
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    folder: RunFolder
+    cache: Path
+    progress: RunProgress
+    stop: StopRequest
+    generator_cls: Any
+    segmenter_cls: Any
+    generator_options: Any
+    segmenter_options: Any
+    generator_checkpoint: Path | None = None
+    # produced by the stages
+    split: Any = None
+    synthetic: Any = None
+    models: dict = field(default_factory=dict)
+    per_category: dict = field(default_factory=dict)
+    results: dict | None = None
+    _wandb: Any = None
+
+    def resolved_config(self) -> dict:
+        d = self.cfg.model_dump(mode="json")
+        d["generator"]["options"] = self.generator_options.model_dump(mode="json")
+        d["segmenter"]["options"] = self.segmenter_options.model_dump(mode="json")
+        d["data"]["name"] = self.cfg.data.name
+        return d
+
+    def resolved_precision(self) -> str:
+        import torch
+
+        return self.cfg.trainer.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
+
+    # -- Lightning plumbing --------------------------------------------------------------------
+    def trainer(self, max_steps=None, callbacks=(), logger=False, devices_for: str = "fit"):
+        import lightning as L
+
+        from benchmark.progress import ProgressCallback
+
+        t = self.cfg.trainer
+        # evaluation gathers maps in one process; fit and generate use every device
+        devices = 1 if devices_for == "evaluate" else t.devices
+        return L.Trainer(
+            accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes,
+            strategy=t.strategy if devices_for != "evaluate" else "auto",
+            precision=self.resolved_precision(), max_steps=max_steps if max_steps is not None else -1,
+            max_epochs=-1 if max_steps is not None else None,
+            deterministic=t.deterministic, logger=logger, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=any(
+                type(c).__name__ == "ModelCheckpoint" for c in callbacks),
+            # progress first: a stop requested during a batch is reported with that batch counted
+            callbacks=[ProgressCallback(self.progress), *callbacks], default_root_dir=str(self.folder.root),
+            log_every_n_steps=10,
+        )
+
+    def fit(self, module, checkpoint_dir: Path, max_steps: int, progress: tuple, logger=False, **fit_kwargs):
+        """`trainer.fit` with one checkpoint system: Lightning's `last.ckpt` in `checkpoint_dir`,
+        saved every `checkpoint_every(max_steps)` steps and when a stop is requested; a fit that
+        finds one continues from it. Returns the trainer."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from benchmark.run.interrupt import StopAtBatchEnd
+
+        last = checkpoint_dir / "last.ckpt"
+        periodic = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
+                                   every_n_train_steps=checkpoint_every(max_steps))
+        trainer = self.trainer(max_steps=max_steps, callbacks=[StopAtBatchEnd(self.stop, last), periodic],
+                               logger=logger, devices_for="fit")
+        with self.progress.stage(*progress):
+            trainer.fit(module, ckpt_path=str(last) if last.exists() else None, weights_only=True, **fit_kwargs)
+        return trainer
+
+    def wandb_logger(self):
+        if not self.cfg.wandb:
+            return False
+        if self._wandb is None:
+            from benchmark.tracking import make_wandb_logger
+
+            self._wandb = make_wandb_logger(self.cfg, self.folder.root, self.resolved_config(),
+                                            quiet=self.progress.quiet)
+        return self._wandb

@@ -1,0 +1,286 @@
+"""The stages of `bench run`, in order. Each has `is_done(ctx)` (its output is in the run folder
+and state.json says it finished), `load(ctx)` (bring that output back into the context) and
+`run(ctx)` (do the work, continuing whatever part of it a killed run left: pairs already in the
+synthetic set, Lightning checkpoints of a fit, categories already evaluated)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmark.errors import BenchError
+from benchmark.run.context import RunContext, package_versions
+from benchmark.storage import atomic_torch_save, atomic_write_text, config_digest, file_digest, load_weights
+
+
+class Stage:
+    name: str
+
+    def is_done(self, ctx: RunContext) -> bool:
+        return ctx.folder.is_done(self.name)
+
+    def load(self, ctx: RunContext) -> None:
+        """Put the finished stage's output into `ctx` (default: running it again is cheap and
+        skips everything already on disk)."""
+        self.run(ctx)
+
+    def run(self, ctx: RunContext) -> None:
+        raise NotImplementedError
+
+
+# -- data and split --------------------------------------------------------------------------------
+class DataStage(Stage):
+    """Reads the dataset (or makes the demo), checks it, and writes the few-shot split."""
+
+    name = "data"
+
+    def load(self, ctx: RunContext) -> None:
+        from benchmark.data.split import FewShotSplit
+
+        ctx.split = FewShotSplit.load(ctx.folder.root / "split.json")
+
+    def is_done(self, ctx: RunContext) -> bool:
+        return super().is_done(ctx) and (ctx.folder.root / "split.json").exists()
+
+    def run(self, ctx: RunContext) -> None:
+        from benchmark.data.layouts import read_dataset
+        from benchmark.data.split import few_shot_split
+
+        path = ctx.folder.root / "split.json"
+        if path.exists():
+            return self.load(ctx)
+        root, layout = data_root(ctx)
+        categories = read_dataset(root, layout, ctx.cfg.data.categories)
+        if ctx.cfg.data.root is not None:
+            check_pixels(root, layout, categories)
+        for name, cat in categories.items():
+            if not cat.train_good:
+                raise BenchError(f"{root}/{name}: category has no normal training images")
+            if not cat.defects:
+                raise BenchError(f"{root}/{name}: category has no defect images with masks")
+        ctx.split = few_shot_split(categories, ctx.cfg.split.fraction, ctx.cfg.split.order, ctx.cfg.seed)
+        ctx.split.save(path)
+
+
+def data_root(ctx: RunContext) -> tuple[Path, str]:
+    if ctx.cfg.data.root is None:
+        from benchmark.data.demo import demo_dataset_path
+
+        return demo_dataset_path(ctx.cache, seed=ctx.cfg.data.demo_seed), "mvtec"
+    root = Path(ctx.cfg.data.root).expanduser()
+    if not root.is_dir():
+        raise BenchError(f"{root}: data root does not exist; pass --data-root pointing at the dataset "
+                         "folder, or omit it to use the built-in demo dataset")
+    return root, ctx.cfg.data.layout
+
+
+def check_pixels(root: Path, layout: str, categories) -> None:
+    """Unreadable files, image/mask size mismatches, non-binary or empty masks stop the run here,
+    before hours of generation, with the first few named (headers only: seconds)."""
+    from benchmark.data.check import check_samples
+    from benchmark.data.layouts import get_layout
+
+    samples = [s for c in categories.values() for s in c.all_samples()]
+    problems = check_samples(samples, get_layout(layout).mask_encoding)
+    if problems:
+        shown = "; ".join(str(p) for p in problems[:3])
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise BenchError(f"{shown}{more}; list them all with `bench data check --data-root {root} "
+                         f"--layout {layout}`")
+
+
+# -- generation ------------------------------------------------------------------------------------
+def synthetic_key(ctx: RunContext) -> str:
+    """What determines a synthetic set; a set is reused only when all of it matches."""
+    return config_digest({
+        "generator": ctx.cfg.generator.name,
+        # a changed generator (new equations, a fixed bug) must not reuse pairs made by the old one
+        "code_version": getattr(ctx.generator_cls, "code_version", 1),
+        "options": ctx.generator_options.model_dump(mode="json"),
+        "split": ctx.split.to_json(),
+        "seed": ctx.cfg.seed,
+        "image_size": ctx.cfg.data.image_size,
+        # a given trained generator makes a different set than one trained here
+        "checkpoint": file_digest(ctx.generator_checkpoint) if ctx.generator_checkpoint else None,
+    })
+
+
+class GenerateStage(Stage):
+    """Fits the generator (when it learns; resumable from its Lightning checkpoint) and writes the
+    synthetic set to the cache, skipping pairs already there; links it into the run folder."""
+
+    name = "generate"
+
+    def run(self, ctx: RunContext) -> None:
+        from torch.utils.data import DataLoader
+
+        from benchmark.contracts import collate_requests
+        from benchmark.synthetic import SyntheticSet, SyntheticSetWriter
+
+        key = synthetic_key(ctx)
+        synthetic = SyntheticSet(ctx.cache / "synthetic" / f"{ctx.cfg.generator.name}-{key}")
+        generator = ctx.generator_cls(ctx.generator_options, ctx.cfg.data.image_size)
+        generator.setup_split(ctx.split)
+        requests = generator.plan(ctx.split, ctx.cfg.seed)
+        pending = synthetic.pending(requests)
+        ctx.synthetic = synthetic
+        if not pending:
+            link_synthetic(ctx)
+            return
+        synthetic.write_meta({
+            "generator": ctx.cfg.generator.name, "key": key, "config": ctx.resolved_config()["generator"],
+            "code_version": getattr(ctx.generator_cls, "code_version", 1),
+            "image_size": ctx.cfg.data.image_size, "seed": ctx.cfg.seed, "versions": package_versions(),
+            "requests": len(requests),
+        })
+        if ctx.generator_cls.trainable:
+            fit_generator(ctx, generator, synthetic.root / "generator.pt")
+        from benchmark.run.interrupt import StopAtBatchEnd
+
+        trainer = ctx.trainer(callbacks=[SyntheticSetWriter(synthetic, ctx.cfg.generator.name),
+                                         StopAtBatchEnd(ctx.stop)], devices_for="generate")
+        loader = DataLoader(pending, batch_size=ctx.generator_options.batch_size, collate_fn=collate_requests)
+        with ctx.progress.stage("generate", len(pending)):
+            trainer.predict(generator, dataloaders=loader, return_predictions=False)
+        if trainer.is_global_zero:
+            synthetic.merge_manifests()
+        missing = {r.id for r in requests} - synthetic.done_ids()
+        if missing:
+            raise BenchError(f"{synthetic.root}: {len(missing)} requested pairs were not written "
+                             f"(e.g. {sorted(missing)[0]}); run again with --resume")
+        link_synthetic(ctx)
+
+
+def fit_generator(ctx: RunContext, generator, trained: Path) -> None:
+    """A given trained generator (`bench generate --checkpoint`), else the one trained for this
+    set, else a fit that checkpoints through Lightning into the run folder and continues from
+    its last checkpoint when the run is resumed."""
+    if ctx.generator_checkpoint is not None:
+        generator.load_trained(ctx.generator_checkpoint)
+        return
+    if trained.exists():
+        generator.load_trained(trained)
+        return
+    steps = getattr(generator.options, "train_steps", None)
+    trainer = ctx.fit(generator, ctx.folder.root / "checkpoints" / "generator", steps, ("fit-gen", steps))
+    if trainer.is_global_zero:
+        generator.save_trained(trained)
+
+
+def link_synthetic(ctx: RunContext) -> None:
+    link = ctx.folder.root / "synthetic"
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(ctx.synthetic.root.resolve(), target_is_directory=True)
+
+
+# -- segmenter training ----------------------------------------------------------------------------
+class TrainStage(Stage):
+    """One segmenter (unified) or one per category; each fit resumes from its Lightning checkpoint
+    and ends in `segmenter/<group>.pt`."""
+
+    name = "train"
+
+    def groups(self, ctx: RunContext) -> list[str | None]:
+        return [None] if ctx.cfg.training == "unified" else sorted(ctx.split.categories)
+
+    def run(self, ctx: RunContext) -> None:
+        import lightning as L
+
+        from benchmark.segmentation_data import SegmentationDataModule, training_items
+
+        for group in self.groups(ctx):
+            L.seed_everything(ctx.cfg.seed, workers=True, verbose=False)  # each model as if trained alone
+            tag = group or "unified"
+            final = ctx.folder.root / "segmenter" / f"{tag}.pt"
+            model = ctx.segmenter_cls(ctx.segmenter_options)
+            if final.exists():
+                model.load_state_dict(load_weights(final))
+                ctx.models[group] = model
+                continue
+            single_process = ctx.cfg.trainer.devices in (1, "1") and ctx.cfg.trainer.num_nodes == 1
+            data = SegmentationDataModule(training_items(ctx.split, ctx.synthetic, group), ctx.cfg.data.image_size,
+                                          ctx.segmenter_options.batch_size, ctx.cfg.seed,
+                                          ctx.cfg.trainer.num_workers, resumable=single_process)
+            steps = ctx.segmenter_options.max_steps
+            trainer = ctx.fit(model, ctx.folder.root / "checkpoints" / tag, steps, ("train", steps, tag),
+                              logger=ctx.wandb_logger(), datamodule=data)
+            if trainer.is_global_zero:
+                atomic_torch_save(model.state_dict(), final)
+            ctx.models[group] = model
+
+    def load(self, ctx: RunContext) -> None:
+        self.run(ctx)  # every group's final weights exist: only loads them
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+class EvaluateStage(Stage):
+    """Per category: predict the held-out defects and test normals, feed the metric engine;
+    finished categories are kept in evaluation.json."""
+
+    name = "evaluate"
+
+    def run(self, ctx: RunContext) -> None:
+        from torch.utils.data import DataLoader
+
+        from benchmark.evaluation import MetricsCollector
+        from benchmark.run.interrupt import StopAtBatchEnd
+        from benchmark.segmentation_data import SegmentationDataset, evaluation_items
+
+        path = ctx.folder.root / "evaluation.json"
+        done = json.loads(path.read_text()) if path.exists() else {}
+        for name in sorted(ctx.split.categories):
+            if name in done:
+                continue
+            model = ctx.models[None] if None in ctx.models else ctx.models[name]
+            items = evaluation_items(ctx.split, name)
+            loader = DataLoader(SegmentationDataset(items, ctx.cfg.data.image_size),
+                                batch_size=ctx.segmenter_options.batch_size, num_workers=ctx.cfg.trainer.num_workers)
+            collector = MetricsCollector(ctx.cfg.metrics)
+            trainer = ctx.trainer(callbacks=[collector, StopAtBatchEnd(ctx.stop)], devices_for="evaluate")
+            with ctx.progress.stage("evaluate", len(loader), name):
+                trainer.predict(model, dataloaders=loader, return_predictions=False)
+            done[name] = collector.compute()
+            atomic_write_text(path, json.dumps(done, indent=2))
+        ctx.per_category = done
+
+    def load(self, ctx: RunContext) -> None:
+        ctx.per_category = json.loads((ctx.folder.root / "evaluation.json").read_text())
+
+    def is_done(self, ctx: RunContext) -> bool:
+        return super().is_done(ctx) and (ctx.folder.root / "evaluation.json").exists()
+
+
+# -- report ----------------------------------------------------------------------------------------
+class ReportStage(Stage):
+    """results.json, metrics.csv, samples.png, per_category.png, and the W&B run."""
+
+    name = "report"
+
+    def run(self, ctx: RunContext) -> None:
+        from benchmark import report
+        from benchmark.results import build_results
+
+        root = ctx.folder.root
+        results = build_results(
+            run_id=root.name, config=ctx.resolved_config(), config_hash=config_digest(ctx.resolved_config()),
+            versions=package_versions(), categories=ctx.per_category,
+            timings={k: v for k, v in ctx.folder.timings().items() if k != self.name},
+            synthetic_set=str(ctx.synthetic.root), synthetic_pairs=len(ctx.synthetic),
+        )
+        report.write_results(results, root)
+        report.sample_grid(ctx.synthetic, ctx.split, root / "samples.png", ctx.cfg.data.image_size)
+        report.category_bars(results, root / "per_category.png")
+        if ctx.cfg.wandb:
+            from benchmark.tracking import log_results
+
+            log_results(ctx.wandb_logger(), results, root)
+        ctx.results = results
+
+    def load(self, ctx: RunContext) -> None:
+        ctx.results = json.loads((ctx.folder.root / "results.json").read_text())
+
+    def is_done(self, ctx: RunContext) -> bool:
+        return super().is_done(ctx) and (ctx.folder.root / "results.json").exists()
+
+
+STAGES: tuple[type[Stage], ...] = (DataStage, GenerateStage, TrainStage, EvaluateStage, ReportStage)
