@@ -62,7 +62,10 @@ class Backbone:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """Pixels per latent cell: the autoencoder's own figure when it has one (the tiny backbone's
+        pixel-unshuffle), else AutoencoderKL's one halving per block after the first."""
+        factor = getattr(self.vae, "downscale_factor", None)
+        return int(factor) if factor else 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def resolution(self) -> int:
@@ -123,8 +126,14 @@ def quiet_hub_libraries():
         tlog.enable_progress_bar()
 
 
+PROJECT_COMPONENTS = "generators.diffusion."  # the tiny backbone's own parts (its autoencoder)
+
+
 def _component_class(library: str, name: str):
-    module = library if library in ("diffusers", "transformers") else f"diffusers.pipelines.{library}"
+    if library in ("diffusers", "transformers") or library.startswith(PROJECT_COMPONENTS):
+        module = library
+    else:
+        module = f"diffusers.pipelines.{library}"
     return getattr(importlib.import_module(module), name)
 
 
@@ -186,6 +195,6 @@ def load_backbone(source: str, dtype: torch.dtype = torch.float32) -> Backbone:
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     scheduler_config = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else dict(LDM_SCHEDULE)
     for role in ("unet", "vae", "text_encoder"):  # checkpoints may be stored in half precision
-        if next(parts[role].parameters()).dtype != dtype:
+        if any(p.dtype != dtype for p in parts[role].parameters()) or getattr(parts[role], "dtype", dtype) != dtype:
             parts[role] = parts[role].to(dtype)
     return Backbone(source, folder, scheduler_config=scheduler_config, **parts).freeze()
