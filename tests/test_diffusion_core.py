@@ -39,7 +39,7 @@ def backbone(tiny_folder):
 # -- loader ----------------------------------------------------------------------------------------
 def test_tiny_backbone_is_cached_and_loads_through_the_loader(tiny_folder, backbone):
     assert tiny_folder.name == f"tiny-{TINY_VERSION}"
-    assert tiny_folder.parent.parent == __import__("generators.diffusion.backbone", fromlist=["x"]).cache_root()
+    assert tiny_folder.parent.parent == __import__("generators.diffusion.hub", fromlist=["x"]).cache_root()
     stamp = (tiny_folder / "model_index.json").stat().st_mtime_ns
     assert tiny_backbone_folder() == tiny_folder
     assert (tiny_folder / "model_index.json").stat().st_mtime_ns == stamp  # not rebuilt
@@ -47,7 +47,7 @@ def test_tiny_backbone_is_cached_and_loads_through_the_loader(tiny_folder, backb
     same = load_backbone(str(tiny_folder))  # a local folder goes through the same path
     assert type(same.unet) is type(backbone.unet)
     assert backbone.resolution == 128 and backbone.vae_scale_factor == 8 and backbone.latent_channels == 192
-    assert len(backbone.tokenizer) == 49408 and backbone.max_length == 77
+    assert len(backbone.tokenizer) == 514 and backbone.max_length == 77  # the byte-level CLIP vocabulary
     assert not any(p.requires_grad for m in backbone.modules().values() for p in m.parameters())
     # the same random init every build
     ref = {k: v.clone() for k, v in backbone.unet.state_dict().items()}
@@ -154,10 +154,10 @@ def test_learned_tokens_train_only_their_vectors(backbone):
     tokens.add("wood/hole")
     tokens.add("grid/crack")
     tokens.add("wood/hole")  # idempotent
-    assert tokens.concepts == ["wood/hole", "grid/crack"] and len(backbone.tokenizer) == 49408 + 6
+    assert tokens.concepts == ["wood/hole", "grid/crack"] and len(backbone.tokenizer) == 514 + 6
     assert [n for n, _ in tokens.named_parameters()] == ["vectors.0", "vectors.1"]
-    ids = tokens.input_ids([tokens.prompt("grid/crack", "grid crack")], 77)[0]
-    assert ids[3:6].tolist() == backbone.tokenizer.convert_tokens_to_ids(tokens.placeholders("grid/crack"))
+    ids = tokens.input_ids([tokens.prompt("grid/crack", "grid crack")], 77)[0]  # BOS, 9 characters, 3 placeholders
+    assert ids[10:13].tolist() == backbone.tokenizer.convert_tokens_to_ids(tokens.placeholders("grid/crack"))
     assert torch.equal(tokens.encode(["wood hole"], 77), plain)  # ordinary prompts are untouched
     init = backbone.text_encoder.get_input_embeddings().weight[backbone.tokenizer("anomaly", add_special_tokens=False).input_ids].mean(0)
     assert torch.allclose(tokens.vectors[0][0], init)
