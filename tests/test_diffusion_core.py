@@ -39,15 +39,15 @@ def backbone(tiny_folder):
 # -- loader ----------------------------------------------------------------------------------------
 def test_tiny_backbone_is_cached_and_loads_through_the_loader(tiny_folder, backbone):
     assert tiny_folder.name == f"tiny-{TINY_VERSION}"
-    assert tiny_folder.parent.parent == __import__("generators.diffusion.backbone", fromlist=["x"]).cache_root()
+    assert tiny_folder.parent.parent == __import__("generators.diffusion.hub", fromlist=["x"]).cache_root()
     stamp = (tiny_folder / "model_index.json").stat().st_mtime_ns
     assert tiny_backbone_folder() == tiny_folder
     assert (tiny_folder / "model_index.json").stat().st_mtime_ns == stamp  # not rebuilt
     assert not [p for p in tiny_folder.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
     same = load_backbone(str(tiny_folder))  # a local folder goes through the same path
     assert type(same.unet) is type(backbone.unet)
-    assert backbone.resolution == 128 and backbone.vae_scale_factor == 8 and backbone.latent_channels == 4
-    assert len(backbone.tokenizer) == 49408 and backbone.max_length == 77
+    assert backbone.resolution == 128 and backbone.vae_scale_factor == 8 and backbone.latent_channels == 192
+    assert len(backbone.tokenizer) == 514 and backbone.max_length == 77  # the byte-level CLIP vocabulary
     assert not any(p.requires_grad for m in backbone.modules().values() for p in m.parameters())
     # the same random init every build
     ref = {k: v.clone() for k, v in backbone.unet.state_dict().items()}
@@ -71,9 +71,16 @@ def test_ldm_layout_with_bert_and_vqvae_loads(tmp_path, tiny_folder):
     tokens work with its tokenizer."""
     from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertConfig, LDMBertModel
 
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from generators.diffusion.tiny import UNET
+
     root = tmp_path / "ldm"
-    shutil.copytree(tiny_folder / "unet", root / "unet")
-    shutil.copytree(tiny_folder / "vae", root / "vqvae")
+    torch.manual_seed(0)
+    UNet2DConditionModel(**{**UNET, "in_channels": 4, "out_channels": 4}).save_pretrained(root / "unet")
+    AutoencoderKL(latent_channels=4, layers_per_block=1, block_out_channels=(8, 8), norm_num_groups=8,
+                  down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(root / "vqvae")
     shutil.copytree(tiny_folder / "scheduler", root / "scheduler")
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "anomaly", "bottle", "broken", "large"]
     (root / "tokenizer").mkdir()
@@ -89,6 +96,7 @@ def test_ldm_layout_with_bert_and_vqvae_loads(tmp_path, tiny_folder):
         "vqvae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"]}))
     b = load_backbone(str(root))
     assert type(b.text_encoder).__name__ == "LDMBertModel" and b.scheduler_config["beta_schedule"] == "scaled_linear"
+    assert b.vae_scale_factor == 2 and b.latent_channels == 4  # AutoencoderKL: one halving per extra block
     assert b.max_length == 77  # capped by LDM-BERT's positions, whatever the tokenizer claims
     tokens = LearnedTokens(b.tokenizer, b.text_encoder, 2)
     tokens.add("bottle/broken_large")
@@ -130,7 +138,7 @@ def test_ddim_and_dpm_sample_with_the_tiny_unet(backbone):
     for kind in ("ddim", "dpm"):
         s = make_scheduler(kind, backbone.scheduler_config)
         s.set_timesteps(4)
-        x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(1, backbone.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
         ctx = torch.zeros(1, 77, 32)
         with torch.no_grad():
             for t in s.timesteps:
@@ -146,10 +154,10 @@ def test_learned_tokens_train_only_their_vectors(backbone):
     tokens.add("wood/hole")
     tokens.add("grid/crack")
     tokens.add("wood/hole")  # idempotent
-    assert tokens.concepts == ["wood/hole", "grid/crack"] and len(backbone.tokenizer) == 49408 + 6
+    assert tokens.concepts == ["wood/hole", "grid/crack"] and len(backbone.tokenizer) == 514 + 6
     assert [n for n, _ in tokens.named_parameters()] == ["vectors.0", "vectors.1"]
-    ids = tokens.input_ids([tokens.prompt("grid/crack", "grid crack")], 77)[0]
-    assert ids[3:6].tolist() == backbone.tokenizer.convert_tokens_to_ids(tokens.placeholders("grid/crack"))
+    ids = tokens.input_ids([tokens.prompt("grid/crack", "grid crack")], 77)[0]  # BOS, 9 characters, 3 placeholders
+    assert ids[10:13].tolist() == backbone.tokenizer.convert_tokens_to_ids(tokens.placeholders("grid/crack"))
     assert torch.equal(tokens.encode(["wood hole"], 77), plain)  # ordinary prompts are untouched
     init = backbone.text_encoder.get_input_embeddings().weight[backbone.tokenizer("anomaly", add_special_tokens=False).input_ids].mean(0)
     assert torch.allclose(tokens.vectors[0][0], init)
@@ -181,7 +189,7 @@ def test_learned_tokens_save_and_load(backbone, tiny_folder):
 # -- cross-attention hook --------------------------------------------------------------------------
 def _unet_inputs():
     g = torch.Generator().manual_seed(0)
-    return torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
+    return torch.randn(2, 192, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)  # tiny: 192 latent channels
 
 
 def test_attention_hook_records_without_changing_the_output(backbone):
@@ -246,9 +254,12 @@ def test_vae_round_trip_shapes_and_mask_to_latent(backbone):
     assert all(np.array_equal(a, b) for a, b in zip(tensor_to_images(x), images))
     with torch.no_grad():
         z = encode_images(backbone.vae, x)
-        assert z.shape == (2, 4, 8, 8)
+        assert z.shape == (2, 192, 8, 8)
         assert torch.equal(z, encode_images(backbone.vae, x))  # the posterior mode: deterministic
-        assert decode_latents(backbone.vae, z).shape == (2, 3, 64, 64)
+        assert torch.equal(z, encode_images(backbone.vae, x, torch.Generator().manual_seed(1), sample=True))
+        # the tiny autoencoder is lossless: every pixel comes back bit for bit
+        assert all(np.array_equal(a, b) for a, b in zip(tensor_to_images(decode_latents(backbone.vae, z)), images))
+        assert torch.equal(z[0, :, 2, 5].view(3, 8, 8), x[0, :, 16:24, 40:48])  # latent cell = its 8x8 block
         zm = encode_masks(backbone.vae, torch.ones(2, 1, 64, 64))
         assert torch.equal(zm, encode_images(backbone.vae, torch.ones(2, 3, 64, 64)))  # mask 1 = white image
         decoded = decode_masks(backbone.vae, zm)

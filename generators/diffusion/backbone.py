@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,29 +21,13 @@ import torch
 from torch import nn
 
 from benchmark.errors import BenchError
+from generators.diffusion.hub import KNOWN_BACKBONES, LDM_SCHEDULE, ROLES, TINY, quiet_hub_libraries
+from generators.diffusion.tiny import tiny_backbone_folder
 
-TINY = "tiny"
+__all__ = ["Backbone", "load_backbone", "resolve_folder", "TINY", "LDM_SCHEDULE"]
 
-# role -> subfolder names used by the pipelines we load (first match wins)
-ROLES = {
-    "unet": ("unet",),
-    "vae": ("vae", "vqvae"),
-    "text_encoder": ("text_encoder", "bert"),
-    "tokenizer": ("tokenizer",),
-}
-
-# CompVis `make_beta_schedule("linear")` is linear in sqrt(beta): diffusers calls it "scaled_linear"
-LDM_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-
-KNOWN_BACKBONES = {
-    "CompVis/ldm-text2im-large-256": "LDM txt2img-f8-large + LDM-BERT, 256 px (AnomalyDiffusion, STAGE)",
-    "CompVis/stable-diffusion-v1-4": "Stable Diffusion v1.4, 512 px (SeaS)",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Stable Diffusion v1.5, 512 px",
-}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SIAS_BENCH_CACHE", "~/.cache/sias-bench")).expanduser()
+# backbones the project builds itself instead of loading from the hub: name -> folder builder
+BUILT_BACKBONES = {TINY: tiny_backbone_folder}
 
 
 @dataclass
@@ -62,7 +44,10 @@ class Backbone:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """Pixels per latent cell: the autoencoder's own figure when it has one (the tiny backbone's
+        pixel-unshuffle), else AutoencoderKL's one halving per block after the first."""
+        factor = getattr(self.vae, "downscale_factor", None)
+        return int(factor) if factor else 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def resolution(self) -> int:
@@ -103,28 +88,14 @@ class Backbone:
         return self
 
 
-@contextmanager
-def quiet_hub_libraries():
-    """Silence diffusers/transformers info logs and progress bars while loading components."""
-    import diffusers.utils.logging as dlog
-    import transformers.utils.logging as tlog
-
-    levels = dlog.get_verbosity(), tlog.get_verbosity()
-    dlog.set_verbosity_error()
-    tlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        dlog.set_verbosity(levels[0])
-        tlog.set_verbosity(levels[1])
-        dlog.enable_progress_bar()
-        tlog.enable_progress_bar()
+PROJECT_COMPONENTS = "generators.diffusion."  # the tiny backbone's own parts (its autoencoder)
 
 
 def _component_class(library: str, name: str):
-    module = library if library in ("diffusers", "transformers") else f"diffusers.pipelines.{library}"
+    if library in ("diffusers", "transformers") or library.startswith(PROJECT_COMPONENTS):
+        module = library
+    else:
+        module = f"diffusers.pipelines.{library}"
     return getattr(importlib.import_module(module), name)
 
 
@@ -142,10 +113,8 @@ def missing_weights_message(source: str, reason: str) -> str:
 
 def resolve_folder(source: str) -> Path:
     """A local folder as given, else a hub snapshot (cache first; honours HF_HUB_OFFLINE)."""
-    if source == TINY:
-        from generators.diffusion.tiny import tiny_backbone_folder
-
-        return tiny_backbone_folder()
+    if source in BUILT_BACKBONES:
+        return BUILT_BACKBONES[source]()
     path = Path(source).expanduser()
     if path.is_dir():
         return path
@@ -164,8 +133,10 @@ def resolve_folder(source: str) -> Path:
                                                  "name and the hub snapshot could not be loaded")) from err
 
 
-def load_backbone(source: str, dtype: torch.dtype = torch.float32) -> Backbone:
-    """Load unet, vae, text encoder, tokenizer and the noise schedule from `source`, frozen."""
+def load_backbone(source: str, dtype: torch.dtype = torch.float32, freeze: bool = True) -> Backbone:
+    """Load the denoiser (`unet/` or a DiT's `transformer/`), vae, text encoder, tokenizer and the
+    noise schedule from `source`; frozen (no gradients, eval mode) unless `freeze=False`, for
+    methods that fine-tune the denoiser (SeaS, BADG)."""
     folder = resolve_folder(source)
     index_file = folder / "model_index.json"
     if not index_file.exists():
@@ -186,6 +157,7 @@ def load_backbone(source: str, dtype: torch.dtype = torch.float32) -> Backbone:
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     scheduler_config = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else dict(LDM_SCHEDULE)
     for role in ("unet", "vae", "text_encoder"):  # checkpoints may be stored in half precision
-        if next(parts[role].parameters()).dtype != dtype:
+        if any(p.dtype != dtype for p in parts[role].parameters()) or getattr(parts[role], "dtype", dtype) != dtype:
             parts[role] = parts[role].to(dtype)
-    return Backbone(source, folder, scheduler_config=scheduler_config, **parts).freeze()
+    backbone = Backbone(source, folder, scheduler_config=scheduler_config, **parts)
+    return backbone.freeze() if freeze else backbone

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from generators.diffusion.backbone import LDM_SCHEDULE
+from generators.diffusion.hub import LDM_SCHEDULE
 
 SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
 

@@ -1,8 +1,10 @@
 """The `tiny` backbone: random-init components small enough for CPU tests and the smoke profile.
 
-UNet2DConditionModel (32/64 channels, one cross-attention level, context 32), AutoencoderKL (4
-levels: 8x downsampling and 4 latent channels, like the real models), a 2-layer CLIPTextModel, and
-CLIP's real tokenizer (from mmsegmentation's BPE file). Built once from a fixed seed, saved in
+UNet2DConditionModel (32/64 channels, one cross-attention level, context 32), a lossless
+parameter-free autoencoder (`pixel_autoencoder`: 8x pixel-unshuffle, 192 latent channels; a random
+AutoencoderKL reconstructs nothing, so no pair made with it keeps its normal image), a 2-layer
+CLIPTextModel, and CLIP's tokenizer class over a 514-token byte-level vocabulary (`clip_tokenizer`;
+no other package's files). Built once from a fixed seed, saved in
 diffusers layout to `$SIAS_BENCH_CACHE/models/tiny-<version>` (temp dir + rename, so a reader never
 sees half a folder) and loaded like any other backbone. Bump TINY_VERSION when the recipe changes.
 """
@@ -16,25 +18,23 @@ from pathlib import Path
 
 import torch
 
-from generators.diffusion.backbone import LDM_SCHEDULE, cache_root
-from generators.diffusion.clip_tokenizer import write_clip_tokenizer
+from generators.diffusion.clip_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, write_clip_tokenizer
+from generators.diffusion.hub import LDM_SCHEDULE, cache_root, quiet_hub_libraries
 
-TINY_VERSION = 1
+TINY_VERSION = 3  # 2: lossless pixel-unshuffle autoencoder; 3: byte-level CLIP tokenizer (514 tokens)
 TINY_SEED = 0
 
+VAE = dict(factor=8, in_channels=3, scaling_factor=1.0)
+LATENT_CHANNELS = VAE["in_channels"] * VAE["factor"] ** 2
 UNET = dict(
-    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+    sample_size=16, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, layers_per_block=1,
+    block_out_channels=(32, 64),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
 )
-VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=(16, 32, 32, 64),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
-    sample_size=128,
-)
 TEXT = dict(
-    vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    max_position_embeddings=77, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
 )
 
 
@@ -47,10 +47,10 @@ def tiny_backbone_folder() -> Path:
 
 def build_tiny_backbone(folder: Path) -> Path:
     """Write the tiny backbone to `folder` atomically; a concurrent builder's result is kept."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from generators.diffusion.backbone import quiet_hub_libraries
+    from generators.diffusion.pixel_autoencoder import PixelShuffleAutoencoder
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def build_tiny_backbone(folder: Path) -> Path:
         with torch.random.fork_rng(devices=[]), quiet_hub_libraries():
             torch.manual_seed(TINY_SEED)
             UNet2DConditionModel(**UNET).save_pretrained(tmp / "unet")
-            AutoencoderKL(**VAE).save_pretrained(tmp / "vae")
+            PixelShuffleAutoencoder(**VAE).save_pretrained(tmp / "vae")
             CLIPTextModel(CLIPTextConfig(**TEXT)).save_pretrained(tmp / "text_encoder")
         write_clip_tokenizer(tmp / "tokenizer")
         DDPMScheduler(**LDM_SCHEDULE, clip_sample=False, steps_offset=1).save_pretrained(tmp / "scheduler")
@@ -67,7 +67,7 @@ def build_tiny_backbone(folder: Path) -> Path:
             "_class_name": "StableDiffusionPipeline",
             "_sias_bench_tiny_version": TINY_VERSION,
             "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
+            "vae": ["generators.diffusion.pixel_autoencoder", "PixelShuffleAutoencoder"],
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "scheduler": ["diffusers", "DDPMScheduler"],

@@ -72,6 +72,9 @@ class StageOptions(GeneratorOptions):
 
 class StageGenerator(Generator):
     name = "stage"
+    # 2: the tiny backbone's lossless autoencoder makes different (real) smoke pairs; part of the
+    # synthetic-set cache key, so no cached set from version 1 is reused
+    code_version: ClassVar[int] = 2
     trainable: ClassVar[bool] = True
     uses_given_masks: ClassVar[bool] = True
     Options = StageOptions
