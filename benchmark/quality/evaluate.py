@@ -1,10 +1,10 @@
 """Generation quality of a synthetic set: IS, FID, KID, LPIPS to the nearest real anomaly,
 IC-LPIPS and IC-LPIPS on the anomaly region, per defect type, per category and mean.
 
-Aggregation follows the papers: AnomalyDiffusion (Sec. 4) and SeaS (appendix, Tables 19-21)
+Aggregation follows the papers: AnomalyDiffusion (Sec. 4) and SeaS (appendix A.3 "Metrics", Tables 19-21)
 compute IS and IC-LPIPS per anomaly type and report per product, so a category's IS / IC-LPIPS
-/ IC-LPIPS(a) is the mean over its defect types; BADG (Sec. 5, Tables 1 and 3) and DefectDiffu
-(Sec. 4, Table 1) report FID / LPIPS per category, so a category's FID and KID pool all its
+/ IC-LPIPS(a) is the mean over its defect types; BADG (Sec. 4.2, Tables 1 and 3) and DefectDiffu
+(Sec. 4.1-4.2, Table 1) report FID / LPIPS per category, so a category's FID and KID pool all its
 generated images against all its real anomalies, and its nearest-real LPIPS is the mean over all
 its generated images. The mean row averages the categories (the papers' "Average" rows).
 

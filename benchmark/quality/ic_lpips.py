@@ -1,6 +1,6 @@
 """IC-LPIPS: intra-cluster pairwise LPIPS distance (Ojha et al., CVPR 2021, "Few-shot image
 generation via cross-domain correspondence", Sec. 4), as AnomalyDiffusion (Sec. 4 "Metric";
-supplement C.2) and SeaS (appendix, "Metrics"; Tables 19-21) use it for anomaly diversity:
+supplement C.2) and SeaS (appendix A.3 "Metrics"; Tables 19-21 in A.6) use it for anomaly diversity:
 
 1. the real few-shot training anomalies of a defect type are the k cluster centres;
 2. each generated image joins the centre it is closest to under LPIPS (ties: the first centre);

@@ -5,11 +5,11 @@ lets the Inception network run once per image for all three metrics (pool featur
 logits for IS) while the formulas stay torchmetrics':
 
 * IS = exp(E_x KL(p(y|x) || p(y))) over `splits` random splits, mean and std (Salimans et al.
-  2016; AnomalyDiffusion supplement C.2, SeaS appendix "Metrics");
-* FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2)) (Heusel et al. 2017; BADG Sec. 5,
-  DefectDiffu Sec. 4), features in float64;
+  2016; AnomalyDiffusion supplement C.2, SeaS appendix A.3 "Metrics");
+* FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2)) (Heusel et al. 2017; BADG Sec. 4.2,
+  DefectDiffu Sec. 4.1), features in float64;
 * KID = unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, mean and std
-  over `subsets` random subsets of `subset_size` (Binkowski et al. 2018; SeaS appendix "Metrics").
+  over `subsets` random subsets of `subset_size` (Binkowski et al. 2018; SeaS appendix A.3 "Metrics").
 
 Random permutations use a seeded generator, so the numbers are reproducible.
 """

@@ -13,7 +13,7 @@ Two distances come out of the same features:
   linear head applied to the squared feature difference; summed over layers);
 * region: the spatial LPIPS map (`spatial=True`: each layer's map upsampled to the image size,
   summed) averaged over the union of the two images' anomaly masks, i.e. LPIPS on the anomaly
-  region only (IC-LPIPS(a), SeaS appendix "Metrics"). NaN when both masks are empty.
+  region only (IC-LPIPS(a), SeaS appendix A.3 "Metrics"). NaN when both masks are empty.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,7 +191,9 @@ def _lpips_model(net: str, heads_path: Path):
         raise BenchError(f"{heads_path}: not LPIPS linear heads for '{net}' (keys {sorted(wanted)[0]}... missing)")
     # pnet_rand=True: the trunk is built without torchvision's download, then loaded from a local file;
     # lpips loads the heads with strict=False, hence the key check above.
-    return lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, model_path=str(heads_path), verbose=False)
+    with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        return lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, model_path=str(heads_path), verbose=False)
 
 
 def load_lpips(net: str, trunk_path: Path, heads_path: Path) -> nn.Module:
