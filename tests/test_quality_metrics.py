@@ -86,6 +86,13 @@ def test_inception_score_one_split_matches_the_kl_definition():
     assert out["is_std"] is None and out["is_splits"] == 1
 
 
+def test_inception_score_splits_hold_at_least_ten_images():
+    logits = torch.randn(35, 4, generator=torch.Generator().manual_seed(0))
+    assert inception_score(logits, splits=10)["is_splits"] == 3
+    assert inception_score(logits[:9], splits=10)["is_splits"] == 1
+    assert inception_score(torch.randn(500, 4), splits=10)["is_splits"] == 10
+
+
 def test_inception_score_of_identical_confident_predictions_is_one_and_of_distinct_ones_is_k():
     same = torch.tensor([[50.0, 0, 0]] * 6)
     distinct = torch.tensor([[50.0, 0, 0], [0, 50.0, 0], [0, 0, 50.0]] * 2)

@@ -18,7 +18,7 @@ LAYOUT_CHOICES = ["mvtec", "visa", "btad", "mvtec3d", "loco", "folder"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from benchmark.quality.ic_lpips import DEFAULT_CLUSTER_CAP
+    from benchmark.quality.options import DEFAULT_CLUSTER_CAP
     from benchmark.quality.networks import WEIGHTS_ENV
 
     p.add_argument("--synthetic", required=True, help="a synthetic set folder, or a run folder (uses its synthetic/ and split.json)")
@@ -48,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def options_from_args(args):
-    from benchmark.quality.evaluate import QualityOptions
+    from benchmark.quality.options import QualityOptions
 
     return QualityOptions(features=args.features, weights=args.weights, lpips_net=args.lpips_net,
                           image_size=args.image_size, reference=args.reference, cluster_cap=args.cluster_cap,

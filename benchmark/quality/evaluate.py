@@ -19,43 +19,22 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from benchmark.quality.ic_lpips import DEFAULT_CLUSTER_CAP, intra_cluster_lpips
+from benchmark.quality.ic_lpips import intra_cluster_lpips
 from benchmark.quality.image_sets import (DefectGroup, check_files, defect_groups, image_loader, load_split,
                                           resolve_synthetic_root, uint8_batches)
 from benchmark.quality.inception_metrics import frechet_distance, inception_score, kernel_inception_distance
 from benchmark.quality.lpips_distance import LPIPSDistance
 from benchmark.quality.networks import NOT_COMPARABLE, FeatureNetworks, load_feature_networks
+from benchmark.quality.options import QualityOptions
 
 log = logging.getLogger(__name__)
 
 METRICS = ("is", "is_std", "fid", "kid_mean", "kid_std", "lpips_nearest_real", "ic_lpips", "ic_lpips_anomaly")
 MEAN_OVER_TYPES = ("is", "is_std", "ic_lpips", "ic_lpips_anomaly")
-
-
-class QualityOptions(BaseModel):
-    """How the quality metrics run; also the `quality` section of a run configuration."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False  # for the runner: compute after generation (on by default in `paper`)
-    features: Literal["inception", "random-test"] = "inception"
-    weights: str | None = None  # folder of weight files; default $SIAS_BENCH_QUALITY_WEIGHTS
-    lpips_net: Literal["alex", "vgg"] = "vgg"
-    image_size: int = Field(256, ge=16)  # SeaS/AnomalyDiffusion resize to 256 x 256 before IS and LPIPS
-    reference: Literal["all", "train", "holdout"] = "all"
-    cluster_cap: int = Field(DEFAULT_CLUSTER_CAP, ge=2)
-    is_splits: int = Field(10, ge=1)
-    kid_subsets: int = Field(100, ge=1)
-    kid_subset_size: int = Field(1000, ge=2)
-    batch_size: int = Field(16, ge=1)
-    lpips_memory_mb: float = Field(512, gt=0)
-    seed: int = 0
 
 
 def evaluate_synthetic_set(synthetic_root, split_or_real_root=None, options: QualityOptions | dict | None = None,

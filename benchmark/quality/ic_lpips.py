@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DEFAULT_CLUSTER_CAP = 50
+from benchmark.quality.options import DEFAULT_CLUSTER_CAP
 
 
 @dataclass

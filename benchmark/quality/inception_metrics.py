@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 CHUNK = 256  # features per update call; FID keeps only sums, so memory does not grow with N
+MIN_PER_SPLIT = 10  # an IS split of one image is exp(0) = 1 whatever the image: small sets use fewer splits
 
 
 def _quiet(metric_cls, **kwargs):
@@ -54,7 +55,7 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> di
     n = len(logits)
     if n < 1:
         return {"is": None, "is_std": None, "is_splits": 0}
-    used = min(splits, n)
+    used = max(1, min(splits, n // MIN_PER_SPLIT))
     metric = _quiet(InceptionScore, feature=PrecomputedFeatures(logits.shape[1]), splits=used)
     metric.update(logits.double())
     with torch.random.fork_rng(devices=[]):
