@@ -58,7 +58,8 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> di
     used = max(1, min(splits, n // MIN_PER_SPLIT))
     metric = _quiet(InceptionScore, feature=PrecomputedFeatures(logits.shape[1]), splits=used)
     metric.update(logits.double())
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*degrees of freedom.*")  # one split: no std, reported as None
         torch.manual_seed(seed)
         mean, std = metric.compute()
     return {"is": float(mean), "is_std": _none_if_nan(float(std)) if used > 1 else None, "is_splits": used}
