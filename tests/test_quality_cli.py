@@ -94,10 +94,29 @@ def test_report_has_every_metric_per_defect_category_and_mean_and_says_not_compa
     assert widget["metrics"]["is"] == pytest.approx(np.mean([d["metrics"]["is"] for d in types]))
     assert report["mean"]["fid"] == pytest.approx(widget["metrics"]["fid"])
 
-    from benchmark.quality.evaluate import wandb_metrics
+    from rich.console import Console
+
+    from benchmark.quality.evaluate import quality_table, wandb_metrics
 
     flat = wandb_metrics(report)
     assert flat and all(k.startswith("quality_random_test/") for k in flat)
+    console = Console(record=True, width=160)
+    console.print(quality_table(report))
+    assert "NOT COMPARABLE" in console.export_text()
+
+
+def test_runner_entry_point_takes_the_run_split(data, tmp_path, one_thread):
+    """What the runner calls after generation: its own FewShotSplit, options as a dict."""
+    from benchmark.data.layouts import read_dataset
+    from benchmark.data.split import few_shot_split
+    from benchmark.quality.evaluate import evaluate_synthetic_set
+
+    real, syn = data
+    options = {"features": "random-test", "lpips_net": "alex", "image_size": SIZE}
+    split = few_shot_split(read_dataset(real, "mvtec"))
+    via_split = evaluate_synthetic_set(syn, split, options)
+    via_root = evaluate_synthetic_set(syn, real, options)
+    assert via_split["categories"] == via_root["categories"] and via_split["real"] == "run split"
 
 
 def test_same_input_same_numbers(data, tmp_path, one_thread):
