@@ -1,0 +1,93 @@
+"""`bench quality`: generation-quality metrics of a synthetic set (see docs/quality.md).
+
+    bench quality --synthetic runs/x --json quality.json
+    bench quality --synthetic <set folder> --real /data/mvtec --layout mvtec --weights /models/quality
+    bench quality --synthetic runs/x --features random-test      # tests/smoke: NOT comparable
+
+Exit codes: 0 done, 2 bad input or missing weights (one line on stderr naming the file; no JSON
+is written in that case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+LAYOUT_CHOICES = ["mvtec", "visa", "btad", "mvtec3d", "loco", "folder"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from benchmark.quality.options import DEFAULT_CLUSTER_CAP
+    from benchmark.quality.networks import WEIGHTS_ENV
+
+    p.add_argument("--synthetic", required=True, help="a synthetic set folder, or a run folder (uses its synthetic/ and split.json)")
+    p.add_argument("--real", default=None, help="real dataset root (default: the run folder's split, else the demo dataset)")
+    p.add_argument("--layout", default="mvtec", choices=LAYOUT_CHOICES, help="layout of --real (default mvtec)")
+    p.add_argument("--split-fraction", type=float, default=1 / 3,
+                   help="with --real: share of each defect type's real images that are training anomalies (default 1/3)")
+    p.add_argument("--json", dest="json_path", default=None, help="write the report here (atomically)")
+    p.add_argument("--features", default="inception", choices=["inception", "random-test"],
+                   help="inception: real weights (comparable); random-test: random networks for tests, NOT comparable")
+    p.add_argument("--weights", default=None, help=f"folder of weight files (default ${WEIGHTS_ENV}); see docs/quality.md")
+    p.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex"], help="LPIPS trunk (default vgg, as the IC-LPIPS protocol)")
+    p.add_argument("--image-size", type=int, default=256, help="every image is resized to this square size (default 256)")
+    p.add_argument("--reference", default="all", choices=["all", "train", "holdout"],
+                   help="real anomalies for FID/KID/nearest LPIPS (IC-LPIPS centres are always the training ones)")
+    p.add_argument("--cluster-cap", type=int, default=DEFAULT_CLUSTER_CAP, help="images per IC-LPIPS cluster (random sample)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `quality` on the `bench` subparsers; the parser's default `func` is `main`."""
+    p = subparsers.add_parser("quality", help="generation quality of a synthetic set: IS, FID, KID, LPIPS, IC-LPIPS")
+    add_arguments(p)
+    p.set_defaults(func=main)
+    return p
+
+
+def options_from_args(args):
+    from benchmark.quality.options import QualityOptions
+
+    return QualityOptions(features=args.features, weights=args.weights, lpips_net=args.lpips_net,
+                          image_size=args.image_size, reference=args.reference, cluster_cap=args.cluster_cap,
+                          batch_size=args.batch_size, seed=args.seed)
+
+
+def main(args) -> int:
+    """Run `bench quality`; BenchError (bad input, missing weights) -> one line on stderr, exit 2."""
+    from benchmark.errors import BenchError
+
+    try:
+        from benchmark.quality.evaluate import evaluate_synthetic_set, quality_table, write_report
+
+        report = evaluate_synthetic_set(Path(args.synthetic), Path(args.real) if args.real else None,
+                                        options_from_args(args), layout=args.layout,
+                                        split_fraction=args.split_fraction)
+    except BenchError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    if args.json_path:
+        write_report(report, Path(args.json_path))
+    if not getattr(args, "quiet", False):
+        from rich.console import Console
+
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+        console.print(quality_table(report))
+        if not report["comparable"]:
+            console.print(f"warning: {report['warning']}")
+    if args.json_path:
+        print(f"quality: {args.json_path}")
+    return 0
+
+
+run = main  # benchmark.cli's DELEGATED table calls `run(args)` next to `add_arguments(parser)`
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="bench quality")
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))
