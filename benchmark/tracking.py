@@ -6,14 +6,17 @@ offline otherwise (the run folder can be synced later with `wandb sync`).
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
 
+from benchmark.errors import missing_extra
 from benchmark.report import TABLE_COLUMNS
 from benchmark.results import flat_metrics
 from benchmark.storage import atomic_write_text
 
+log = logging.getLogger(__name__)
 RUN_ID_FILE = "wandb-run-id"  # in the run folder: a resumed run logs into the same W&B run
 
 
@@ -34,8 +37,14 @@ def wandb_run_id(run_dir: Path) -> str:
 
 def make_wandb_logger(cfg, run_dir: Path, resolved: dict, quiet: bool = False):
     """A Lightning WandbLogger for the run folder: the same W&B run id on every resume; with
-    `quiet`, wandb prints nothing (no banners, no console capture)."""
-    import wandb
+    `quiet`, wandb prints nothing (no banners, no console capture). False (no logger) when wandb
+    is not installed: the run goes on without W&B and says so once."""
+    try:
+        import wandb
+    except ImportError as err:
+        log.warning("%s; this run is not logged to W&B (or pass --no-wandb)",
+                    missing_extra("wandb", "W&B logging", err))
+        return False
     from lightning.pytorch.loggers import WandbLogger
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_configured() else "offline")
@@ -62,6 +71,8 @@ def leaderboard_row(results: dict) -> dict:
 
 
 def log_results(logger, results: dict, run_dir: Path) -> None:
+    if not logger:  # W&B off, or wandb not installed
+        return
     import wandb
 
     experiment = logger.experiment

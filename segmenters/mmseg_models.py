@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, missing_extra
 from segmenters.base import IMAGENET_MEAN, IMAGENET_STD, Segmenter, SegmenterOptions
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,11 @@ class MMSegOptions(SegmenterOptions):
 # -- config handling ----------------------------------------------------------------------------
 def packaged_config(name: str) -> dict:
     """The `model` dict of `mmseg/.mim/configs/_base_/models/<name>.py`."""
-    import mmseg
-    from mmengine.config import Config
+    try:
+        import mmseg
+        from mmengine.config import Config
+    except ImportError as err:
+        raise missing_extra("mmseg", f"mmsegmentation's packaged config '{name}'", err) from None
 
     path = Path(mmseg.__file__).parent / ".mim" / "configs" / "_base_" / "models" / f"{name}.py"
     if not path.is_file():
@@ -147,7 +150,10 @@ class MMSegSegmenter(Segmenter):
     def build_model(self) -> nn.Module:
         from segmenters.mmseg_compat import import_mmseg_models
 
-        import_mmseg_models()
+        try:
+            import_mmseg_models()
+        except ImportError as err:
+            raise missing_extra("mmseg", f"segmenter '{self.name}'", err) from None
         from mmseg.registry import MODELS
 
         cfg = self.model_config()

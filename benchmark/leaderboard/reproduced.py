@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, missing_extra
 from benchmark.leaderboard.protocol import protocol_of
 from benchmark.leaderboard.rows import SETTINGS, Row, canonical_metric, canonical_name
 
@@ -126,8 +126,10 @@ def load_wandb(project: str) -> list[Row]:
     if mode in {"offline", "disabled", "dryrun"}:
         raise BenchError(f"cannot read W&B project {project!r}: WANDB_MODE={mode}; "
                          "unset it and log in with `wandb login`")
-    import wandb
-
+    try:
+        import wandb
+    except ImportError as err:
+        raise missing_extra("wandb", "reading runs from a W&B project", err) from None
     try:
         api = wandb.Api(timeout=30)
         if not api.api_key:

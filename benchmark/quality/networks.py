@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, missing_extra
 
 WEIGHTS_ENV = "SIAS_BENCH_QUALITY_WEIGHTS"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -134,9 +134,8 @@ class InceptionFeatures(nn.Module):
 def load_inception(path: Path) -> InceptionFeatures:
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError:
-        raise MissingWeightsError("the Inception features need torch-fidelity (not installed): "
-                                  "pip install torch-fidelity; or use --features random-test (not comparable)") from None
+    except ImportError as err:
+        raise missing_extra("quality", "the Inception features (IS, FID, KID)", err) from None
     state = _torch_load(path)
     if "fc.weight" not in state or "Mixed_7c.branch_pool.conv.weight" not in state:
         raise BenchError(f"{path}: not torch-fidelity's Inception-v3 weights (keys like 'fc.weight', "
@@ -177,16 +176,22 @@ class RandomTestInception(nn.Module):
 
 
 # -- LPIPS -----------------------------------------------------------------------------------------
+def _import_lpips():
+    try:
+        import lpips
+    except ImportError as err:
+        raise missing_extra("quality", "LPIPS and IC-LPIPS", err) from None
+    return lpips
+
+
 def packaged_lpips_heads(net: str) -> Path:
     """The LPIPS v0.1 linear heads the `lpips` package ships (a local file)."""
-    import lpips
-
+    lpips = _import_lpips()
     return Path(inspect.getfile(lpips.LPIPS)).parent / "weights" / "v0.1" / f"{net}.pth"
 
 
 def _lpips_model(net: str, heads_path: Path):
-    import lpips
-
+    lpips = _import_lpips()
     heads = _torch_load(heads_path)
     wanted = {f"lin{k}.model.1.weight" for k in range(5)}
     if not wanted <= heads.keys():
