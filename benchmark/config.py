@@ -42,11 +42,18 @@ class SplitConfig(Strict):
 
 
 class MetricConfig(Strict):
+    """The engine's `MetricOptions` (docs/metrics.md). `preset` names a paper's protocol
+    (`benchmark.metrics.METRIC_PRESETS`): it fills the options it names, explicit settings win."""
+
+    preset: Literal["default", "anomalydiffusion", "stage", "seas"] = "default"
     image_score: Literal["max", "mean", "pooled-max"] = "max"
     pool_kernel: int = 21
     iou_threshold: float | Literal["f1"] = 0.5
     mode: Literal["auto", "exact", "binned"] = "auto"
     max_fpr: float = 0.3
+    pixel_score: Literal["probability", "logit"] = "probability"
+    pro_curve: Literal["exact", "quantile-100"] = "exact"
+    pixel_f1_max: Literal["exact", "grid-21"] = "exact"
 
 
 class TrainerConfig(Strict):
@@ -112,6 +119,7 @@ def build_config(profile: str = "smoke", overrides: list[dict] | None = None) ->
     raw = deep_merge(raw, PROFILES[profile])
     for o in overrides or []:
         raw = deep_merge(raw, o)
+    raw["metrics"] = _with_metric_preset(raw["metrics"], overrides or [])
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
@@ -119,6 +127,19 @@ def build_config(profile: str = "smoke", overrides: list[dict] | None = None) ->
     GENERATORS.get(cfg.generator.name)  # unknown / planned names fail here with the known list
     SEGMENTERS.get(cfg.segmenter.name)
     return cfg
+
+
+def _with_metric_preset(metrics: dict, overrides: list[dict]) -> dict:
+    """Defaults < the named paper preset < options set explicitly (the preset itself included)."""
+    from benchmark.metrics.options import METRIC_PRESETS
+
+    explicit: dict = {}
+    for o in overrides:
+        explicit = deep_merge(explicit, o.get("metrics") or {})
+    preset = METRIC_PRESETS.get(metrics.get("preset", "default"))
+    if preset is None:
+        return metrics  # validation names the known presets
+    return {**metrics, **preset, **explicit}
 
 
 def config_from_resolved(stored: dict, source: Path | str = "config.json") -> RunConfig:

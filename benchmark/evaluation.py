@@ -11,8 +11,7 @@ from benchmark.config import MetricConfig
 def metric_options(cfg: MetricConfig):
     from benchmark.metrics import MetricOptions
 
-    return MetricOptions(image_score=cfg.image_score, pool_kernel=cfg.pool_kernel,
-                         iou_threshold=cfg.iou_threshold, mode=cfg.mode, max_fpr=cfg.max_fpr)
+    return MetricOptions(**cfg.model_dump(exclude={"preset"}))
 
 
 class MetricsCollector(BasePredictionWriter):
@@ -24,7 +23,11 @@ class MetricsCollector(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         # no clamp: the engine rejects values outside [0, 1], which catches a model returning logits
-        self.metric.update(prediction["prob"].detach().float().cpu(), prediction["mask"].cpu())
+        prob, mask = prediction["prob"].detach().float().cpu(), prediction["mask"].cpu()
+        if self.metric.options.pixel_score == "logit":  # STAGE: rank the anomaly channel's raw logit
+            self.metric.update(prediction["logit"].detach().float().cpu(), mask, probabilities=prob)
+        else:
+            self.metric.update(prob, mask)
 
     def compute(self) -> dict:
         return self.metric.compute()

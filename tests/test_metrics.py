@@ -19,7 +19,7 @@ EXACT = MetricOptions(mode="exact")
 BINNED = MetricOptions(mode="binned")
 KEYS = {
     "image": {"auroc", "ap", "f1_max"},
-    "pixel": {"auroc", "ap", "f1_max", "pro", "iou", "iou_best_per_image"},
+    "pixel": {"auroc", "ap", "f1_max", "pro", "iou", "iou_best_per_image", "f1"},
 }
 
 

@@ -44,7 +44,16 @@ engine raises on values outside [0, 1] or NaN and never applies a sigmoid (torch
 per batch: NOTES.md B.3).
 """
 
-from benchmark.metrics.engine import AnomalyMetrics, evaluate
-from benchmark.metrics.options import MetricOptions
+from benchmark.metrics.options import METRIC_PRESETS, RESULT_KEYS, MetricOptions, metric_definition
 
-__all__ = ["AnomalyMetrics", "MetricOptions", "evaluate"]
+__all__ = ["AnomalyMetrics", "METRIC_PRESETS", "MetricOptions", "RESULT_KEYS", "evaluate", "metric_definition"]
+
+
+def __getattr__(name: str):
+    """The engine (torch, torchmetrics, scipy) loads on first use: the leaderboard needs only the
+    metric keys and options."""
+    if name in {"AnomalyMetrics", "evaluate"}:
+        from benchmark.metrics import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
