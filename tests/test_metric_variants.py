@@ -103,6 +103,23 @@ def test_grid_f1_max_matches_the_21_threshold_loop_in_every_mode(mode, quantize)
     assert got["pixel"]["f1_max"] <= sklearn_f1_max(labels, maps.ravel())[0] + 1e-12  # a subset of thresholds
 
 
+def test_grid_f1_predicts_strictly_above_the_threshold():
+    """A pixel scoring exactly t is not predicted at t (AnomalyDiffusion's `pr_px_norm > score`):
+    the defects score 1.0, a grid value, and normal pixels 0.97, so no grid threshold separates them."""
+    maps = np.array([[[1.0, 1.0, 0.97, 0.97], [0.0, 0.0, 0.0, 0.0]]], dtype=np.float32)
+    masks = np.array([[[1, 1, 0, 0], [0, 0, 0, 0]]], dtype=bool)
+    got = evaluate([maps], [masks], MetricOptions(pixel_f1_max="grid-21"))["pixel"]["f1_max"]
+    assert got == pytest.approx(grid_f1_reference(maps, masks), abs=1e-12)
+    assert got == pytest.approx(2 * 2 / (4 + 2))  # t = 0 ... 0.95: 4 predicted, 2 hits; t = 1: none
+    assert evaluate([maps], [masks])["pixel"]["f1_max"] == 1.0  # the exact curve has t = 1.0 with >=
+
+
+def test_quantile_pro_over_the_whole_fpr_range_uses_the_curve_end_point():
+    maps, masks = blob_dataset(9)
+    got = evaluate([maps], [masks], MetricOptions(pro_curve="quantile-100", max_fpr=1.0))["pixel"]["pro"]
+    assert got == pytest.approx(quantile_pro_reference(maps, masks, x_max=1.0), abs=1e-12)
+
+
 # ------------------------------------------------------------------------------ raw logits
 
 
