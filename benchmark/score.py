@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threshold for IoU/mIoU/Acc: a probability (default 0.5) or f1 (the F1-max threshold)")
     parser.add_argument("--bins", type=int, default=1000, help="bins over [0, 1] in binned mode (>= 1000)")
     parser.add_argument("--max-fpr", type=float, default=0.3, help="PRO integration limit (default 0.3)")
+    parser.add_argument("--pro-curve", default="exact", choices=("exact", "quantile-100"),
+                        help="exact PRO curve, or quantile-100 (MVTec 3D-AD au_pro_util, AnomalyDiffusion's code)")
+    parser.add_argument("--pixel-f1-max", default="exact", choices=("exact", "grid-21"),
+                        help="pixel F1-max over every score, or grid-21 (0, 0.05, ..., 1; AnomalyDiffusion's code)")
     parser.add_argument("--json", required=True, metavar="OUT", help="write the metrics here (results.json keys)")
 
 
@@ -52,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode,
         bins=args.bins,
         max_fpr=args.max_fpr,
+        pro_curve=args.pro_curve,
+        pixel_f1_max=args.pixel_f1_max,
     )
     pairs, problems = match_maps_to_masks(Path(args.maps), Path(args.masks))
     metric = AnomalyMetrics(options)

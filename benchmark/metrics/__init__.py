@@ -31,6 +31,12 @@ A pixel or image is predicted anomalous iff its score >= the threshold.
 - mIoU / Acc: dataset confusion matrix over {normal, anomaly} at the IoU threshold; mIoU = mean of
   the two class IoUs, Acc = mean class accuracy (mmseg IoUMetric mIoU / mAcc); `acc_anomaly` =
   anomaly-class accuracy (recall), the figure STAGE's "Acc" appears to be.
+- Pixel F1 (`pixel.f1`): anomaly-class F1 (Dice) at the IoU threshold, 2 IoU / (1 + IoU)
+  (DefectDiffu "F1"). Not F1-max.
+- The papers' own variants, named options recorded with the numbers (docs/metrics.md):
+  `pixel_score="logit"` ranks raw anomaly-channel logits (STAGE); `pro_curve="quantile-100"` is
+  MVTec 3D-AD's au_pro_util and `pixel_f1_max="grid-21"` the 21-threshold F1 (AnomalyDiffusion's
+  code). `METRIC_PRESETS` bundles each paper's options; `RESULT_KEYS` lists every metric.
 - Undefined values are NaN: AUROC needs both classes; AP, F1-max, PRO, acc_anomaly need an
   anomalous pixel (image metrics: an anomalous image); PRO also needs a normal pixel; IoU is NaN
   when nothing is anomalous in either mask or prediction; means over classes skip NaN classes
