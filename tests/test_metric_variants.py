@@ -192,3 +192,19 @@ def test_the_collector_feeds_logits_and_probabilities_when_the_protocol_asks():
         got = collector.compute()["pixel"]["auroc"]
         assert got == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel().astype(np.float64)), abs=1e-12)
     assert metric_options(MetricConfig(pro_curve="quantile-100")).pro_curve == "quantile-100"
+
+
+def test_segmenters_predict_the_anomaly_logit_beside_the_probability():
+    import torch
+
+    from benchmark.registry import SEGMENTERS
+
+    torch.manual_seed(0)
+    cls = SEGMENTERS.get("unet").load()
+    segmenter = cls(cls.Options()).eval()
+    images = torch.rand(2, 3, 32, 32)
+    batch = {"image": images, "mask": torch.zeros(2, 32, 32, dtype=torch.bool), "category": ["a", "a"], "id": ["0", "1"]}
+    out = segmenter.predict_step(batch)
+    logits = segmenter.class_logits(images)
+    assert torch.equal(out["logit"], logits[:, 1])
+    assert torch.allclose(out["prob"], torch.sigmoid(logits[:, 1] - logits[:, 0]), atol=1e-6)  # 2-class softmax

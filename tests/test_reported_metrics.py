@@ -148,6 +148,9 @@ def test_a_reproduced_number_never_shares_a_column_with_a_reported_one_defined_o
         "pixel.f1": {"printed": "F1", "definition": "Dice"}}, ["pixel.pro", "pixel.f1"])
     rows = reported.load_reported(paper) + reproduced.load_reproduced(
         [_run(tmp_path, "exact"), _run(tmp_path, "quantile", {"pro_curve": "quantile-100"})])
+    runs = {r.run["where"].rsplit("/", 1)[-1]: r for r in rows if r.origin == "reproduced"}
+    assert "pro_curve" not in runs["exact.json"].protocol["metrics"]  # defaults stay out: old runs keep their protocol
+    assert runs["quantile.json"].protocol["metrics"]["pro_curve"] == "quantile-100"  # the variant is recorded
     board = layout.build(rows, metrics=["pixel.pro", "pixel.f1"])
     by_title = {s.title: s for s in board.sections}
     assert set(by_title) == {"MVTec AD · pixel PRO", "MVTec AD · pixel PRO (as run: pro_curve=exact)",
