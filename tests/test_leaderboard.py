@@ -150,11 +150,13 @@ def test_rows_group_by_protocol_and_reported_rows_never_join_reproduced(tmp_path
     rows = reproduced.load_reproduced(runs) + reported.load_reported(REPORTED)
     board = layout.build(rows, dataset="mvtec_ad", metrics=["pixel.ap"])
     # STAGE's AP ranks SegFormer logits (its YAML pins pixel_score: logit): the runs, on
-    # probabilities, get a table of their own
+    # probabilities, get a table of their own, beside the papers whose AP they share
     papers, section = board.sections
     assert {r.origin for _, g in papers.groups for r in g} == {"reported"} and papers.variant == ""
     assert section.variant == "as run: pixel_score=probability"
     assert section.title == "MVTec AD · pixel AP (as run: pixel_score=probability)"
+    beside = {r.protocol.get("reported_by") for _, g in section.groups for r in g} - {None}
+    assert "stage" not in beside and {"anomalydiffusion", "seas"} <= beside
     keys = [key for key, _ in section.groups]
     assert len(keys) == len(set(keys))
     assert [r.generator for r in section.groups[0][1]] == ["draem", "cutpaste"]  # 128 px group, best first

@@ -96,17 +96,22 @@ def _section(ds: str, metric: str, members: list[Row], ids: dict[str, str], vari
 
 
 def split_by_definition(metric: str, members: list[Row]) -> list[tuple[str, list[Row]]]:
-    """One column never holds a reported and a reproduced number defined differently: a run whose
-    metric options differ from what a reported column pins (its YAML `options`) goes to a table of
-    its own, titled with its options, e.g. "(as run: pro_curve=exact)". The first part is the main
-    table (variant "")."""
+    """One column never holds a reported and a reproduced number defined differently. A run whose
+    metric options differ from what a reported column pins (its YAML `options`) goes to a table
+    of its own, titled with its options, e.g. "(as run: pro_curve=exact)", beside the reported
+    rows it does agree with. The first part is the main table (variant ""): every reported row
+    and the runs that agree with all of them."""
     reported = [r for r in members if r.origin == "reported"]
-    parts: dict[str, list[Row]] = {"": []}
-    for row in members:
+    parts: dict[str, list[Row]] = {"": list(reported)}
+    for run in (r for r in members if r.origin == "reproduced"):
         differ: dict[str, object] = {}
-        if row.origin == "reproduced":
-            for paper in reported:
-                differ.update(definition_conflict(metric, paper.protocol, row.protocol))
+        for paper in reported:
+            differ.update(definition_conflict(metric, paper.protocol, run.protocol))
         variant = "as run: " + ", ".join(f"{k}={v}" for k, v in sorted(differ.items())) if differ else ""
-        parts.setdefault(variant, []).append(row)
+        parts.setdefault(variant, []).append(run)
+    for variant, part in parts.items():
+        if variant:
+            runs = list(part)
+            part += [paper for paper in reported
+                     if not any(definition_conflict(metric, paper.protocol, run.protocol) for run in runs)]
     return [(variant, part) for variant, part in parts.items() if part]
