@@ -176,3 +176,17 @@ def test_metric_presets_fill_their_options_and_explicit_settings_win():
     with pytest.raises(BenchError, match="preset"):
         build_config("smoke", [{"metrics": {"preset": "nobody"}}])
     json.dumps(cfg.model_dump(mode="json"))  # recorded as plain JSON in results.json
+
+
+@pytest.mark.parametrize("paper", ["anomalydiffusion", "stage", "seas"])
+def test_a_papers_metric_preset_agrees_with_every_option_its_columns_pin(paper):
+    from benchmark.leaderboard.protocol import definition_conflict
+
+    metrics = build_config("smoke", [{"metrics": {"preset": paper}}]).metrics.model_dump()
+    rows = [r for r in reported.load_reported(REPORTED) if r.protocol["reported_by"] == paper]
+    pinned = 0
+    for row in rows:
+        for metric, definition in row.protocol["metric_definitions"].items():
+            pinned += bool(definition.get("options"))
+            assert definition_conflict(metric, row.protocol, {"metrics": metrics}) == {}, (paper, metric)
+    assert pinned or paper == "seas"  # SeaS pins nothing: its paper states none of these choices
