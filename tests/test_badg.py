@@ -199,6 +199,11 @@ def test_refine_mask_thresholds_the_upsampled_map_inside_the_given_mask():
     expected[..., 0, :2] = 1
     expected[..., 1, 0] = 1
     assert torch.equal(refined, expected)
+    # 0.6 at the top-left cell: only (0,0) = 0.6 passes; (0,1) = (1,0) = 0.75 * 0.6 = 0.45 do not
+    # (a nearest-neighbour upsampling would keep the whole 2x2 block)
+    single = torch.zeros(1, 1, 4, 4)
+    single[..., 0, 0] = 1
+    assert torch.equal(refine_mask(torch.tensor([[[0.6, 0.0], [0.0, 0.0]]]), mask), single)
     assert torch.equal(refine_mask(torch.full((1, 1, 2, 2), 0.5), mask), mask)  # the threshold is inclusive
     assert refine_mask(torch.full((1, 1, 2, 2), 0.49), mask).sum() == 0
 
@@ -344,3 +349,18 @@ def test_background_of_the_normal_image_is_reconstructed_when_inversion_is_exact
     z_star = composite_ddim_sampling(lambda z, zm, t: (c1(z, t), pattern), z_T, m, sampler)
     assert torch.allclose((1 - m) * z_star, (1 - m) * z0, atol=1e-4)
     assert (m * (z_star - z0)).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("noise_level, expected", [
+    # 10 of 1000 steps: the inversion steps to levels 0, 100, ..., 900. Eq. 8 evaluates the noise at
+    # the level of the latent it is given: the clean latent (U-Net timestep 0), then 0, 100, ..., 800;
+    # diffusers' convention at the level stepped to: 0, 100, ..., 900
+    ("current", [0, 0, 100, 200, 300, 400, 500, 600, 700, 800]),
+    ("target", [0, 100, 200, 300, 400, 500, 600, 700, 800, 900]),
+])
+def test_inversion_evaluates_the_noise_at_the_chosen_level(noise_level, expected):
+    _, inverse = _schedulers()
+    z0, m, _ = _normal_and_mask()
+    seen = []
+    masked_ddim_inversion(lambda z, t: seen.append(int(t)) or torch.zeros_like(z), z0, m, inverse, noise_level=noise_level)
+    assert seen == expected
