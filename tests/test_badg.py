@@ -364,3 +364,83 @@ def test_inversion_evaluates_the_noise_at_the_chosen_level(noise_level, expected
     seen = []
     masked_ddim_inversion(lambda z, t: seen.append(int(t)) or torch.zeros_like(z), z0, m, inverse, noise_level=noise_level)
     assert seen == expected
+
+
+# -- the model on the tiny backbone ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def badg_model():
+    from generators.badg.torch_model import BadgModel
+    from generators.diffusion.backbone import load_backbone
+
+    torch.manual_seed(0)
+    return BadgModel(load_backbone("tiny"))
+
+
+def _model_inputs(model, seed=8):
+    g = torch.Generator().manual_seed(seed)
+    c = model.unet.config.in_channels
+    z0, eps = torch.randn(2, c, 8, 8, generator=g), torch.randn(2, c, 8, 8, generator=g)
+    m = torch.zeros(2, 1, 8, 8)
+    m[0, :, 2:6, 1:5] = 1
+    m[1, :, 4:, 3:7] = 1
+    with torch.no_grad():
+        c1, c2 = model.contexts(["bottle", "cable"], ["broken_large", "bent_wire"])
+    return z0, eps, m, c1, c2
+
+
+def test_model_runs_both_passes_in_one_call_and_trains_the_unet_only(badg_model):
+    model = badg_model
+    z0, eps, m, c1, c2 = _model_inputs(model)
+    assert c1.shape[1] == 2 * model.backbone.max_length
+    with torch.no_grad():
+        eps1, eps2 = model.denoise_pair(z0, (1 - m) * z0, 300, c1, c2, m)
+        assert torch.allclose(eps1, model.denoise(z0, 300, c1, m), atol=1e-5)
+        assert torch.allclose(eps2, model.denoise((1 - m) * z0, 300, c2, m), atol=1e-5)
+    model.train()
+    out = badg_loss(lambda zt, ztm, t: model.denoise_pair(zt, ztm, t, c1, c2, m), z0, m, eps, torch.tensor([10, 900]),
+                    make_scheduler("ddim").alphas_cumprod)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.unet.parameters() if p.requires_grad)
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    assert not model.text_encoder.training
+    model.unet.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def test_model_generation_keeps_the_background_path_and_returns_a_map_for_eq13(badg_model):
+    """Proposition 3.3 through the real (tiny) U-Net with the masked attention, and Eq. 13's map."""
+    model = badg_model
+    z0, eps, m, c1, c2 = _model_inputs(model, seed=9)
+    sampler, inverse = _schedulers(steps=4)
+    positions = [model.tokens.defect_positions("bottle", "broken_large"), model.tokens.defect_positions("cable", "bent_wire")]
+    z_star, defect_map = model.generate(z0, m, eps, c1, c2, sampler, inverse, positions)
+    with torch.no_grad():
+        c2_pass = lambda z, t: model.denoise(z, t, c2, m)  # noqa: E731
+        z_inv = masked_ddim_inversion(c2_pass, z0, m, inverse)
+        background = masked_ddim_sampling(c2_pass, z_inv, m, sampler)
+    assert torch.allclose((1 - m) * z_star, background, atol=1e-4)
+    assert (m * (z_star - background)).abs().max() > 0
+    assert defect_map.shape == (2, 1, 8, 8) and defect_map.min() >= 0 and defect_map.max() <= 1
+    assert (defect_map * (1 - resize_mask(m, (8, 8)))).abs().max() < 0.5  # the latent grid's m' is m itself
+    refined = refine_mask(defect_map, m, threshold=float(defect_map[m > 0].median()))
+    assert refined.sum() > 0 and (refined * (1 - m)).sum() == 0
+    assert not model.attention.records and model.attention.record is False
+
+
+def test_model_defect_map_is_the_c1_pass_attention_on_the_defect_words(badg_model):
+    """One sampling step: the map must be the C1 pass's recorded attention at z_T*, summed over
+    the C_def words and averaged over layers (recorded here through a separate call)."""
+    model = badg_model
+    z0, eps, m, c1, c2 = _model_inputs(model, seed=10)
+    sampler, inverse = _schedulers(steps=1)
+    positions = [model.tokens.defect_positions("bottle", "broken_large"), [1]]
+    _, defect_map = model.generate(z0, m, eps, c1, c2, sampler, inverse, positions)
+    with torch.no_grad():
+        z_T = initial_latent(masked_ddim_inversion(lambda z, t: model.denoise(z, t, c2, m), z0, m, inverse), m, eps)
+        model.attention.record = True
+        model.denoise(z_T, sampler.timesteps[0], c1, m)
+        model.attention.record = False
+        maps = torch.stack([torch.nn.functional.interpolate(r.maps(), size=(8, 8), mode="bilinear") for r in model.attention.records])
+        model.attention.clear()
+    expected = torch.stack([maps[:, 0, positions[0]].sum(1).mean(0), maps[:, 1, 1].mean(0)])[:, None]
+    assert torch.allclose(defect_map, expected, atol=1e-5)

@@ -14,6 +14,8 @@ z_t^m = (1 - m) * z_t.
   the C2 pass, defect from the C1 pass).
 - Sec. 3.2         `initial_latent`: z_T* = z~_T^m + m * eps (justified by Theorem 3.2).
 - Eq. 13           `refine_mask`: the upsampled m' * C_def attention thresholded at 1/2.
+- Sec. 4.1, Alg. 1 `BadgModel`: the fine-tuned U-Net with the masked attention, both passes in one
+  U-Net call, and inference (inversion, initialisation, composite sampling, the Eq. 13 map).
 The masked DDIM inversion (Eq. 8) is in `generators.badg.inversion`, the loss (Eq. 5-7) in `loss.py`.
 """
 
@@ -26,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generators.badg.inversion import masked_ddim_inversion
 from generators.diffusion.attention import AttentionRecord, CrossAttentionHook
+from generators.diffusion.backbone import Backbone
 
 
 # -- Eq. 10 / 11 / 31: masked cross-attention ---------------------------------------------------------
@@ -255,3 +259,89 @@ def refine_mask(defect_map: torch.Tensor, mask: torch.Tensor, threshold: float =
         defect_map = defect_map[:, None]
     up = F.interpolate(defect_map.float(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
     return ((up >= threshold) & (mask > 0.5)).to(mask.dtype if mask.is_floating_point() else torch.float32)
+
+
+# -- the model: Stable Diffusion with a fine-tuned U-Net, BADG's prompts and masked attention ----------
+class BadgModel(nn.Module):
+    """The U-Net (the only trained part, "we only trained the U-Net part ... followed by
+    Dreambooth", Sec. 4.1), the frozen VAE and text encoder, BADG's prompts, and the masked
+    cross-attention installed on every cross-attention layer of the U-Net."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.unet, self.vae, self.text_encoder = backbone.unet, backbone.vae, backbone.text_encoder
+        self.vae.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        self.unet.requires_grad_(True)
+        self.tokens = BadgTokens(backbone.tokenizer, self._encode, backbone.max_length)
+        self.attention = MaskedCrossAttention(record=False).attach(self.unet)
+
+    def train(self, mode: bool = True) -> "BadgModel":
+        super().train(mode)
+        self.vae.eval()
+        self.text_encoder.eval()  # frozen: no dropout
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.unet.parameters())
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        device = next(self.text_encoder.parameters()).device
+        ids = self.backbone.tokenizer(prompts, padding="max_length", max_length=self.backbone.max_length,
+                                      truncation=True, return_tensors="pt").input_ids.to(device)
+        return self.text_encoder(ids)[0]
+
+    def contexts(self, categories: list[str], defects: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokens.contexts(categories, defects)
+
+    def denoise_pair(self, z_c1: torch.Tensor, z_c2: torch.Tensor, t, c1: torch.Tensor, c2: torch.Tensor,
+                     m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """eps_theta(z_c1, t, C1) and eps_theta(z_c2, t, C2) in one U-Net call, both with the
+        masked cross-attention on m (Eq. 10 for C1, Eq. 11 for C2)."""
+        t = torch.as_tensor(t, device=z_c1.device).expand(len(z_c1))
+        self.attention.set(torch.cat([m, m]), self.tokens.group_length)
+        eps = self.unet(torch.cat([z_c1, z_c2]), torch.cat([t, t]), encoder_hidden_states=torch.cat([c1, c2])).sample
+        return eps.chunk(2)
+
+    def denoise(self, z: torch.Tensor, t, context: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """eps_theta(z, t, C) for one context with the masked cross-attention (the inversion's C2 pass)."""
+        t = torch.as_tensor(t, device=z.device).expand(len(z))
+        self.attention.set(m, self.tokens.group_length)
+        return self.unet(z, t, encoder_hidden_states=context).sample
+
+    @torch.no_grad()
+    def generate(self, z0_normal: torch.Tensor, m: torch.Tensor, eps: torch.Tensor, c1: torch.Tensor,
+                 c2: torch.Tensor, sampler, inverse, defect_positions: list[list[int]],
+                 noise_level: str = "current") -> tuple[torch.Tensor, torch.Tensor]:
+        """Algorithm 1, inference: masked inversion of (1 - m) z_0^normal (Eq. 8), z_T* (Sec. 3.2),
+        composite sampling (Eq. 9). Returns z_0* and the defect map for Eq. 13: m' * M_def summed
+        over each sample's C_def words, averaged over layers and sampling steps, at latent size."""
+        z_inv = masked_ddim_inversion(lambda z, t: self.denoise(z, t, c2, m), (1 - m) * z0_normal, m, inverse,
+                                      noise_level=noise_level)
+        size, n = tuple(m.shape[-2:]), len(m)
+        total = torch.zeros(n, 1, *size, device=m.device)
+
+        def pair(z, zm, t):
+            nonlocal total
+            self.attention.clear()
+            out = self.denoise_pair(z, zm, t, c1, c2, m)
+            maps = self.attention.maps_at(size)[:n].mean(1)  # C1 half, mean over layers: (B, tokens, h, w)
+            total = total + torch.stack([maps[b, pos].sum(0) for b, pos in enumerate(defect_positions)])[:, None]
+            self.attention.clear()
+            return out
+
+        self.attention.record = True
+        try:
+            z0 = composite_ddim_sampling(pair, initial_latent(z_inv, m, eps), m, sampler)
+        finally:
+            self.attention.record = False
+            self.attention.clear()
+        return z0, total / len(sampler.timesteps)
+
+    def trained_state(self) -> dict:
+        return {"unet": {k: v.detach().cpu().clone() for k, v in self.unet.state_dict().items()}}
+
+    def load_trained_state(self, state: dict) -> None:
+        self.unet.load_state_dict(state["unet"])
