@@ -134,10 +134,9 @@ class MaskedCrossAttnProcessor:
             inside, outside = token_groups(key.shape[1], hook.n_inside, key.device)
             m_q = resize_mask(hook.mask, size).flatten(1).repeat_interleave(attn.heads, 0)[..., None]  # (B*heads, q, 1)
             # two softmaxes through diffusers' own score code (keeps its upcasting), each over one group
-            low = torch.finfo(query.dtype).min
             base = 0 if attention_mask is None else attention_mask
-            m_def = attn.get_attention_scores(query, key, base + torch.zeros_like(outside, dtype=query.dtype).masked_fill(outside, low))
-            m_bg = attn.get_attention_scores(query, key, base + torch.zeros_like(inside, dtype=query.dtype).masked_fill(inside, low))
+            m_def = attn.get_attention_scores(query, key, base + _ban(outside, query.dtype))  # softmax over C_def / C_m
+            m_bg = attn.get_attention_scores(query, key, base + _ban(inside, query.dtype))  # softmax over C_bg
             probs = m_q.to(m_def.dtype) * m_def + (1 - m_q.to(m_def.dtype)) * m_bg  # Eq. 10 / 11
         if hook.record:
             kept = probs.detach() if hook.detach else probs
@@ -150,6 +149,11 @@ class MaskedCrossAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+def _ban(tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(n,) additive bias: the dtype's lowest value on `tokens`, 0 elsewhere."""
+    return torch.zeros(tokens.shape, dtype=dtype, device=tokens.device).masked_fill(tokens, torch.finfo(dtype).min)
 
 
 # -- Sec. 3.3.1: DreamBooth-style tokens --------------------------------------------------------------
