@@ -1,9 +1,11 @@
 """BADG's masked DDIM inversion (Sec. 3.2, Eq. 8) of the background latent z_0^m = (1 - m) * z_0^normal.
 
-Written here because the shared `LatentDiffusionGenerator` base (generators/diffusion/) has no
-inversion on main yet; when it lands, this should become its generic inversion with the update
-masked by (1 - m). The update math is diffusers' `DDIMInverseScheduler` (Eq. 4); BADG only masks
-the noise it is given (Eq. 8), so the defect area of z~_t^m stays exactly zero.
+Written here because the shared diffusion core (generators/diffusion/) has no inversion on main
+yet. The core's `generators/diffusion/inversion.py`, being added with the shared generator base,
+makes the same choices (noise at the current level, timestep 0 at the first step; checked equal
+to 0.0 on a toy denoiser); once it is on main, BADG should call it and keep only what is here for
+its tests. The update math is diffusers' `DDIMInverseScheduler` (Eq. 4); BADG only masks the noise
+it is given (Eq. 8), so the defect area of z~_t^m stays exactly zero.
 """
 
 from __future__ import annotations
