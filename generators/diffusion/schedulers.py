@@ -42,8 +42,3 @@ def alphas_cumprod(scheduler) -> torch.Tensor:
     """abar_t for t = 0..T-1 (diffusers' 0-based index; papers count t = 1..T)."""
     return scheduler.alphas_cumprod.to(torch.float64)
 
-
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-    """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I); `abar` is broadcastable to x0 (B,1,1,1)."""
-    abar = abar.to(x0.dtype)
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
