@@ -17,23 +17,24 @@ SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule
 
 
 def scheduler_class(kind: str):
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-    classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+    classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
+               "ddim_inverse": DDIMInverseScheduler}
     if kind not in classes:
         raise ValueError(f"unknown sampler '{kind}'; known: {', '.join(classes)}")
     return classes[kind]
 
 
 def make_scheduler(kind: str, backbone_config: dict | None = None, **overrides):
-    """A fresh `kind` scheduler ("ddpm", "ddim", "dpm") on the backbone's beta schedule.
+    """A fresh `kind` scheduler ("ddpm", "ddim", "dpm", "ddim_inverse") on the backbone's beta schedule.
 
     Latents are not in [-1, 1], so sample clipping is off; the prediction type is the backbone's
     (epsilon for the LDM and SD v1). `overrides` go to the scheduler (e.g. timestep_spacing)."""
     source = backbone_config or LDM_SCHEDULE
     config = {k: source[k] for k in SCHEDULE_KEYS if source.get(k) is not None}
     config["prediction_type"] = source.get("prediction_type", "epsilon")
-    if kind in ("ddpm", "ddim"):
+    if kind in ("ddpm", "ddim", "ddim_inverse"):
         config["clip_sample"] = False
     return scheduler_class(kind)(**{**config, **overrides})
 
