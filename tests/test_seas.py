@@ -240,3 +240,153 @@ def test_rmp_loss_four_terms_with_zero_masks_for_normal_images():
     assert out["loss"].item() == pytest.approx((FL_POS + FL_NEG) / 2 + FL_NEG + FL_POS + FL_NEG, abs=1e-6)
     only_df = rmp_loss(coarse[:1], refined[:1], mask[:1], torch.tensor([False]))
     assert set(only_df) == {"coarse_df", "refined_df", "loss"}  # w/o NIA (Table 16): terms 2 and 4 absent
+
+
+# -- extended schedule (A.3, t = 1500) ------------------------------------------------------------------
+from generators.seas.torch_model import (CoarseFeatureExtraction, MaskRefinementModule,  # noqa: E402
+                                         RefinedMaskPrediction, anomaly_probability, binarize_mask,
+                                         extended_alphas_cumprod, extended_schedule, noise_to_extended_timestep,
+                                         unet_decoder_features, vae_decoder_features)
+
+
+def test_extended_schedule_hand_values_on_three_steps():
+    # sqrt(beta) linear from 0.1 to 0.2 over 3 steps: betas 0.01, 0.0225, 0.04
+    abar = extended_alphas_cumprod(0.01, 0.04, 3)
+    assert abar.tolist() == pytest.approx([0.99, 0.99 * 0.9775, 0.99 * 0.9775 * 0.96], abs=1e-12)
+    # linear in beta: 0.01, 0.025, 0.04
+    assert extended_alphas_cumprod(0.01, 0.04, 3, "linear").tolist() == pytest.approx([0.99, 0.96525, 0.92664], abs=1e-12)
+    with pytest.raises(ValueError, match="cannot extend"):
+        extended_alphas_cumprod(0.01, 0.04, 3, "squaredcos_cap_v2")
+
+
+def test_extended_schedule_of_sd_at_1500_steps():
+    config = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+    abar = extended_schedule(config)
+    assert len(abar) == 1500 and abar[0].item() == pytest.approx(1 - 0.00085, abs=1e-12)
+    lo, hi = math.sqrt(0.00085), math.sqrt(0.012)
+    prod = 1.0
+    for k in range(1500):  # the product written out, beta_k = (lo + k (hi - lo) / 1499)^2
+        prod *= 1 - (lo + k * (hi - lo) / 1499) ** 2
+        if k == 1:
+            assert abar[1].item() == pytest.approx(prod, rel=1e-12)
+    assert abar[1499].item() == pytest.approx(prod, rel=1e-9)
+    assert abar[1499].item() == pytest.approx(3.183e-4, rel=1e-3)  # more noise than T = 1000 gives ...
+    from diffusers import DDPMScheduler
+
+    trained = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
+    assert trained[999].item() == pytest.approx(4.660e-3, rel=1e-3)  # ... (abar_1000 of SD)
+    assert torch.allclose(extended_schedule(config, 1000).float(), trained, rtol=1e-5)  # 1000 steps: SD itself
+
+
+def test_normal_image_noised_to_the_extended_timestep():
+    abar = extended_alphas_cumprod(0.01, 0.04, 3)  # abar_3 = 0.929016, abar_2 = 0.967725
+    x0, eps = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert noise_to_extended_timestep(x0, eps, abar, t=3).tolist() == pytest.approx([0.963855, 0.266428], abs=1e-6)
+    assert noise_to_extended_timestep(x0, eps, abar, t=2).tolist() == pytest.approx([0.983730, 0.179652], abs=1e-6)
+
+
+# -- mask binarization (Table 18) ---------------------------------------------------------------------
+def test_mask_is_the_mean_of_the_last_steps_above_0_2():
+    logits = torch.zeros(1, 2, 1, 1)
+    logits[:, 1] = math.log(3)
+    assert anomaly_probability(logits).item() == pytest.approx(0.75)
+    steps = [torch.tensor([0.10, 0.40, 0.25, 0.50]), torch.tensor([0.20, 0.10, 0.15, 0.0]),
+             torch.tensor([0.27, 0.00, 0.26, 0.0])]  # means 0.19, 0.1667, 0.22, 0.1667
+    assert binarize_mask(steps).tolist() == [0, 0, 1, 0]
+    assert binarize_mask(steps, threshold=0.1).tolist() == [1, 1, 1, 1]
+    assert binarize_mask(steps[:1]).tolist() == [0, 1, 1, 1]
+
+
+# -- RMP branch (A.5) --------------------------------------------------------------------------------
+def _set_block(block, first, middle, last, bias=0.0):
+    """A 1-channel ConvBlock as three scalar weights (the 3x3 kernel only at its centre) and the
+    last BN's bias; in eval mode each BN is the identity plus its bias."""
+    with torch.no_grad():
+        for conv_bn_relu in block:
+            conv_bn_relu[0].weight.zero_()
+        block[0][0].weight.fill_(first)
+        block[1][0].weight[..., 1, 1] = middle
+        block[2][0].weight.fill_(last)
+        block[2][1].bias.fill_(bias)
+
+
+def test_mrm_chains_residual_blocks_and_gates_the_vae_feature():
+    mrm = MaskRefinementModule(channels=1, vae_channels=1, blocks=2).eval()
+    _set_block(mrm.blocks[0], 0.0, 0.0, 0.0, bias=1.0)  # B_1(r) = 1
+    _set_block(mrm.blocks[1], 1.0, 1.0, 0.5)  # B_2(r) = 0.5 r for r > 0
+    with torch.no_grad():
+        mrm.project[0].weight.fill_(1.0)  # P(v) = relu(v)
+    coarse = torch.full((1, 1, 1, 1), 2.0)  # upsampled to the VAE grid: x = 2 everywhere
+    v = torch.tensor([[[[1.0, -1.0], [0.0, 3.0]]]])
+    # r_1 = x + 1 = 3; r_2 = r_1 + 0.5 r_1 = 4.5; out = relu(v) * 4.5 + x
+    with torch.no_grad():
+        out = mrm(coarse, v)
+    assert out.flatten().tolist() == pytest.approx([6.5, 2.0, 2.0, 15.5], rel=1e-4)  # BN divides by sqrt(1 + 1e-5)
+
+
+def test_coarse_features_upsample_f2_to_f3_and_concatenate():
+    cfe = CoarseFeatureExtraction(unet_channels=(2, 1), channels=(1, 1), attention_layers=0)
+    with torch.no_grad():
+        cfe.convs[0].weight.fill_(1.0)  # sum of F_2's two channels
+        cfe.convs[1].weight.fill_(2.0)  # twice F_3
+    f2 = torch.tensor([1.0, 2.0]).view(1, 2, 1, 1)
+    f3 = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    with torch.no_grad():
+        out = cfe([f2, f3])
+    assert out.shape == (1, 2, 2, 2)
+    assert out[0, 0].flatten().tolist() == [3.0] * 4 and out[0, 1].flatten().tolist() == [2.0, 4.0, 6.0, 8.0]
+
+
+def test_rmp_paper_channels_coarse_192_and_two_channel_masks():
+    torch.manual_seed(0)
+    rmp = RefinedMaskPrediction()  # SD v1.4 channels, 4 attention layers; small grids keep it fast
+    unet = [torch.randn(2, 1280, 2, 2), torch.randn(2, 640, 4, 4)]  # F_2, F_3 at 1/16 of their size
+    vae = [torch.randn(2, 512, 8, 8), torch.randn(2, 512, 16, 16), torch.randn(2, 256, 32, 32)]
+    assert rmp.coarse(unet).shape == (2, 192, 4, 4)
+    coarse, refined = rmp(unet, vae)
+    assert coarse.shape == (2, 2, 4, 4) and refined.shape == (2, 2, 32, 32)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, :, 8:16, 8:16] = 1
+    rmp_loss(coarse, refined, mask, torch.tensor([False, True]))["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rmp.parameters())
+
+
+def test_rmp_learns_a_planted_mask():
+    """A few Adam steps on Eq. 10 make the small branch find a square that a VAE feature shows."""
+    torch.manual_seed(0)
+    rmp = RefinedMaskPrediction(unet_channels=(8, 4), coarse_channels=(4, 4), vae_channels=(4,), attention_layers=1,
+                                heads=2, norm_groups=4)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[0, :, 4:10, 6:12] = 1
+    g = torch.Generator().manual_seed(0)
+    unet = [torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 4, 8, 8, generator=g)]
+    vae = [torch.randn(2, 4, 16, 16, generator=g) + 3 * mask]
+    opt = torch.optim.Adam(rmp.parameters(), lr=5e-3)
+    for _ in range(60):
+        opt.zero_grad()
+        loss = rmp_loss(*rmp(unet, vae), mask, torch.tensor([False, True]))["loss"]
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        predicted = binarize_mask([anomaly_probability(rmp.eval()(unet, vae)[1])])
+    assert (predicted == mask).float().mean() > 0.95
+
+
+def test_decoder_feature_hooks_read_f_y_and_vae_levels(backbone):
+    unet = backbone.unet
+    x, ctx = torch.randn(1, backbone.latent_channels, 8, 8), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        ref = unet(x, 10, encoder_hidden_states=ctx).sample
+        with unet_decoder_features(unet, (1, 2)) as f:
+            out = unet(x, 10, encoder_hidden_states=ctx).sample
+        assert torch.equal(out, ref)
+    assert [tuple(o.shape) for o in f.outputs] == [(1, 64, 8, 8), (1, 32, 8, 8)]  # tiny: up_blocks 0, 1
+    assert not unet.up_blocks[0]._forward_hooks  # removed on exit
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4)
+    with torch.no_grad(), vae_decoder_features(vae, (0, 1)) as v:
+        vae.decode(torch.randn(1, 4, 8, 8))
+    assert [tuple(o.shape) for o in v.outputs] == [(1, 16, 16, 16), (1, 8, 16, 16)]
