@@ -43,7 +43,9 @@ def test_ua_prompt_has_one_ob_and_four_df_tokens_per_type(prompts):
     assert prompts.normal_prompt() == "a <sias-0-0>"
     assert prompts.anomaly_prompt("broken") == "a <sias-0-0> with <sias-1-0>, <sias-2-0>, <sias-3-0>, <sias-4-0>"
     assert prompts.anomaly_prompt("contamination") == "a <sias-0-0> with <sias-5-0>, <sias-6-0>, <sias-7-0>, <sias-8-0>"
-    assert len(prompts.tokens.concepts) == 1 + 4 * 2
+    assert prompts.tokens.concepts == ["bottle/<ob>/0", "bottle/<df>/1", "bottle/<df>/2", "bottle/<df>/3",
+                                       "bottle/<df>/4", "bottle/<df>/5", "bottle/<df>/6", "bottle/<df>/7",
+                                       "bottle/<df>/8"]  # checkpoints keep tokens by these names
 
 
 def test_ua_prompt_token_positions(prompts):
