@@ -96,7 +96,7 @@ def test_param_groups_whole_unet_and_tokens_at_their_rates(backbone, prompts):
 # -- DA loss (Eq. 3, Eq. 8) on planted attention maps ------------------------------------------------
 from generators.diffusion.attention import AttentionRecord, CrossAttentionHook  # noqa: E402
 from generators.seas.loss import (da_loss, da_loss_from_hook, da_sizes, epsilon_loss, focal_loss,  # noqa: E402
-                                  mask_at, normal_alignment_loss, rmp_loss, ssf_loss)
+                                  mask_at, min_max, normal_alignment_loss, rmp_loss, ssf_loss)
 
 BOS, OB, DF1, DF2 = 0, 1, 2, 3  # planted prompt: [BOS, <ob>, <df_1>, <df_2>] (N = 2 keeps it small)
 
@@ -141,6 +141,11 @@ def _planted_mask():
 def test_mask_at_marks_a_cell_when_any_pixel_is_anomalous():
     assert mask_at(_planted_mask(), (2, 2)).flatten().tolist() == [0, 1, 0, 1]
     assert da_sizes((64, 64)) == [(32, 32), (16, 16)] and da_sizes((8, 8), (2,)) == [(4, 4)]
+
+
+def test_min_max_rescales_each_sample_on_its_own():
+    maps = torch.tensor([[[0.0, 1.0], [2.0, 4.0]], [[1.0, 1.0], [3.0, 1.0]]])
+    assert min_max(maps).flatten().tolist() == [0.0, 0.25, 0.5, 1.0, 0.0, 0.0, 1.0, 0.0]
 
 
 def test_da_loss_on_planted_maps_matches_hand_computation():
