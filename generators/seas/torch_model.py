@@ -124,7 +124,7 @@ class CoarseFeatureExtraction(nn.Module):
         self.out_channels = sum(channels)
         self.attention = None
         if attention_layers:
-            from diffusers.models.transformers.transformer_2d import Transformer2DModel
+            from diffusers import Transformer2DModel
 
             self.attention = Transformer2DModel(num_attention_heads=heads, attention_head_dim=self.out_channels // heads,
                                                 in_channels=self.out_channels, num_layers=attention_layers,
