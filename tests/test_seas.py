@@ -397,3 +397,28 @@ def test_decoder_feature_hooks_read_f_y_and_vae_levels(backbone):
     with torch.no_grad(), vae_decoder_features(vae, (0, 1)) as v:
         vae.decode(torch.randn(1, 4, 8, 8))
     assert [tuple(o.shape) for o in v.outputs] == [(1, 16, 16, 16), (1, 8, 16, 16)]
+
+
+def test_sd_shaped_unet_gives_the_papers_da_layers_and_rmp_features():
+    """A U-Net with SD v1's block layout (small channels 8/16/32/32 for 320/640/1280/1280): the DA
+    grids 1/2 and 1/4 of the latent are encoder levels 2 and 3, F_2 has the 3rd-level channels at
+    1/2 of the latent (SD: 1280 @ 32x32) and F_3 the 2nd-level channels at the latent grid (640 @ 64x64)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 32, 32),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=8, attention_head_dim=4, norm_num_groups=4)
+    x, ctx = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 8)
+    mask = torch.zeros(1, 1, 128, 128)
+    mask[..., 32:64, 32:96] = 1
+    with CrossAttentionHook(detach=False).attach(unet) as hook, unet_decoder_features(unet) as f:
+        unet(x, 10, encoder_hidden_states=ctx)
+        sizes = da_sizes((16, 16))
+        out = da_loss_from_hook(hook, mask, torch.tensor([[2]]), torch.tensor([[4, 5, 6, 7]]), sizes)
+    assert sizes == [(8, 8), (4, 4)] and set(out) == {"da_8", "da_4", "da"}
+    encoder = sorted({(r.layer.split(".")[1], r.size) for r in hook.records if r.layer.startswith("down_blocks")})
+    assert encoder == [("0", (16, 16)), ("1", (8, 8)), ("2", (4, 4))]  # A^1, A^2, A^3
+    assert [tuple(o.shape) for o in f.outputs] == [(1, 32, 8, 8), (1, 16, 16, 16)]  # F_2, F_3
