@@ -134,6 +134,12 @@ def test_requests_encode_and_pairs_decode(split):
     unknown = type(requests[0])(**{**requests[0].__dict__, "category": "tile"})
     with pytest.raises(BenchError, match="no learned tokens for tile/hole"):
         gen.encode_requests([unknown])
+    # each concept's own learned tokens follow the text: move one concept's vectors, only its context moves
+    hole, scratch = gen.context(["wood/hole"], ["wood"]), gen.context(["wood/scratch"], ["wood"])
+    with torch.no_grad():
+        gen.tokens.vectors[gen.tokens.concepts.index("wood/scratch")] += 1.0
+    assert torch.equal(gen.context(["wood/hole"], ["wood"]), hole)
+    assert not torch.allclose(gen.context(["wood/scratch"], ["wood"]), scratch)
 
 
 def _state(gen):
