@@ -190,3 +190,17 @@ def test_inversion_keeps_the_mask_at_zero_and_the_background_round_trips():
     # one that does: DDIM is a first-order ODE solver, the gap shrinks with the step size
     coarse, fine = _round_trip_error(denoiser, z0, m, 100), _round_trip_error(denoiser, z0, m, 1000)
     assert fine < 0.01 and fine < coarse / 5
+
+
+def test_a_dit_denoiser_backbone_needs_multiples_of_vae_times_patch(backbone):
+    from dataclasses import replace
+
+    from diffusers import PixArtTransformer2DModel
+
+    pixart = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                      num_layers=1, sample_size=8, patch_size=2, cross_attention_dim=16,
+                                      norm_num_groups=4)
+    dit_backbone = replace(backbone, unet=pixart)
+    assert backbone.size_multiple == 8 * 2  # tiny: 8 px per latent cell, one U-Net halving
+    assert dit_backbone.size_multiple == backbone.vae_scale_factor * 2  # patch size 2
+    assert dit_backbone.latent_channels == 4

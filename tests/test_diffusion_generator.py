@@ -134,6 +134,12 @@ def test_requests_encode_and_pairs_decode(split):
     unknown = type(requests[0])(**{**requests[0].__dict__, "category": "tile"})
     with pytest.raises(BenchError, match="no learned tokens for tile/hole"):
         gen.encode_requests([unknown])
+    # each concept's own learned tokens follow the text: move one concept's vectors, only its context moves
+    hole, scratch = gen.context(["wood/hole"], ["wood"]), gen.context(["wood/scratch"], ["wood"])
+    with torch.no_grad():
+        gen.tokens.vectors[gen.tokens.concepts.index("wood/scratch")] += 1.0
+    assert torch.equal(gen.context(["wood/hole"], ["wood"]), hole)
+    assert not torch.allclose(gen.context(["wood/scratch"], ["wood"]), scratch)
 
 
 def _state(gen):
@@ -208,3 +214,26 @@ def test_a_fit_killed_mid_way_resumes_to_the_weights_of_an_uninterrupted_fit(spl
     _trainer(max_steps=6, callbacks=[Start()]).fit(resumed, ckpt_path=tmp_path / "last.ckpt", weights_only=True)
     assert starts == [3]
     assert _equal(_state(resumed), _state(straight))
+
+
+def test_the_example_method_of_docs_diffusion_md_fits_and_generates(split):
+    """The 20-line method in docs/diffusion.md runs as printed: a 2-step fit, then pairs that keep
+    the normal image outside the mask's latent cells."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "diffusion.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(compile(code, "docs/diffusion.md", "exec"), namespace)
+    cls = namespace["BlendGenerator"]
+    gen = cls(cls.Options(backbone="tiny", train_steps=2, train_batch_size=2, sampling_steps=3, tokens_per_type=2), 32)
+    gen.setup_split(split)
+    _trainer(max_steps=2).fit(gen)
+    requests = gen.plan(split, seed=0)[:2]
+    enc = gen.encode_requests(requests)
+    pairs = gen.predict_step(requests)
+    cell = np.ones((gen.backbone.vae_scale_factor,) * 2, bool)
+    for p, m0 in zip(pairs, enc.m0[:, 0].bool().numpy()):
+        normal = np.asarray(Image.open(p.request.normal_image).convert("RGB"))
+        outside = ~np.kron(m0, cell)
+        assert np.array_equal(p.image[outside], normal[outside]) and not np.array_equal(p.image, normal)

@@ -332,6 +332,26 @@ def test_checkpoint_holds_tokens_and_adapters_and_reproduces_pairs(trained, spli
         assert np.array_equal(a.image, b.image)
 
 
+def test_a_lightning_checkpoint_from_before_the_base_class_still_loads(trained, split):
+    """Keys model.tokens.* and stage_concepts (STAGE before LatentDiffusionGenerator) load into a fresh generator."""
+    from generators.stage.lightning_model import StageGenerator
+
+    gen, _ = trained
+    checkpoint = {"state_dict": {k: v.clone() for k, v in gen.state_dict().items()}}
+    gen.on_save_checkpoint(checkpoint)
+    assert checkpoint.pop("concepts") == gen.tokens.concepts
+    legacy = {"stage_concepts": list(gen.tokens.concepts),
+              "state_dict": {k.replace("tokens.", "model.tokens.", 1) if k.startswith("tokens.") else k: v
+                             for k, v in checkpoint["state_dict"].items()}}
+    assert any(k.startswith("model.tokens.") for k in legacy["state_dict"])
+    fresh = StageGenerator(_options(), 64)
+    fresh.on_load_checkpoint(legacy)
+    fresh.load_state_dict(legacy["state_dict"], strict=False)
+    assert fresh.tokens.concepts == gen.tokens.concepts
+    assert all(torch.equal(a, b) for a, b in zip(fresh.tokens.vectors, gen.tokens.vectors))
+    assert all(torch.equal(v, fresh.model.adapters.state_dict()[k]) for k, v in gen.model.adapters.state_dict().items())
+
+
 def test_presets_and_option_checks(split):
     from generators.stage.lightning_model import StageGenerator
 

@@ -3,11 +3,11 @@
 - `with_extra_tokens`: per-sample token embeddings appended to the text-encoder states; how
   AnomalyDiffusion (Sec. 3.2) joins its spatial embedding (encoded from each sample's mask) to the
   learned anomaly embedding as the diffusion model's text condition.
-- `multi_condition_guidance`: classifier-free guidance (Ho & Salimans 2022, Eq. 6) with several
-  conditions, each with its own scale against one unconditional prediction:
-  eps = eps_u + sum_i w_i (eps_i - eps_u). DefectDiffu's double-free guidance (Eq. 4) is this with
-  eps_u = eps(c_g, null), conditions eps(c_g, c_p) and eps(c_d, null), scales w_p and w_d; one
-  condition with scale w is ordinary classifier-free guidance.
+- `multi_condition_guidance`: classifier-free guidance with several conditions, each with its own
+  scale against one unconditional prediction: eps = eps_u + sum_i s_i (eps_i - eps_u). One
+  condition is Ho & Salimans 2022 Eq. 6, (1 + w) eps_c - w eps_u, with s = 1 + w. DefectDiffu's
+  double-free guidance (Eq. 4) is two: eps_u = eps(c_g, null), conditions eps(c_g, c_p) and
+  eps(c_d, null), scales w_p and w_d.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def with_extra_tokens(context: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
 
 def multi_condition_guidance(eps_uncond: torch.Tensor, eps_conds: Sequence[torch.Tensor],
                              scales: Sequence[float]) -> torch.Tensor:
-    """Ho & Salimans 2022 Eq. 6 with several conditions: eps_u + sum_i w_i (eps_i - eps_u)."""
+    """eps_u + sum_i s_i (eps_i - eps_u): Ho & Salimans 2022 Eq. 6 (s = 1 + w) for each condition."""
     if len(eps_conds) != len(scales):
         raise ValueError(f"{len(eps_conds)} conditional predictions but {len(scales)} guidance scales")
     out = eps_uncond

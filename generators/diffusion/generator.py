@@ -129,8 +129,8 @@ class LatentDiffusionGenerator(Generator):
         if self.resolution % b.size_multiple:
             raise BenchError(f"{self.name}: resolution {self.resolution} px is not a multiple of {b.size_multiple} "
                              f"(what backbone '{o.backbone}' needs: its VAE maps {b.vae_scale_factor} px to one "
-                             f"latent cell and its U-Net halves the latent size "
-                             f"{len(b.unet.config.block_out_channels) - 1} times); set the generator option resolution")
+                             f"latent cell, its denoiser downsamples the latent by {b.size_multiple // b.vae_scale_factor}); "
+                             "set the generator option resolution")
         if o.sampling_steps > self.T:
             raise BenchError(f"{self.name}: sampling_steps {o.sampling_steps} must lie within T = {self.T}")
 

@@ -79,6 +79,17 @@ class StageGenerator(LatentDiffusionGenerator):
                                        anomaly_inference=options.anomaly_inference,
                                        mask_alignment=options.mask_alignment)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # a Lightning checkpoint written before STAGE moved onto the base keeps its tokens under
+        # model.tokens.* and its concepts under stage_concepts; without this a resumed fit would
+        # silently restart the tokens (the checkpoint loads non-strictly)
+        legacy = checkpoint.pop("stage_concepts", None)
+        if legacy is not None:
+            checkpoint.setdefault("concepts", legacy)
+            checkpoint["state_dict"] = {k.replace("model.tokens.", "tokens.", 1): v
+                                        for k, v in checkpoint["state_dict"].items()}
+        super().on_load_checkpoint(checkpoint)
+
     def check_options(self, T: int) -> None:
         o = self.options
         if o.t_s >= T or any(max(i) > T for i in o.intervals):
