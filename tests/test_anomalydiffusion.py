@@ -1,0 +1,344 @@
+"""AnomalyDiffusion's math: masked textual inversion (Eq. 5, 9), spatial encoder and e = {e_a, e_s}
+(Sec. 3.2), joint augmentation (Supp. B), blending (Eq. 1), adaptive attention re-weighting
+(Eq. 7, 8), mask guidance (Eq. 10), binarisation and the authors' border rule, blended DDIM.
+Expected values are worked out by hand in the comments, not by re-running the formula."""
+
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from diffusers.models.attention_processor import Attention  # noqa: E402
+
+from benchmark.errors import BenchError  # noqa: E402
+from generators.anomalydiffusion.augment import draw_affine, joint_augment, warp  # noqa: E402
+from generators.anomalydiffusion.loss import mask_embedding_loss, masked_diffusion_loss  # noqa: E402
+from generators.anomalydiffusion.spatial_encoder import SpatialEncoder, spatial_anomaly_context  # noqa: E402
+from generators.anomalydiffusion.torch_model import (DDIM_SETTINGS, AdaptiveAttentionReweighting,  # noqa: E402
+                                                     DdimSettings, adaptive_scaling_softmax, attention_weight_map,
+                                                     binarise_mask, blend_latents, blended_ddim_sampling,
+                                                     guided_mask_eps, touches_border)
+from generators.diffusion.attention import CrossAttentionHook, CrossAttentionProcessor  # noqa: E402
+from generators.diffusion.noise import PerSampleNoise  # noqa: E402
+from generators.diffusion.schedulers import make_scheduler  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+E = math.e
+
+
+# -- Eq. 5 / 9: losses -----------------------------------------------------------------------------
+def test_masked_loss_value_and_background_pixels_give_zero_gradient():
+    # 1 channel, 2x2 latent, mask = top-left cell. eps = 1 everywhere.
+    m = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    eps = torch.ones(1, 1, 2, 2)
+    fg = m.clone()
+    a = torch.tensor(3.0, requires_grad=True)  # drives only the background prediction
+    b = torch.tensor(0.0, requires_grad=True)  # drives only the anomaly cell
+    eps_pred = a * (1 - fg) + b * fg
+    loss = masked_diffusion_loss(eps, eps_pred, m)
+    # only the masked cell counts: (1 - 0)^2 = 1, mean over 4 elements = 1/4 (background errors of 2 ignored)
+    assert loss.item() == pytest.approx(0.25)
+    loss.backward()
+    assert a.grad.item() == 0.0  # background pixels give no gradient
+    # d/db [(1 - b)^2 / 4] at b = 0 = -2/4
+    assert b.grad.item() == pytest.approx(-0.5)
+
+
+def test_masked_loss_mask_broadcasts_over_channels():
+    m = torch.tensor([[[[0.0, 1.0]]]])  # (1,1,1,2)
+    eps = torch.zeros(1, 2, 1, 2)
+    eps_pred = torch.tensor([[[[5.0, 1.0]], [[7.0, 2.0]]]])  # channel 0: (5,1), channel 1: (7,2)
+    # kept: 1 and 2 -> (1 + 4) / 4 elements
+    assert masked_diffusion_loss(eps, eps_pred, m).item() == pytest.approx(1.25)
+
+
+def test_mask_embedding_loss_is_plain_mse():
+    # (1 - 0)^2 and (2 - 0)^2 -> 5 / 2
+    assert mask_embedding_loss(torch.tensor([1.0, 2.0]), torch.zeros(2)).item() == pytest.approx(2.5)
+
+
+# -- Sec. 3.2: spatial encoder and e = {e_a, e_s} ----------------------------------------------------
+def _small_encoder(**kw):
+    torch.manual_seed(0)
+    return SpatialEncoder(token_dim=6, n_tokens=4, arch="resnet18", fpn_channels=8, grid=2, **kw).eval()
+
+
+def test_spatial_encoder_gives_n_tokens_one_head_each_and_sees_location():
+    enc = _small_encoder()
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[0, :, 4:20, 4:20] = 1  # same area, opposite corners
+    masks[1, :, 44:60, 44:60] = 1
+    with torch.no_grad():
+        tokens = enc(masks)
+        assert tokens.shape == (2, 4, 6)
+        assert (tokens[0] - tokens[1]).abs().max() > 1e-3  # the location changes e_s
+        # each token comes from its own head: silence head 2 and only token 2 becomes 0
+        enc.heads[2].weight.zero_()
+        enc.heads[2].bias.zero_()
+        again = enc(masks)
+    assert torch.equal(again[:, 2], torch.zeros(2, 6))
+    assert torch.allclose(again[:, [0, 1, 3]], tokens[:, [0, 1, 3]])
+    # a 2x2 grid of 8 FPN channels feeds the heads
+    assert enc.heads[0].in_features == 8 * 2 * 2
+
+
+def test_spatial_encoder_trains_end_to_end():
+    enc = _small_encoder().train()
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[:, :, 10:30, 20:40] = 1
+    enc(masks).pow(2).sum().backward()
+    assert enc.heads[0].weight.grad.abs().sum() > 0
+    assert enc.fpn.body.conv1.weight.grad.abs().sum() > 0  # the ResNet is trained too (shared E)
+
+
+def test_spatial_encoder_imagenet_weights_from_a_local_file(tmp_path):
+    from torchvision.models import resnet18
+
+    missing = tmp_path / "absent.pth"
+    with pytest.raises(BenchError, match="absent.pth"):
+        _small_encoder(weights_path=missing)
+    body = resnet18(weights=None)
+    with torch.no_grad():
+        body.conv1.weight.fill_(0.125)
+    torch.save(body.state_dict(), tmp_path / "r18.pth")
+    enc = _small_encoder(weights_path=tmp_path / "r18.pth")
+    assert torch.equal(enc.fpn.body.conv1.weight, torch.full_like(enc.fpn.body.conv1.weight, 0.125))
+
+
+def test_spatial_anomaly_context_appends_e_s_after_the_prompt():
+    prompt = torch.zeros(1, 3, 2)  # 3 prompt states (holding e_a), D = 2
+    e_s = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]], requires_grad=True)
+    ctx, positions = spatial_anomaly_context(prompt, e_s)
+    assert positions == [3, 4]
+    assert torch.equal(ctx[0], torch.tensor([[0.0, 0], [0, 0], [0, 0], [1, 2], [3, 4]]))
+    ctx.sum().backward()
+    assert torch.equal(e_s.grad, torch.ones(1, 2, 2))
+
+
+# -- Supp. B: joint augmentation ----------------------------------------------------------------------
+def test_warp_translation_rotation_and_zoom_on_planted_pixels():
+    x = torch.arange(20.0).view(1, 4, 5)
+    # translate (2, 1): out[y, x] = in[y - 1, x - 2], zeros brought in
+    out = warp(x, 0.0, 1.0, (2.0, 1.0), "nearest")
+    expected = torch.zeros(1, 4, 5)
+    expected[0, 1:, 2:] = x[0, :3, :3]
+    assert torch.equal(out, expected)
+    # 90 degrees about the centre of a 3x3 (x right, y down): (x, y) -> (2 - y, x), so
+    # in [[0,1,2],[3,4,5],[6,7,8]] becomes [[6,3,0],[7,4,1],[8,5,2]]
+    r = warp(torch.arange(9.0).view(1, 3, 3), 90.0, 1.0, (0.0, 0.0), "nearest")
+    assert torch.equal(r, torch.tensor([[[6.0, 3, 0], [7, 4, 1], [8, 5, 2]]]))
+    # zoom 2 about the centre (2, 2) of a 5x5: out(p') = in((p' - 2) / 2 + 2)
+    z = warp(torch.arange(25.0).view(1, 5, 5), 0.0, 2.0, (0.0, 0.0), "bilinear")
+    assert z[0, 2, 2].item() == pytest.approx(12.0)  # centre stays
+    assert z[0, 0, 0].item() == pytest.approx(6.0)  # in[1, 1]
+    assert z[0, 0, 2].item() == pytest.approx(7.0)  # in[1, 2]
+    assert z[0, 4, 4].item() == pytest.approx(18.0)  # in[3, 3]
+    assert z[0, 1, 1].item() == pytest.approx((6 + 7 + 11 + 12) / 4)  # in[1.5, 1.5], bilinear
+
+
+def test_joint_augment_keeps_the_anomaly_inside_and_moves_it():
+    size = 32
+    mask = torch.zeros(1, size, size)
+    mask[0, 1:7, 24:30] = 1  # a 6x6 anomaly near the top-right corner: easy to push out
+    image = torch.cat([mask, 1 - mask, torch.full_like(mask, 0.5)])  # channel 0 marks the anomaly
+    centres = []
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        angle, scale, t = draw_affine(mask, torch.Generator().manual_seed(seed), max_angle=45, max_zoom=1.5)
+        img_aug, mask_aug = joint_augment(image, mask, g, max_angle=45, max_zoom=1.5)
+        assert set(mask_aug.unique().tolist()) <= {0.0, 1.0}  # still binary
+        area = mask_aug.sum().item()
+        # nothing of the anomaly is cut: area grows by about scale^2 (nearest sampling wobbles a little)
+        assert area >= 0.8 * 36 * scale**2, (seed, area, scale)
+        # image and mask moved together: the anomaly channel is high on the new mask
+        assert img_aug[0][mask_aug[0] > 0].mean() > 0.6
+        ys, xs = torch.nonzero(mask_aug[0], as_tuple=True)
+        centres.append((xs.float().mean().item(), ys.float().mean().item()))
+    c = torch.tensor(centres)
+    assert c.std(0).min() > 2.0  # the position really varies (what the augmentation is for)
+
+
+def test_joint_augment_without_anomaly_is_still_a_valid_transform():
+    img, msk = joint_augment(torch.ones(3, 16, 16), torch.zeros(1, 16, 16), torch.Generator().manual_seed(0))
+    assert img.shape == (3, 16, 16) and msk.sum() == 0
+
+
+# -- Eq. 1: blending ----------------------------------------------------------------------------------
+def test_blend_latents_inside_generated_outside_noised_normal():
+    m = torch.tensor([[[[1.0, 0.0]]]])
+    x_prev = torch.full((1, 1, 1, 2), 5.0)
+    y0 = torch.full((1, 1, 1, 2), 2.0)
+    noise = torch.ones(1, 1, 1, 2)
+    out = blend_latents(x_prev, y0, noise, 0.64, m)
+    # inside: 5; outside: sqrt(.64) * 2 + sqrt(.36) * 1 = 1.6 + 0.6
+    assert torch.allclose(out, torch.tensor([[[[5.0, 2.2]]]]))
+    # last step (abar = 1): the background is y0 itself
+    assert torch.allclose(blend_latents(x_prev, y0, noise, 1.0, m), torch.tensor([[[[5.0, 2.0]]]]))
+
+
+# -- Eq. 7 / 8: adaptive attention re-weighting --------------------------------------------------------
+def _planted_pixels():
+    # 2x3 image, 2 channels; mask = (0,0), (0,1), (1,0). y = 0; x0_hat differences inside:
+    # (0,0): (1, 0) -> ||.||^2 = 1; (0,1): (1, 1) -> 2; (1,0): (0, 2) -> 4; outside: big differences.
+    m = torch.tensor([[[[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]]])
+    y = torch.zeros(1, 2, 2, 3)
+    x0 = torch.full((1, 2, 2, 3), 9.0)
+    x0[0, :, 0, 0] = torch.tensor([1.0, 0.0])
+    x0[0, :, 0, 1] = torch.tensor([1.0, 1.0])
+    x0[0, :, 1, 0] = torch.tensor([0.0, 2.0])
+    return m, y, x0
+
+
+def test_adaptive_scaling_softmax_on_planted_values():
+    m, y, x0 = _planted_pixels()
+    w = adaptive_scaling_softmax(m, y, x0)
+    # f = 1/d: 1, 1/2, 1/4; softmax over the 3 mask pixels; times ||m||_1 = 3
+    z = E**1 + E**0.5 + E**0.25
+    expected = torch.tensor([[[[3 * E / z, 3 * E**0.5 / z, 0.0], [3 * E**0.25 / z, 0.0, 0.0]]]])
+    assert torch.allclose(w, expected, atol=1e-6)
+    assert w[m > 0].mean().item() == pytest.approx(1.0)  # mean weight 1 inside the mask
+    assert w[0, 0, 0, 0] > w[0, 0, 0, 1] > w[0, 0, 1, 0]  # the most normal-looking pixel gets most
+    # a pixel whose prediction is exactly y gets the largest finite weight, not a dropped one
+    x0[0, :, 0, 1] = 0.0
+    w0 = adaptive_scaling_softmax(m, y, x0)
+    assert torch.isfinite(w0).all() and w0[0, 0, 0, 1].item() == pytest.approx(3.0)
+
+
+def test_attention_weight_map_is_one_outside_and_the_authors_clamp_is_an_option():
+    m, y, x0 = _planted_pixels()
+    w = adaptive_scaling_softmax(m, y, x0)
+    z = E**1 + E**0.5 + E**0.25
+    w00, w01, w10 = 3 * E / z, 3 * E**0.5 / z, 3 * E**0.25 / z  # 1.443, 0.875, 0.681
+    plain = attention_weight_map(w, m)
+    assert torch.allclose(plain, torch.tensor([[[[w00, w01, 1.0], [w10, 1.0, 1.0]]]]), atol=1e-6)
+    clamped = attention_weight_map(w, m, clamp=(1.0, 1.5))
+    assert torch.allclose(clamped, torch.tensor([[[[w00, 1.0, 1.0], [1.0, 1.0, 1.0]]]]), atol=1e-6)
+
+
+def _identity_attention():
+    """diffusers cross-attention, 2-dim, one head, no 1/sqrt(d), identity projections: Q, K, V are
+    the planted inputs themselves."""
+    attn = Attention(query_dim=2, cross_attention_dim=2, heads=1, dim_head=2, scale_qk=False, bias=False, out_bias=False)
+    with torch.no_grad():
+        for lin in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0]):
+            lin.weight.copy_(torch.eye(2))
+    return attn
+
+
+@pytest.mark.parametrize("tokens", [None, [1]])
+def test_aar_through_the_cross_attention_hook(tokens):
+    attn = _identity_attention()
+    hook = CrossAttentionHook(record=True)
+    attn.set_processor(CrossAttentionProcessor(hook, "toy"))
+    hook._latent_size = (1, 3)  # three queries on a 1x3 grid
+    # pixel mask = first two cells; differences 1 and 2 -> weights 2 e^1 / (e^1 + e^.5), 2 e^.5 / (...)
+    m = torch.tensor([[[[1.0, 1.0, 0.0]]]])
+    y = torch.zeros(1, 1, 1, 3)
+    x0 = torch.tensor([[[[1.0, math.sqrt(2.0), 5.0]]]])
+    AdaptiveAttentionReweighting(hook, tokens=tokens).set(m, y, x0, (1, 3))
+    # every query (1, 0) against keys (0, 0) and (ln 3, 0): scores 0 and ln 3 -> probs (1/4, 3/4)
+    queries = torch.tensor([[[1.0, 0.0]] * 3])
+    keys = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]]])
+    attn(queries, encoder_hidden_states=keys)
+    probs = hook.records[0].probs[0, 0]  # (3 queries, 2 tokens)
+    z = E + E**0.5
+    w0, w1 = 2 * E / z, 2 * E**0.5 / z
+    col0 = [0.25, 0.25, 0.25] if tokens == [1] else [0.25 * w0, 0.25 * w1, 0.25]
+    expected = torch.tensor([[col0[0], 0.75 * w0], [col0[1], 0.75 * w1], [0.25, 0.75]])
+    assert torch.allclose(probs, expected, atol=1e-6)  # third query (outside) untouched
+
+
+# -- Eq. 10 and the masks ------------------------------------------------------------------------------
+def test_guided_mask_eps_uses_scale_five():
+    # 1 + 5 (3 - 1) = 11
+    assert guided_mask_eps(torch.tensor([1.0]), torch.tensor([3.0])).item() == pytest.approx(11.0)
+
+
+def test_binarise_mask_thresholds_the_channel_mean_on_zero_one():
+    # channel means 0.0, 0.2, 0.7 -> on [0, 1]: 0.5, 0.6, 0.85
+    decoded = torch.tensor([[[[0.0, 0.2, 0.7]], [[0.0, 0.2, 0.7]], [[0.0, 0.2, 0.7]]]])
+    decoded[0, 0, 0, 1], decoded[0, 1, 0, 1] = 0.5, -0.1  # still mean 0.2: (0.5 - 0.1 + 0.2) / 3
+    assert binarise_mask(decoded).flatten().tolist() == [0.0, 1.0, 1.0]
+    assert binarise_mask(decoded, threshold=0.8).flatten().tolist() == [0.0, 0.0, 1.0]
+
+
+def test_touches_border_is_the_authors_one_third_rule():
+    masks = torch.zeros(4, 1, 6, 6)  # limit = 6 / 3 = 2 pixels per border line
+    masks[0, 0, 0, 1:3] = 1  # 2 on the top row: kept
+    masks[1, 0, 0, 1:4] = 1  # 3 on the top row: rejected
+    masks[2, 0, 2:5, 5] = 1  # 3 on the right column: rejected
+    masks[3, 0, 1:5, 1:5] = 1  # large but inside: kept
+    assert touches_border(masks).tolist() == [False, True, True, False]
+
+
+# -- blended DDIM --------------------------------------------------------------------------------------
+def test_blended_ddim_keeps_the_noised_source_outside_at_every_step():
+    scheduler = make_scheduler("ddim")
+    settings = DdimSettings(steps=4, eta=1.0)
+    m = torch.zeros(1, 1, 4, 4)
+    m[..., 1:3, 1:3] = 1
+    y0 = torch.linspace(-1, 1, 64).view(1, 4, 4, 4)
+    x_T = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    seen = []
+
+    def denoise(x, t):
+        seen.append((int(t[0]), x.clone()))
+        return 0.1 * x
+
+    out = blended_ddim_sampling(denoise, scheduler, x_T, y0, m, PerSampleNoise([7]), settings)
+    # replay the draws of the per-sample stream: each step draws DDIM's variance noise, then the blend noise
+    g = torch.Generator().manual_seed(7)
+    draws = [(torch.randn(4, 4, 4, generator=g), torch.randn(4, 4, 4, generator=g)) for _ in range(4)]
+    acp = scheduler.alphas_cumprod
+    # 4 of 1000 steps, "leading" spacing: t = 750, 500, 250, 0; the input of step k+1 was blended at t_k - 250
+    assert [t for t, _ in seen] == [750, 500, 250, 0]
+    outside = m[0] == 0
+    for k in range(3):
+        a = acp[seen[k][0] - 250]
+        expected = a.sqrt() * y0[0] + (1 - a).sqrt() * draws[k][1]
+        assert torch.allclose(seen[k + 1][1][0][outside.expand(4, -1, -1)], expected[outside.expand(4, -1, -1)], atol=1e-5)
+    # after the last step (abar = 1) the background is the normal latent itself; the inside was generated
+    assert torch.allclose(out[0][outside.expand(4, -1, -1)], y0[0][outside.expand(4, -1, -1)], atol=1e-6)
+    assert not torch.allclose(out[0][~outside.expand(4, -1, -1)], y0[0][~outside.expand(4, -1, -1)], atol=1e-2)
+
+
+class _RecordingAAR:
+    def __init__(self):
+        self.events = []
+
+    def clear(self):
+        self.events.append("clear")
+
+    def set(self, m, y, x0_hat, size):
+        self.events.append(("set", x0_hat.clone()))
+
+
+@pytest.mark.parametrize("x0_from", ["current", "previous"])
+def test_blended_ddim_reweights_before_each_conditional_call(x0_from):
+    scheduler = make_scheduler("ddim")
+    m = torch.ones(1, 1, 2, 2)
+    calls = []
+
+    def denoise(x, t):
+        calls.append(x.clone())
+        return torch.zeros_like(x)  # eps = 0: x0_hat = x_t / sqrt(abar_t)
+
+    aar = _RecordingAAR()
+    blended_ddim_sampling(denoise, scheduler, torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), m, PerSampleNoise([0]),
+                          DdimSettings(3, 0.0), aar=aar, decode=lambda z: z, y_pixels=torch.zeros(1, 4, 2, 2),
+                          m_pixels=m, x0_from=x0_from)
+    sets = [e for e in aar.events if e != "clear"]
+    if x0_from == "current":
+        assert len(calls) == 6 and len(sets) == 3  # a plain call for x0_hat, then the re-weighted one
+        # first step t = 666: x0_hat = 1 / sqrt(abar_666)
+        assert torch.allclose(sets[0][1], torch.ones(1, 4, 2, 2) / scheduler.alphas_cumprod[666].sqrt())
+    else:
+        assert len(calls) == 3 and len(sets) == 2  # the first step has no earlier prediction
+    assert aar.events[-1] == "clear"  # the hook is left without weights
+
+
+def test_ddim_settings_name_the_authors_values():
+    assert DDIM_SETTINGS["authors"] == DdimSettings(200, 1.0)
+    assert DDIM_SETTINGS["authors_masks"] == DdimSettings(100, 1.0)
