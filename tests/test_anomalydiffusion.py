@@ -19,7 +19,7 @@ from generators.anomalydiffusion.spatial_encoder import SpatialEncoder, spatial_
 from generators.anomalydiffusion.torch_model import (DDIM_SETTINGS, AdaptiveAttentionReweighting,  # noqa: E402
                                                      DdimSettings, adaptive_scaling_softmax, attention_weight_map,
                                                      binarise_mask, blend_latents, blended_ddim_sampling,
-                                                     guided_mask_eps, touches_border)
+                                                     guided_mask_eps, to_latent_grid, touches_border)
 from generators.diffusion.attention import CrossAttentionHook, CrossAttentionProcessor  # noqa: E402
 from generators.diffusion.noise import PerSampleNoise  # noqa: E402
 from generators.diffusion.schedulers import make_scheduler  # noqa: E402
@@ -215,6 +215,13 @@ def test_attention_weight_map_is_one_outside_and_the_authors_clamp_is_an_option(
     assert torch.allclose(plain, torch.tensor([[[[w00, w01, 1.0], [w10, 1.0, 1.0]]]]), atol=1e-6)
     clamped = attention_weight_map(w, m, clamp=(1.0, 1.5))
     assert torch.allclose(clamped, torch.tensor([[[[w00, 1.0, 1.0], [1.0, 1.0, 1.0]]]]), atol=1e-6)
+
+
+def test_to_latent_grid_keeps_each_cells_mean_weight():
+    # 4x4 pixel weights -> 2x2 cells, each the mean of its 2x2 block
+    w = torch.tensor([[[[1.0, 3.0, 0.0, 0.0], [1.0, 3.0, 0.0, 4.0], [2.0, 2.0, 1.0, 1.0], [2.0, 2.0, 1.0, 1.0]]]])
+    assert torch.equal(to_latent_grid(w, (2, 2)), torch.tensor([[[[2.0, 1.0], [2.0, 1.0]]]]))
+    assert to_latent_grid(w, (4, 4)) is w
 
 
 def _identity_attention():
