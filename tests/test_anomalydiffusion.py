@@ -349,3 +349,114 @@ def test_blended_ddim_reweights_before_each_conditional_call(x0_from):
 def test_ddim_settings_name_the_authors_values():
     assert DDIM_SETTINGS["authors"] == DdimSettings(200, 1.0)
     assert DDIM_SETTINGS["authors_masks"] == DdimSettings(100, 1.0)
+
+
+# -- the generator on the tiny backbone -----------------------------------------------------------------
+def _write(path, array):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    """1 category x 2 defect types, 64 px, 2 few-shot defects each, 2 normal images."""
+    import numpy as np
+
+    from benchmark.data.dataset import Sample
+    from benchmark.data.split import CategorySplit, FewShotSplit
+
+    root = tmp_path_factory.mktemp("ad-data")
+    rng = np.random.default_rng(0)
+    good = []
+    for i in range(2):
+        p = root / "wood" / "train" / "good" / f"{i:03d}.png"
+        _write(p, rng.integers(60, 200, (64, 64, 3), dtype=np.uint8))
+        good.append(Sample(p, "wood"))
+    defects = {}
+    for d, box in (("hole", (10, 20, 30, 44)), ("scratch", (40, 43, 5, 50))):
+        defects[d] = []
+        for i in range(2):
+            img = rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)
+            mask = np.zeros((64, 64), np.uint8)
+            mask[box[0] + i:box[1] + i, box[2]:box[3]] = 255
+            img[mask > 0] = 20
+            p, mp = root / "wood" / "test" / d / f"{i:03d}.png", root / "wood" / "ground_truth" / d / f"{i:03d}_mask.png"
+            _write(p, img)
+            _write(mp, mask)
+            defects[d].append(Sample(p, "wood", d, (mp,)))
+    return FewShotSplit(1 / 3, "id", 0, {"wood": CategorySplit("wood", good, [], defects, {d: [] for d in defects})})
+
+
+def _trainer(**kw):
+    import lightning as L
+
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, **kw)
+
+
+def _generate(gen, requests):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from generators.base import collate_requests
+
+    pairs = []
+
+    class Collect(L.Callback):
+        def on_predict_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+            pairs.extend(outputs)
+
+    _trainer(callbacks=[Collect()]).predict(gen, dataloaders=DataLoader(requests, batch_size=2, collate_fn=collate_requests),
+                                            return_predictions=False)
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def trained(split):
+    from generators.anomalydiffusion import AnomalyDiffusion
+
+    torch.manual_seed(0)
+    options = AnomalyDiffusion.Options(backbone="tiny", train_steps=3, train_batch_size=2, ddim_steps=4,
+                                       pairs_per_type=2, batch_size=2, tokens_per_type=2, spatial_arch="resnet18",
+                                       spatial_fpn_channels=8, spatial_grid=2)
+    gen = AnomalyDiffusion(options, 64)
+    gen.setup_split(split)
+    before = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+              for name, m in (("unet", gen.unet), ("spatial_encoder", gen.spatial_encoder))}
+    before["tokens"] = [v.detach().clone() for v in gen.tokens.vectors]
+    _trainer(max_steps=3, max_epochs=-1).fit(gen)
+    return gen, before
+
+
+def test_training_moves_the_anomaly_embedding_and_spatial_encoder_only(trained):
+    gen, before = trained
+    assert all(torch.equal(v, gen.unet.state_dict()[k]) for k, v in before["unet"].items())  # the LDM stays frozen
+    after = gen.spatial_encoder.state_dict()
+    assert any(not torch.equal(before["spatial_encoder"][k], after[k]) for k in after if k.endswith("weight"))
+    assert all(not torch.equal(b, a) for b, a in zip(before["tokens"], gen.tokens.vectors))
+    assert set(gen.trained_parts()) == {"tokens", "spatial_encoder"}
+
+
+def test_generation_keeps_the_background_and_is_deterministic(trained, split):
+    import numpy as np
+
+    from benchmark.data.images import load_image
+    from generators.base import MASK_GIVEN
+
+    gen, _ = trained
+    requests = gen.plan(split, seed=0)
+    first, again = _generate(gen, requests), _generate(gen, requests)
+    assert len(first) == 4
+    for a, b in zip(first, again):
+        assert np.array_equal(a.image, b.image)
+    for p in first:
+        assert p.mask_origin == MASK_GIVEN
+        normal = load_image(p.request.normal_image, 64).astype(int)
+        # the tiny backbone's autoencoder is lossless: outside the mask (away from the latent cells
+        # it touches) the pair is the normal image, inside it changed
+        cells = torch.nn.functional.max_pool2d(torch.tensor(p.mask, dtype=torch.float32)[None, None], 8)
+        near = torch.nn.functional.interpolate(cells, scale_factor=8)[0, 0].numpy() > 0
+        assert np.abs(p.image.astype(int) - normal)[~near].max() <= 1
+        assert np.abs(p.image.astype(int) - normal)[p.mask > 0].mean() > 1
