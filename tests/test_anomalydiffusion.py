@@ -460,3 +460,25 @@ def test_generation_keeps_the_background_and_is_deterministic(trained, split):
         near = torch.nn.functional.interpolate(cells, scale_factor=8)[0, 0].numpy() > 0
         assert np.abs(p.image.astype(int) - normal)[~near].max() <= 1
         assert np.abs(p.image.astype(int) - normal)[p.mask > 0].mean() > 1
+
+
+def test_aar_changes_the_anomaly_and_a_checkpoint_reproduces_the_pairs(trained, split):
+    import numpy as np
+
+    from generators.anomalydiffusion import AnomalyDiffusion
+
+    gen, _ = trained
+    requests = gen.plan(split, seed=0)[:2]
+    with_aar = _generate(gen, requests)
+    gen.options = gen.options.model_copy(update={"aar": False})
+    try:
+        without = _generate(gen, requests)
+    finally:
+        gen.options = gen.options.model_copy(update={"aar": True})
+    assert any(not np.array_equal(a.image, b.image) for a, b in zip(with_aar, without))
+    # the trained parts (e_a tokens by concept name, E's weights) are all a fresh generator needs
+    fresh = AnomalyDiffusion(gen.options, 64)
+    fresh.setup_split(split)
+    fresh.load_trained_state(gen.trained_state())
+    for a, b in zip(with_aar, _generate(fresh, requests)):
+        assert np.array_equal(a.image, b.image)
