@@ -482,3 +482,39 @@ def test_aar_changes_the_anomaly_and_a_checkpoint_reproduces_the_pairs(trained, 
     fresh.load_trained_state(gen.trained_state())
     for a, b in zip(with_aar, _generate(fresh, requests)):
         assert np.array_equal(a.image, b.image)
+
+
+def test_training_loss_noises_x0_and_counts_the_mask_only(trained):
+    gen, _ = trained
+    ctx = torch.zeros(1, gen.backbone.max_length + 4, gen.text_encoder.get_input_embeddings().embedding_dim)
+    x0 = torch.zeros(1, gen.backbone.latent_channels, 8, 8)
+    seen = []
+    handle = gen.unet.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(args[0].clone()), with_kwargs=True)
+    try:
+        rng = torch.Generator().manual_seed(3)
+        replay = torch.Generator().manual_seed(3)
+        loss = gen.training_loss(x0, torch.zeros(1, 1, 8, 8), ctx, rng)["loss"]
+    finally:
+        handle.remove()
+    assert loss.item() == 0.0  # an empty mask: nothing counts (Eq. 5)
+    t = torch.randint(0, gen.T, (1,), generator=replay)
+    eps = torch.randn(x0.shape, generator=replay)
+    # x0 = 0: z_t = sqrt(1 - abar_t) eps (Ho et al. Eq. 4)
+    assert torch.allclose(seen[0], (1 - gen.abar[t]).sqrt() * eps, atol=1e-6)
+
+
+def test_aar_is_given_the_requests_normal_image(trained, split, monkeypatch):
+    from benchmark.data.images import load_image
+    from generators.anomalydiffusion import torch_model
+
+    gen, _ = trained
+    got = []
+    original = torch_model.AdaptiveAttentionReweighting.set
+    monkeypatch.setattr(torch_model.AdaptiveAttentionReweighting, "set",
+                        lambda self, m, y, x0, size: (got.append((m.clone(), y.clone())), original(self, m, y, x0, size)))
+    request = gen.plan(split, seed=0)[:1]
+    pair = _generate(gen, request)[0]
+    m, y = got[0]
+    expected = torch.tensor(load_image(request[0].normal_image, 64)).permute(2, 0, 1).float() / 127.5 - 1
+    assert torch.allclose(y[0], expected, atol=1e-6)
+    assert torch.equal(m[0, 0] > 0.5, torch.tensor(pair.mask > 0))
