@@ -2,7 +2,8 @@
 embedding. The paper's math lives in `loss` (masked textual inversion, Eq. 5/6; mask embedding,
 Eq. 9), `spatial_encoder` (E: mask -> n text tokens, Sec. 3.2), `augment` (the joint image/mask
 augmentation of Supp. B) and `torch_model` (blended latent diffusion, Eq. 1; adaptive attention
-re-weighting, Eq. 7/8; mask generation, Eq. 10 and binarisation; DDIM settings); see
+re-weighting, Eq. 7/8; mask generation, Eq. 10 and binarisation; DDIM settings); the generator
+(Lightning glue and presets) is `lightning_model.AnomalyDiffusionGenerator`; see
 docs/anomalydiffusion.md."""
 
 
