@@ -107,6 +107,17 @@ def test_spatial_encoder_imagenet_weights_from_a_local_file(tmp_path):
     assert torch.equal(enc.fpn.body.conv1.weight, torch.full_like(enc.fpn.body.conv1.weight, 0.125))
 
 
+def test_a_relative_weights_name_is_looked_up_under_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIAS_BENCH_CACHE", str(tmp_path))
+    with pytest.raises(BenchError, match=str(tmp_path / "weights" / "r18.pth")):
+        _small_encoder(weights_path="r18.pth")
+    from torchvision.models import resnet18
+
+    (tmp_path / "weights").mkdir()
+    torch.save(resnet18(weights=None).state_dict(), tmp_path / "weights" / "r18.pth")
+    _small_encoder(weights_path="r18.pth")  # found there
+
+
 def test_spatial_anomaly_context_appends_e_s_after_the_prompt():
     prompt = torch.zeros(1, 3, 2)  # 3 prompt states (holding e_a), D = 2
     e_s = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]], requires_grad=True)

@@ -23,7 +23,7 @@ from benchmark.data.images import load_image
 from benchmark.errors import BenchError
 from generators.anomalydiffusion.augment import joint_augment
 from generators.anomalydiffusion.loss import masked_diffusion_loss
-from generators.anomalydiffusion.spatial_encoder import SpatialEncoder, spatial_anomaly_context
+from generators.anomalydiffusion.spatial_encoder import IMAGENET_RESNET50, SpatialEncoder, spatial_anomaly_context
 from generators.anomalydiffusion.torch_model import (DDIM_SETTINGS, AdaptiveAttentionReweighting, DdimSettings,
                                                      blended_ddim_sampling)
 from generators.diffusion.attention import CrossAttentionHook
@@ -46,7 +46,7 @@ class AnomalyDiffusionOptions(LatentDiffusionOptions):
     spatial_arch: Literal["resnet50", "resnet18"] = "resnet50"
     spatial_fpn_channels: int = Field(256, ge=1)
     spatial_grid: int = Field(4, ge=1)
-    spatial_encoder_weights: str | None = None  # local torchvision ImageNet ResNet state dict
+    spatial_encoder_weights: str | None = None  # torchvision ImageNet ResNet state dict: a path, or a name under <cache>/weights/
     augment: bool = True  # Supp. B joint crop / translate / rotate
     augment_max_angle: float = 30.0
     augment_max_zoom: float = Field(1.25, ge=1.0)
@@ -64,7 +64,7 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
     presets: ClassVar[dict[str, dict]] = {
         "paper": {"backbone": "CompVis/ldm-text2im-large-256", "resolution": 256, "train_steps": 300_000,
                   "train_batch_size": 4, "lr": 5e-3, "pairs_per_type": 1000, "ddim_steps": 200, "ddim_eta": 1.0,
-                  "spatial_arch": "resnet50"},
+                  "spatial_arch": "resnet50", "spatial_encoder_weights": IMAGENET_RESNET50},
         "smoke": {"backbone": "tiny", "train_steps": 150, "train_batch_size": 4, "pairs_per_type": 4,
                   "ddim_steps": 10, "spatial_arch": "resnet18", "spatial_fpn_channels": 16, "spatial_grid": 2,
                   "aar_x0_from": "previous"},

@@ -24,6 +24,7 @@ from torch import nn
 
 from benchmark.errors import BenchError
 from generators.diffusion.conditioning import with_extra_tokens
+from generators.diffusion.hub import cache_root
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,12 +32,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _STAGE_CHANNELS = {"resnet50": (256, 512, 1024, 2048), "resnet18": (64, 128, 256, 512)}
 
 
+IMAGENET_RESNET50 = "resnet50-0676ba61.pth"  # torchvision's IMAGENET1K_V1 file name (the `paper` preset's)
+
+
+def weights_file(path: str | Path) -> Path:
+    """An absolute path as given; a relative one under `<cache root>/weights/` (SIAS_BENCH_CACHE)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else cache_root() / "weights" / path
+
+
 def load_imagenet_weights(body: nn.Module, path: str | Path | None) -> None:
     """ImageNet weights for the ResNet from a local torchvision state dict (e.g. resnet50-0676ba61.pth).
     No download here: a missing file is one clear error naming what to put where."""
     if path is None:
         return
-    path = Path(path)
+    path = weights_file(path)
     if not path.is_file():
         raise BenchError(f"AnomalyDiffusion's spatial encoder needs ImageNet ResNet weights at {path}: put "
                          "torchvision's ResNet state dict there (e.g. resnet50-0676ba61.pth), or set "
