@@ -431,7 +431,7 @@ def trained(split):
     torch.manual_seed(0)
     options = AnomalyDiffusion.Options(backbone="tiny", train_steps=3, train_batch_size=2, ddim_steps=4,
                                        pairs_per_type=2, batch_size=2, tokens_per_type=2, spatial_arch="resnet18",
-                                       spatial_fpn_channels=8, spatial_grid=2)
+                                       spatial_fpn_channels=8, spatial_grid=2, mask_source="given")
     gen = AnomalyDiffusion(options, 64)
     gen.setup_split(split)
     before = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
@@ -529,3 +529,44 @@ def test_aar_is_given_the_requests_normal_image(trained, split, monkeypatch):
     expected = torch.tensor(load_image(request[0].normal_image, 64)).permute(2, 0, 1).float() / 127.5 - 1
     assert torch.allclose(y[0], expected, atol=1e-6)
     assert torch.equal(m[0, 0] > 0.5, torch.tensor(pair.mask > 0))
+
+
+
+def test_generated_masks_are_sampled_from_the_mask_embedding_and_recorded(split, monkeypatch):
+    import numpy as np
+
+    from generators.anomalydiffusion import AnomalyDiffusion
+    from generators.anomalydiffusion import lightning_model
+    from generators.base import MASK_GIVEN, MASK_SYNTHESIZED
+
+    torch.manual_seed(0)
+    options = AnomalyDiffusion.Options(backbone="tiny", train_steps=2, train_batch_size=2, ddim_steps=2, mask_ddim_steps=2,
+                                       pairs_per_type=1, batch_size=2, tokens_per_type=2, mask_tokens=2,
+                                       spatial_arch="resnet18", spatial_fpn_channels=8, spatial_grid=2, aar=False)
+    with pytest.raises(ValueError, match="mask_tokens"):
+        AnomalyDiffusion.Options(tokens_per_type=2, mask_tokens=4)
+    gen = AnomalyDiffusion(options, 64)
+    gen.setup_split(split)
+    assert "mask/wood/hole" in gen.tokens.concepts  # one e_m per type beside its e_a
+    before = [v.detach().clone() for v in gen.tokens.vectors]
+    _trainer(max_steps=2, max_epochs=-1).fit(gen)
+    moved = [not torch.equal(b, a) for b, a in zip(before, gen.tokens.vectors)]
+    assert all(moved)  # e_a (Eq. 5) and e_m (Eq. 9) both train
+    # guidance sees e_m's first k' tokens against the empty prompt (Eq. 10); planted binarised draws:
+    # the first draw is rejected by the border rule, the second is kept and recorded as synthesized
+    bad = torch.zeros(1, 3, 64, 64) - 1
+    bad[..., 0, :40] = 1  # 40 > 64/3 pixels on the top row
+    good = torch.zeros(1, 3, 64, 64) - 1
+    good[..., 20:30, 20:30] = 1
+    draws = iter([bad.repeat(2, 1, 1, 1), good.repeat(2, 1, 1, 1)])
+    monkeypatch.setattr(lightning_model, "decode_latents", lambda vae, z: next(draws))
+    request = gen.plan(split, seed=0)
+    pairs = _generate(gen, request)
+    assert [p.mask_origin for p in pairs] == [MASK_SYNTHESIZED] * 2
+    expected = np.zeros((64, 64), bool)
+    expected[20:30, 20:30] = True
+    assert all(np.array_equal(p.mask, expected) for p in pairs)
+    # nothing acceptable within mask_tries: the given mask, recorded so
+    gen.options = gen.options.model_copy(update={"mask_tries": 1})
+    draws = iter([bad.repeat(2, 1, 1, 1), bad.repeat(2, 1, 1, 1)])
+    assert [p.mask_origin for p in _generate(gen, request)] == [MASK_GIVEN] * 2

@@ -5,10 +5,13 @@ with adaptive attention re-weighting, Eq. 7/8); backbone, tokens, data, request 
 checkpoints are the base's (`generators.diffusion.generator`).
 
 One model per run for every category and defect type of the split (the paper trains one E shared
-by all types and one e_a per type, Supp. C.1). Masks come from the requests (the given few-shot
-masks, placed by the base, recorded `given`); the mask-generation model (per-type mask embedding,
-Eq. 9/10) has its math in `torch_model` but is not wired into this generator yet
-(docs/anomalydiffusion.md).
+by all types and one e_a per type, Supp. C.1). Masks: `mask_source="generated"` (the paper, Sec.
+3.4) samples each request's mask from the per-type mask embedding e_m (Eq. 9 in training, Eq. 10
+with s = 5 in sampling), binarises it and records it `synthesized`; `"given"` uses the request's
+few-shot mask as the base places it (recorded `given`). e_m lives in the same `LearnedTokens` as
+e_a, as the concept "mask/<type>" whose first k' vectors the mask prompt uses, and trains in the
+same loop as e_a and E (its parameters are disjoint, so the sum of the losses trains each as its
+own objective; the paper trains it in a separate 30K-iteration run).
 """
 
 from __future__ import annotations
@@ -16,21 +19,25 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
+from benchmark.contracts import MASK_GIVEN, MASK_SYNTHESIZED, SyntheticPair
 from benchmark.data.images import load_image
 from benchmark.errors import BenchError
 from generators.anomalydiffusion.augment import joint_augment
-from generators.anomalydiffusion.loss import masked_diffusion_loss
+from generators.anomalydiffusion.loss import mask_embedding_loss, masked_diffusion_loss
 from generators.anomalydiffusion.spatial_encoder import IMAGENET_RESNET50, SpatialEncoder, spatial_anomaly_context
-from generators.anomalydiffusion.torch_model import (DDIM_SETTINGS, AdaptiveAttentionReweighting, DdimSettings,
-                                                     blended_ddim_sampling)
+from generators.anomalydiffusion.torch_model import (DDIM_SETTINGS, MASK_GUIDANCE_SCALE, MASK_THRESHOLDS,
+                                                     MASK_TOKENS, AdaptiveAttentionReweighting, DdimSettings,
+                                                     binarise_mask, blended_ddim_sampling, guided_mask_eps,
+                                                     touches_border)
 from generators.diffusion.attention import CrossAttentionHook
-from generators.diffusion.concepts import prompt_text
+from generators.diffusion.concepts import concept_name, prompt_text, split_concepts
 from generators.diffusion.ddpm import add_noise
 from generators.diffusion.generator import EncodedRequests, LatentDiffusionGenerator, LatentDiffusionOptions
-from generators.diffusion.latents import decode_latents, encode_images, images_to_tensor, mask_to_latent, masks_to_tensor
+from generators.diffusion.latents import (decode_latents, encode_images, encode_masks, images_to_tensor, mask_to_latent,
+                                          masks_to_tensor)
 from generators.diffusion.schedulers import make_scheduler
 
 
@@ -55,6 +62,19 @@ class AnomalyDiffusionOptions(LatentDiffusionOptions):
     aar: bool = True
     aar_x0_from: Literal["current", "previous"] = "current"
     aar_clamp: tuple[float, float] | None = None  # the authors' code: (1.0, 1.5)
+    mask_source: Literal["generated", "given"] = "generated"
+    mask_tokens: int = Field(MASK_TOKENS["main_text"], ge=1)  # k'; Supp. C.1 says 2
+    mask_guidance: float = MASK_GUIDANCE_SCALE
+    mask_threshold: float = MASK_THRESHOLDS["midpoint"]  # the authors' code: 0.8
+    mask_border_rule: bool = True  # the authors' rejection of masks along the border (not in the paper)
+    mask_ddim_steps: int = Field(DDIM_SETTINGS["authors_masks"].steps, ge=1)
+    mask_tries: int = Field(4, ge=1)  # draws per request before falling back to the given mask
+
+    @model_validator(mode="after")
+    def _check_mask_tokens(self):
+        if self.mask_source == "generated" and self.mask_tokens > self.tokens_per_type:
+            raise ValueError("mask_tokens (k') cannot exceed tokens_per_type (k): e_m shares the token table")
+        return self
 
 
 class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
@@ -67,7 +87,7 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
                   "spatial_arch": "resnet50", "spatial_encoder_weights": IMAGENET_RESNET50},
         "smoke": {"backbone": "tiny", "train_steps": 150, "train_batch_size": 4, "pairs_per_type": 4,
                   "ddim_steps": 10, "spatial_arch": "resnet18", "spatial_fpn_channels": 16, "spatial_grid": 2,
-                  "aar_x0_from": "previous"},
+                  "aar_x0_from": "previous", "mask_ddim_steps": 10},
     }
 
     def __init__(self, options: AnomalyDiffusionOptions, image_size: int):
@@ -105,6 +125,10 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
         ids = concept_ids.tolist()
         context = self.condition([self.train_set.concepts[k] for k in ids], [self.train_set.texts[k] for k in ids], masks)
         losses = self.training_loss(x0, m0, context, rng)
+        if self.options.mask_source == "generated":
+            losses["loss_diff"] = losses["loss"]
+            losses["loss_mask"] = self.mask_loss(masks, [self.train_set.concepts[k] for k in ids], rng)
+            losses["loss"] = losses["loss_diff"] + losses["loss_mask"]
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(x0))
         return losses["loss"]
 
@@ -115,6 +139,69 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
         z_t = add_noise(x0, eps, self.abar[index].view(-1, 1, 1, 1))
         eps_pred = self.unet(z_t, index, encoder_hidden_states=context).sample
         return {"loss": masked_diffusion_loss(eps, eps_pred, m0)}
+
+    # -- the mask embedding e_m: Eq. 9 in training, Eq. 10 in sampling --------------------------------
+    def setup_split(self, split) -> None:
+        super().setup_split(split)
+        if self.options.mask_source == "generated":
+            for category, defect in split_concepts(split):
+                self.tokens.add(mask_concept(concept_name(category, defect)))
+
+    def mask_context(self, concepts: list[str] | None, n: int) -> torch.Tensor:
+        """The text condition of mask sampling: the first k' tokens of each type's e_m, or the empty
+        prompt (None: the unconditional branch of Eq. 10)."""
+        if concepts is None:
+            prompts = [""] * n
+        else:
+            prompts = [" ".join(self.tokens.placeholders(mask_concept(c))[:self.options.mask_tokens]) for c in concepts]
+        return self.tokens.encode(prompts, self.backbone.max_length)
+
+    def mask_loss(self, masks: torch.Tensor, concepts: list[str], rng: torch.Generator) -> torch.Tensor:
+        """Eq. 9: plain textual inversion of e_m on the type's mask images (encoded as grey images)."""
+        with torch.no_grad():
+            z0 = encode_masks(self.vae, masks)
+        index = self.draw_timesteps(len(z0), rng)
+        eps = self.draw_noise(z0, rng)
+        z_t = add_noise(z0, eps, self.abar[index].view(-1, 1, 1, 1))
+        return mask_embedding_loss(eps, self.unet(z_t, index, encoder_hidden_states=self.mask_context(concepts, len(z0))).sample)
+
+    def sample_masks(self, batch: EncodedRequests) -> tuple[list, list[str]]:
+        """One mask per request from e_m: DDIM with classifier-free guidance (Eq. 10), binarised;
+        draws that are empty or break the authors' border rule are redrawn from the request's own
+        stream, and after `mask_tries` the request's given mask is used (and recorded so)."""
+        o = self.options
+        cond, uncond = self.mask_context(batch.concepts, len(batch.concepts)), self.mask_context(None, len(batch.concepts))
+        masks, origins = list(batch.masks), [MASK_GIVEN] * len(batch.masks)
+        todo = list(range(len(masks)))
+        for _ in range(o.mask_tries):
+            if not todo:
+                break
+            scheduler = make_scheduler("ddim", self.backbone.scheduler_config)
+            scheduler.set_timesteps(o.mask_ddim_steps, device=self.device)
+            z = batch.noise.randn_like(batch.x_back)  # every request draws, so each stream stays its own
+            for t in scheduler.timesteps:
+                tt = t.expand(len(z))
+                eps_c = self.unet(z, tt, encoder_hidden_states=cond).sample
+                eps_u = self.unet(z, tt, encoder_hidden_states=uncond).sample
+                z = scheduler.step(guided_mask_eps(eps_u, eps_c, o.mask_guidance), t, z, eta=o.ddim_eta,
+                                   variance_noise=batch.noise.randn_like(z)).prev_sample
+            drawn = binarise_mask(decode_latents(self.vae, z), o.mask_threshold)
+            rejected = touches_border(drawn) if o.mask_border_rule else torch.zeros(len(drawn), dtype=torch.bool)
+            for i in list(todo):
+                if drawn[i].sum() > 0 and not bool(rejected[i]):
+                    masks[i], origins[i] = drawn[i, 0].cpu().numpy() > 0.5, MASK_SYNTHESIZED
+                    todo.remove(i)
+        return masks, origins
+
+    def predict_step(self, batch, batch_idx: int = 0):
+        encoded = self.encode_requests(batch)
+        if self.options.mask_source == "given":
+            return self.decode_pairs(encoded, self.sample(encoded))
+        masks, origins = self.sample_masks(encoded)
+        encoded.masks = masks
+        encoded.m0 = mask_to_latent(masks_to_tensor(masks, self.device), encoded.x_back.shape[-2:])
+        pairs = self.decode_pairs(encoded, self.sample(encoded))
+        return [SyntheticPair(p.request, p.image, p.mask, origin) for p, origin in zip(pairs, origins)]
 
     # -- generation: blended DDIM with AAR --------------------------------------------------------------
     def sample(self, batch: EncodedRequests) -> torch.Tensor:
@@ -140,3 +227,8 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
 
     def _text(self, request) -> str:
         return prompt_text(request.category, request.defect, self.options.prompt)
+
+
+def mask_concept(concept: str) -> str:
+    """The learned-token concept of a type's mask embedding e_m."""
+    return f"mask/{concept}"
