@@ -541,7 +541,7 @@ def test_generated_masks_are_sampled_from_the_mask_embedding_and_recorded(split,
 
     torch.manual_seed(0)
     options = AnomalyDiffusion.Options(backbone="tiny", train_steps=2, train_batch_size=2, ddim_steps=2, mask_ddim_steps=2,
-                                       pairs_per_type=1, batch_size=2, tokens_per_type=2, mask_tokens=2,
+                                       pairs_per_type=1, batch_size=2, tokens_per_type=3, mask_tokens=2,
                                        spatial_arch="resnet18", spatial_fpn_channels=8, spatial_grid=2, aar=False)
     with pytest.raises(ValueError, match="mask_tokens"):
         AnomalyDiffusion.Options(tokens_per_type=2, mask_tokens=4)
@@ -561,12 +561,31 @@ def test_generated_masks_are_sampled_from_the_mask_embedding_and_recorded(split,
     draws = iter([bad.repeat(2, 1, 1, 1), good.repeat(2, 1, 1, 1)])
     monkeypatch.setattr(lightning_model, "decode_latents", lambda vae, z: next(draws))
     request = gen.plan(split, seed=0)
-    pairs = _generate(gen, request)
+    contexts, outputs, guided = [], [], []
+    handle = gen.unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: contexts.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+    out_handle = gen.unet.register_forward_hook(lambda mod, args, out: outputs.append(out.sample.clone()))
+    spy = lightning_model.guided_mask_eps
+    monkeypatch.setattr(lightning_model, "guided_mask_eps", lambda u, c, s: (guided.append((u, c, s)), spy(u, c, s))[1])
+    try:
+        pairs = _generate(gen, request)
+    finally:
+        handle.remove()
+        out_handle.remove()
     assert [p.mask_origin for p in pairs] == [MASK_SYNTHESIZED] * 2
+    # Eq. 10 gets the unconditional prediction first, the e_m one second, and s = 5
+    assert torch.equal(guided[0][0], outputs[1]) and torch.equal(guided[0][1], outputs[0]) and guided[0][2] == 5.0
+    # 2 tries x 2 steps x (conditional, unconditional), then the image's 2 steps
+    assert len(contexts) == 2 * 2 * 2 + 2
+    concepts = [f"wood/{r.defect}" for r in request]
+    with torch.no_grad():
+        cond = gen.tokens.encode([" ".join(gen.tokens.placeholders("mask/" + c)[:2]) for c in concepts], gen.backbone.max_length)
+        uncond = gen.tokens.encode(["", ""], gen.backbone.max_length)
+    assert torch.allclose(contexts[0], cond) and torch.allclose(contexts[1], uncond)
     expected = np.zeros((64, 64), bool)
     expected[20:30, 20:30] = True
     assert all(np.array_equal(p.mask, expected) for p in pairs)
     # nothing acceptable within mask_tries: the given mask, recorded so
-    gen.options = gen.options.model_copy(update={"mask_tries": 1})
-    draws = iter([bad.repeat(2, 1, 1, 1), bad.repeat(2, 1, 1, 1)])
+    gen.options = gen.options.model_copy(update={"mask_tries": 2})
+    draws = iter([bad.repeat(2, 1, 1, 1), torch.full((2, 3, 64, 64), -1.0)])  # border rule, then empty
     assert [p.mask_origin for p in _generate(gen, request)] == [MASK_GIVEN] * 2
