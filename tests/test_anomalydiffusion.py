@@ -589,3 +589,42 @@ def test_generated_masks_are_sampled_from_the_mask_embedding_and_recorded(split,
     gen.options = gen.options.model_copy(update={"mask_tries": 2})
     draws = iter([bad.repeat(2, 1, 1, 1), torch.full((2, 3, 64, 64), -1.0)])  # border rule, then empty
     assert [p.mask_origin for p in _generate(gen, request)] == [MASK_GIVEN] * 2
+
+
+def test_mask_embedding_loss_trains_on_the_mask_images_and_adds_to_the_total(split, monkeypatch):
+    from generators.anomalydiffusion import AnomalyDiffusion
+    from generators.diffusion.few_shot import FewShotDefects
+    from generators.diffusion.latents import decode_latents
+
+    torch.manual_seed(0)
+    gen = AnomalyDiffusion(AnomalyDiffusion.Options(backbone="tiny", tokens_per_type=2, mask_tokens=2, augment=False,
+                                                    spatial_arch="resnet18", spatial_fpn_channels=8, spatial_grid=2), 64)
+    gen.setup_split(split)
+    gen.train_set = FewShotDefects(split, 64)
+    gen._train_rng = torch.Generator().manual_seed(5)
+    logged = {}
+    monkeypatch.setattr(gen, "log_dict", lambda d, **kw: logged.update(d))
+    images, masks, ids = (torch.stack([gen.train_set[i][0] for i in (0, 2)]), torch.stack([gen.train_set[i][1] for i in (0, 2)]),
+                          torch.tensor([gen.train_set[i][2] for i in (0, 2)]))
+    seen = []
+    handle = gen.unet.register_forward_pre_hook(lambda mod, args, kwargs: seen.append((args[0].clone(), args[1].clone())),
+                                                with_kwargs=True)
+    try:
+        total = gen.training_step((images, masks, ids), 0)
+    finally:
+        handle.remove()
+    assert total.item() == pytest.approx(logged["train/loss_diff"].item() + logged["train/loss_mask"].item())
+    # the second U-Net call is Eq. 9's: undo the noising with the replayed draws and decode -> the
+    # mask images as grey images (0 -> -1, 1 -> +1); the tiny autoencoder is lossless
+    replay = torch.Generator().manual_seed(5)
+    torch.randint(0, gen.T, (2,), generator=replay), torch.randn(seen[0][0].shape, generator=replay)  # Eq. 5's draws
+    t = torch.randint(0, gen.T, (2,), generator=replay)
+    eps = torch.randn(seen[1][0].shape, generator=replay)
+    assert torch.equal(seen[1][1], t)
+    abar = gen.abar[t].view(-1, 1, 1, 1)
+    z0 = (seen[1][0] - (1 - abar).sqrt() * eps) / abar.sqrt()
+    assert torch.allclose(decode_latents(gen.vae, z0).mean(1, keepdim=True), masks * 2 - 1, atol=1e-3)
+    # e_m of the batch's types gets gradient from the total
+    total.backward()
+    slots = [gen.tokens.concepts.index("mask/" + gen.train_set.concepts[k]) for k in ids.tolist()]
+    assert all(gen.tokens.vectors[s].grad.abs().sum() > 0 for s in slots)
