@@ -585,6 +585,11 @@ def test_generated_masks_are_sampled_from_the_mask_embedding_and_recorded(split,
     expected = np.zeros((64, 64), bool)
     expected[20:30, 20:30] = True
     assert all(np.array_equal(p.mask, expected) for p in pairs)
+    # a request's pair does not depend on how many draws its batch-mate needed: the second request
+    # alone, accepted at the first draw, gives the same image as in the batch above
+    draws = iter([good[:1]])
+    alone = _generate(gen, request[1:])[0]
+    assert np.abs(alone.image.astype(int) - pairs[1].image.astype(int)).max() <= 1
     # nothing acceptable within mask_tries: the given mask, recorded so
     gen.options = gen.options.model_copy(update={"mask_tries": 2})
     draws = iter([bad.repeat(2, 1, 1, 1), torch.full((2, 3, 64, 64), -1.0)])  # border rule, then empty

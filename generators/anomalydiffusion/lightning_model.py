@@ -38,6 +38,7 @@ from generators.diffusion.ddpm import add_noise
 from generators.diffusion.generator import EncodedRequests, LatentDiffusionGenerator, LatentDiffusionOptions
 from generators.diffusion.latents import (decode_latents, encode_images, encode_masks, images_to_tensor, mask_to_latent,
                                           masks_to_tensor)
+from generators.diffusion.noise import PerSampleNoise
 from generators.diffusion.schedulers import make_scheduler
 
 
@@ -173,18 +174,20 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
         cond, uncond = self.mask_context(batch.concepts, len(batch.concepts)), self.mask_context(None, len(batch.concepts))
         masks, origins = list(batch.masks), [MASK_GIVEN] * len(batch.masks)
         todo = list(range(len(masks)))
+        # a stream of its own per request: how many draws the others need never moves its image noise
+        noise = PerSampleNoise([r.seed + MASK_STREAM for r in batch.requests], self.device)
         for _ in range(o.mask_tries):
             if not todo:
                 break
             scheduler = make_scheduler("ddim", self.backbone.scheduler_config)
             scheduler.set_timesteps(o.mask_ddim_steps, device=self.device)
-            z = batch.noise.randn_like(batch.x_back)  # every request draws, so each stream stays its own
+            z = noise.randn_like(batch.x_back)
             for t in scheduler.timesteps:
                 tt = t.expand(len(z))
                 eps_c = self.unet(z, tt, encoder_hidden_states=cond).sample
                 eps_u = self.unet(z, tt, encoder_hidden_states=uncond).sample
                 z = scheduler.step(guided_mask_eps(eps_u, eps_c, o.mask_guidance), t, z, eta=o.ddim_eta,
-                                   variance_noise=batch.noise.randn_like(z)).prev_sample
+                                   variance_noise=noise.randn_like(z)).prev_sample
             drawn = binarise_mask(decode_latents(self.vae, z), o.mask_threshold)
             rejected = touches_border(drawn) if o.mask_border_rule else torch.zeros(len(drawn), dtype=torch.bool)
             for i in list(todo):
@@ -227,6 +230,9 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
 
     def _text(self, request) -> str:
         return prompt_text(request.category, request.defect, self.options.prompt)
+
+
+MASK_STREAM = 1 << 40  # offset of the mask-sampling seed from the request's seed
 
 
 def mask_concept(concept: str) -> str:
