@@ -545,6 +545,8 @@ def test_generated_masks_are_sampled_from_the_mask_embedding_and_recorded(split,
                                        spatial_arch="resnet18", spatial_fpn_channels=8, spatial_grid=2, aar=False)
     with pytest.raises(ValueError, match="mask_tokens"):
         AnomalyDiffusion.Options(tokens_per_type=2, mask_tokens=4)
+    with pytest.raises(BenchError, match="mask_ddim_steps 1001"):
+        AnomalyDiffusion(options.model_copy(update={"mask_ddim_steps": 1001}), 64)
     gen = AnomalyDiffusion(options, 64)
     gen.setup_split(split)
     assert "mask/wood/hole" in gen.tokens.concepts  # one e_m per type beside its e_a

@@ -99,8 +99,10 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
                                               options.spatial_encoder_weights)
 
     def check_options(self, T: int) -> None:
-        if self.options.ddim_steps > T:
-            raise BenchError(f"anomalydiffusion: ddim_steps {self.options.ddim_steps} must lie within T = {T}")
+        o = self.options
+        if max(o.ddim_steps, o.mask_ddim_steps) > T:
+            raise BenchError(f"anomalydiffusion: ddim_steps {o.ddim_steps} and mask_ddim_steps {o.mask_ddim_steps} "
+                             f"must lie within T = {T}")
 
     def trained_parts(self) -> dict[str, nn.Module]:
         return {**super().trained_parts(), "spatial_encoder": self.spatial_encoder}  # e_a and E (Eq. 6)
