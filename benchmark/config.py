@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, describe_errors
+from benchmark.metrics.options import MetricOptions
 from benchmark.registry import GENERATORS, SEGMENTERS
 
 LAYOUTS = ("mvtec", "visa", "btad", "mvtec3d", "loco", "folder")
@@ -41,20 +42,13 @@ class SplitConfig(Strict):
     order: Literal["id", "random"] = "id"
 
 
-class MetricConfig(Strict):
-    image_score: Literal["max", "mean", "pooled-max"] = "max"
-    pool_kernel: int = 21
-    iou_threshold: float | Literal["f1"] = 0.5
-    mode: Literal["auto", "exact", "binned"] = "auto"
-    max_fpr: float = 0.3
-
-
 class TrainerConfig(Strict):
     accelerator: str = "auto"
     devices: int | str = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: str | None = None  # None: 32 on CPU, "16-mixed" on GPU
+    # Lightning's precision names; None: "32-true" on CPU, "16-mixed" on GPU (results.json records which)
+    precision: Optional[Literal["64-true", "32-true", "16-true", "16-mixed", "bf16-true", "bf16-mixed"]] = None
     num_workers: int = 0
     deterministic: bool = True
 
@@ -72,7 +66,7 @@ class RunConfig(Strict):
     generator: ComponentConfig = ComponentConfig(name="cutpaste")
     segmenter: ComponentConfig = ComponentConfig(name="unet")
     training: Literal["unified", "per-category"] = "unified"
-    metrics: MetricConfig = MetricConfig()
+    metrics: MetricOptions = MetricOptions()
     trainer: TrainerConfig = TrainerConfig()
     wandb: bool = True
     wandb_project: str = "sias-bench"
@@ -115,7 +109,7 @@ def build_config(profile: str = "smoke", overrides: list[dict] | None = None) ->
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise BenchError(f"invalid configuration: {_first_error(e)}") from None
+        raise BenchError(f"invalid configuration: {describe_errors(e, RunConfig)}") from None
     GENERATORS.get(cfg.generator.name)  # unknown / planned names fail here with the known list
     SEGMENTERS.get(cfg.segmenter.name)
     return cfg
@@ -128,20 +122,17 @@ def config_from_resolved(stored: dict, source: Path | str = "config.json") -> Ru
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise BenchError(f"{source}: not a configuration this version can run ({_first_error(e)}); "
+        raise BenchError(f"{source}: not a configuration this version can run ({describe_errors(e, RunConfig)}); "
                          "start a new run with another --output") from None
 
 
-def resolve_options(component_cls, profile: str, options: dict):
-    """Method defaults < the method's preset for this profile < user options, validated."""
+def resolve_options(component_cls, profile: str, options: dict, key: str = ""):
+    """Method defaults < the method's preset for this profile < user options, validated. `key`
+    (e.g. "segmenter.options") prefixes the field in the error, so it reads as the --set to fix."""
     merged = deep_merge(component_cls.presets.get(profile, {}), options)
     try:
         return component_cls.Options.model_validate(merged)
     except ValidationError as e:
-        raise BenchError(f"invalid options for {component_cls.name}: {_first_error(e)}") from None
-
-
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
-    return f"{loc}: {err['msg']}" + (f" ({len(e.errors()) - 1} more)" if len(e.errors()) > 1 else "")
+        prefix = f"{key}." if key else ""
+        raise BenchError(f"invalid options for {component_cls.name}: "
+                         f"{describe_errors(e, component_cls.Options, prefix)}") from None

@@ -5,22 +5,13 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from benchmark.config import MetricConfig
-
-
-def metric_options(cfg: MetricConfig):
-    from benchmark.metrics import MetricOptions
-
-    return MetricOptions(image_score=cfg.image_score, pool_kernel=cfg.pool_kernel,
-                         iou_threshold=cfg.iou_threshold, mode=cfg.mode, max_fpr=cfg.max_fpr)
+from benchmark.metrics import AnomalyMetrics, MetricOptions
 
 
 class MetricsCollector(BasePredictionWriter):
-    def __init__(self, cfg: MetricConfig):
+    def __init__(self, options: MetricOptions):
         super().__init__(write_interval="batch")
-        from benchmark.metrics import AnomalyMetrics
-
-        self.metric = AnomalyMetrics(metric_options(cfg))
+        self.metric = AnomalyMetrics(options)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         # no clamp: the engine rejects values outside [0, 1], which catches a model returning logits
@@ -28,3 +19,8 @@ class MetricsCollector(BasePredictionWriter):
 
     def compute(self) -> dict:
         return self.metric.compute()
+
+    @property
+    def resolved_mode(self) -> str | None:
+        """"exact" or "binned": how the last `compute` evaluated the pixel curves."""
+        return self.metric.resolved_mode

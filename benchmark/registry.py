@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, did_you_mean
 
 IMPLEMENTED = "implemented"
 
@@ -42,7 +42,8 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         if name not in self._entries:
-            raise BenchError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}")
+            raise BenchError(f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())}; "
+                             f"known: {', '.join(self.names())}")
         entry = self._entries[name]
         if entry.status == "planned":
             raise BenchError(f"{self.kind} '{name}' is planned but not implemented yet (see `bench list`)")

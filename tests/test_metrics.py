@@ -132,7 +132,7 @@ def test_options_validate_and_round_trip():
         dict(max_fpr=0.0),
     ]:
         with pytest.raises(BenchError):
-            MetricOptions(**bad)
+            MetricOptions.checked(**bad)
     with pytest.raises(BenchError):
         MetricOptions.parse_image_score("max:3")
 

@@ -44,7 +44,16 @@ engine raises on values outside [0, 1] or NaN and never applies a sigmoid (torch
 per batch: NOTES.md B.3).
 """
 
-from benchmark.metrics.engine import AnomalyMetrics, evaluate
 from benchmark.metrics.options import MetricOptions
 
 __all__ = ["AnomalyMetrics", "MetricOptions", "evaluate"]
+
+
+def __getattr__(name: str):
+    # the engine (torch, torchmetrics) loads on first use: the config loader imports the options
+    # from this package and must answer a bad flag before torch is imported
+    if name in ("AnomalyMetrics", "evaluate"):
+        from benchmark.metrics import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,16 +1,22 @@
 """`MetricOptions`: every choice on which the papers' metric definitions differ, named and recorded.
 
-The runner stores `MetricOptions.to_json()` next to the numbers, so a table always says which image
-score rule, IoU threshold, FPR limit and evaluation mode produced it (NOTES.md B.7).
+The one schema for these choices: the run configuration's `metrics` section, `bench score`'s flags
+and the engine all use this model, and a run's results.json stores `to_json()` next to the numbers
+(with the mode each category was actually computed in), so a table always says which image score
+rule, IoU threshold, FPR limit and evaluation mode produced it. A pydantic model, so the config
+loader reports a bad value with its full key (`metrics.bins`); `checked(...)` turns every problem
+into one `BenchError` line for other user input. Imports nothing heavy (the config loader needs it
+before torch is loaded).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Literal, Union
 
-from benchmark.errors import BenchError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from benchmark.errors import BenchError, describe_errors
 
 ImageScoreRule = Literal["max", "mean", "pooled-max"]
 Mode = Literal["auto", "exact", "binned"]
@@ -22,8 +28,7 @@ MIN_BINS = 1000
 EXACT_MAX_PIXELS = 50_000_000
 
 
-@dataclass(frozen=True)
-class MetricOptions:
+class MetricOptions(BaseModel):
     """How the engine turns anomaly maps into numbers.
 
     image_score: one score per image = `max` of the map (default; SeaS/LFD), `mean`, or
@@ -38,46 +43,47 @@ class MetricOptions:
     max_fpr: PRO integration limit; the area is divided by it (MVTec AD's 0.3).
     """
 
-    image_score: ImageScoreRule = "max"
-    pool_kernel: int = 21
-    iou_threshold: Union[float, Literal["f1"]] = 0.5
-    mode: Mode = "auto"
-    bins: int = MIN_BINS
-    max_fpr: float = 0.3
-    exact_max_pixels: int = EXACT_MAX_PIXELS
+    # strict numbers: a bool or a numeric string in a config file is a mistake, not a value
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.image_score not in IMAGE_SCORE_RULES:
-            problems.append(f"image_score must be one of {IMAGE_SCORE_RULES}, got {self.image_score!r}")
-        if not _is_int(self.pool_kernel) or self.pool_kernel < 1:
-            problems.append(f"pool_kernel must be a positive integer, got {self.pool_kernel!r}")
-        thr = self.iou_threshold
-        if thr != "f1" and not (_is_number(thr) and 0.0 <= float(thr) <= 1.0):
-            problems.append(f"iou_threshold must be a number in [0, 1] or 'f1', got {thr!r}")
-        if self.mode not in MODES:
-            problems.append(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not _is_int(self.bins) or self.bins < MIN_BINS:
-            problems.append(f"bins must be an integer >= {MIN_BINS}, got {self.bins!r}")
-        if not (_is_number(self.max_fpr) and 0.0 < float(self.max_fpr) <= 1.0):
-            problems.append(f"max_fpr must be in (0, 1], got {self.max_fpr!r}")
-        if not _is_int(self.exact_max_pixels) or self.exact_max_pixels < 0:
-            problems.append(f"exact_max_pixels must be a non-negative integer, got {self.exact_max_pixels!r}")
-        if problems:
-            raise BenchError("invalid metric options: " + "; ".join(problems))
-        if thr != "f1":
-            object.__setattr__(self, "iou_threshold", float(thr))
-        object.__setattr__(self, "max_fpr", float(self.max_fpr))
+    image_score: ImageScoreRule = "max"
+    pool_kernel: int = Field(21, ge=1, strict=True)
+    iou_threshold: Union[Literal["f1"], float] = Field(0.5, union_mode="left_to_right")
+    mode: Mode = "auto"
+    bins: int = Field(MIN_BINS, ge=MIN_BINS, strict=True)
+    max_fpr: float = Field(0.3, gt=0.0, le=1.0, allow_inf_nan=False)
+    exact_max_pixels: int = Field(EXACT_MAX_PIXELS, ge=0, strict=True)
+
+    @classmethod
+    def checked(cls, **values) -> "MetricOptions":
+        """Options from user input (flags, a results file): the problem in one `BenchError` line.
+        (Built directly, a bad value raises pydantic's ValidationError, which the config loader
+        reports with its full key.)"""
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise BenchError(f"invalid metric options: {describe_errors(e, cls)}") from None
+
+    @field_validator("iou_threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value):
+        # one message for both branches (pydantic would report the literal and the float apart)
+        if value == "f1":
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                and 0.0 <= value <= 1.0:
+            return float(value)
+        raise ValueError("should be a number in [0, 1] or 'f1'")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_json(cls, d: dict) -> "MetricOptions":
-        unknown = set(d) - set(cls.__dataclass_fields__)
+        unknown = set(d) - set(cls.model_fields)
         if unknown:
-            raise BenchError(f"unknown metric option(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+            raise BenchError(f"unknown metric option(s) {sorted(unknown)}; known: {sorted(cls.model_fields)}")
+        return cls.checked(**d)
 
     @staticmethod
     def parse_image_score(text: str) -> dict:
@@ -101,10 +107,3 @@ class MetricOptions:
         except ValueError:
             raise BenchError(f"IoU threshold {text!r}: expected a number in [0, 1] or 'f1'") from None
 
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
