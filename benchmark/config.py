@@ -112,7 +112,52 @@ def build_config(profile: str = "smoke", overrides: list[dict] | None = None) ->
         raise BenchError(f"invalid configuration: {describe_errors(e, RunConfig)}") from None
     GENERATORS.get(cfg.generator.name)  # unknown / planned names fail here with the known list
     SEGMENTERS.get(cfg.segmenter.name)
+    check_shared_options(cfg)
     return cfg
+
+
+def check_shared_options(cfg: RunConfig) -> None:
+    """The options every generator / segmenter shares (pairs_per_type, max_steps, lr, ...), checked
+    before the method's module (and torch) is imported; `resolve_options` checks the rest."""
+    from generators.options import GeneratorOptions
+    from segmenters.options import SegmenterOptions
+
+    for kind, shared in (("generator", GeneratorOptions), ("segmenter", SegmenterOptions)):
+        component = getattr(cfg, kind)
+        given = {k: v for k, v in component.options.items() if k in shared.model_fields}
+        try:
+            shared.model_validate(given)
+        except ValidationError as e:
+            raise BenchError(f"invalid options for {component.name}: "
+                             f"{describe_errors(e, shared, f'{kind}.options.')}") from None
+
+
+def check_data(cfg: RunConfig) -> None:
+    """The dataset root, layout and category names (folder names only), before anything heavy."""
+    if cfg.data.root is None:
+        if cfg.data.categories:
+            from benchmark.data.demo import CATEGORIES
+            from benchmark.data.layouts import _requested
+
+            _requested(cfg.data.categories, list(CATEGORIES), "the demo dataset", "mvtec")
+        return
+    root = Path(cfg.data.root).expanduser()
+    if not root.is_dir():
+        raise BenchError(f"{root}: data root does not exist; pass --data-root pointing at the dataset "
+                         "folder, or omit it to use the built-in demo dataset")
+    from benchmark.data.layouts import requested_categories
+
+    requested_categories(root, cfg.data.layout, cfg.data.categories)
+
+
+def resolve_components(cfg: RunConfig) -> dict:
+    """{"generator": (class, options), "segmenter": (class, options)}: loads each method's module
+    (torch) and validates its own options over its preset for the profile."""
+    out = {}
+    for kind, registry in (("generator", GENERATORS), ("segmenter", SEGMENTERS)):
+        cls = registry.load(getattr(cfg, kind).name)
+        out[kind] = (cls, resolve_options(cls, cfg.profile, getattr(cfg, kind).options, f"{kind}.options"))
+    return out
 
 
 def config_from_resolved(stored: dict, source: Path | str = "config.json") -> RunConfig:

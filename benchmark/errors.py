@@ -36,6 +36,10 @@ def describe_errors(e, model, prefix: str = "") -> str:
         known = list(_fields_at(model, loc[:-1]))
         hint = did_you_mean(loc[-1], known)
         message = f"unknown key{hint or '; known: ' + ', '.join(known)}"
+    if err["type"] == "literal_error" and isinstance(err.get("input"), str):
+        import re
+
+        message += did_you_mean(err["input"], re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", "")))
     if err["type"] == "missing":
         text = f"{key}: {message}"
     else:
