@@ -12,15 +12,17 @@ class MetricsCollector(BasePredictionWriter):
     def __init__(self, options: MetricOptions):
         super().__init__(write_interval="batch")
         self.metric = AnomalyMetrics(options)
+        self.map_sizes: set[tuple[int, int]] = set()  # the H x W the metrics were computed at
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         # no clamp: the engine rejects values outside [0, 1], which catches a model returning logits
+        self.map_sizes.add(tuple(int(n) for n in prediction["prob"].shape[-2:]))
         self.metric.update(prediction["prob"].detach().float().cpu(), prediction["mask"].cpu())
 
     def compute(self) -> dict:
         return self.metric.compute()
 
-    @property
-    def resolved_mode(self) -> str | None:
-        """"exact" or "binned": how the last `compute` evaluated the pixel curves."""
-        return self.metric.resolved_mode
+    def provenance(self) -> dict:
+        """How the last `compute` got its numbers: "exact" or "binned" pixel curves, and the
+        map size(s) H x W the metrics were computed at."""
+        return {"mode": self.metric.resolved_mode, "image_size": [list(s) for s in sorted(self.map_sizes)]}
