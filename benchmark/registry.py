@@ -74,7 +74,7 @@ GENERATORS = Registry("generator", [
 
 SEGMENTERS = Registry("segmenter", [
     Entry("unet", "segmenters.unet:SmpUNet",
-          "U-Net (segmentation-models-pytorch, ResNet-34 encoder)."),
+          "U-Net (segmentation-models-pytorch): ResNet-18 encoder in the smoke profile, ResNet-34 in paper."),
     Entry("unet-draem", "segmenters.unet_draem:DraemUNet",
           "DRAEM discriminative U-Net (AnomalyDiffusion/BADG downstream), focal loss."),
     Entry("bisenetv2", "segmenters.mmseg_models:BiSeNetV2",
