@@ -81,3 +81,15 @@ def test_a_bad_run_answers_before_torch_is_imported_and_leaves_no_folder(tmp_pat
     err = proc.stderr.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_results_written_before_all_metric_options_were_recorded_share_the_protocol():
+    from benchmark.leaderboard.protocol import protocol_of
+
+    config = build().model_dump(mode="json")
+    config["data"]["name"] = "demo"
+    older = json.loads(json.dumps(config))
+    older["metrics"] = {"image_score": "max", "pool_kernel": 21, "iou_threshold": 0.5, "mode": "auto", "max_fpr": 0.3}
+    assert protocol_of({"config": older}) == protocol_of({"config": config})
+    older["metrics"]["iou_threshold"] = "f1"  # a real difference still separates them
+    assert protocol_of({"config": older}) != protocol_of({"config": config})

@@ -26,11 +26,19 @@ def protocol_of(results: dict) -> dict:
                   "order": split.get("order")},
         "segmenter": canonical_name(segmenter["name"]),
         "image_size": data.get("image_size"),
-        "metrics": dict(sorted((config.get("metrics") or {}).items())),
+        "metrics": resolved_metric_options(config.get("metrics")),
     }
     if config.get("training") is not None:  # unified vs per-category segmenter (SeaS Table 8)
         protocol["training"] = config["training"]
     return protocol
+
+
+def resolved_metric_options(stored: dict | None) -> dict:
+    """A results file's metric options with every default filled in, so a file written before an
+    option was recorded (e.g. `bins`) shares the protocol of one that records its default."""
+    from benchmark.metrics.options import MetricOptions
+
+    return dict(sorted(MetricOptions.from_json(stored or {}).to_json().items()))
 
 
 def describe_protocol(protocol: dict) -> tuple[str, list[tuple[str, str]]]:
