@@ -63,3 +63,22 @@ def test_collector_lists_every_map_size_it_saw():
     feed(collector, (8, 24))
     collector.compute()
     assert collector.provenance() == {"mode": "exact", "image_size": [[8, 24], [16, 16]]}
+
+
+def test_a_run_started_before_a_metric_option_was_recorded_can_be_resumed(tmp_path):
+    import json
+
+    from benchmark.config import build_config
+    from benchmark.errors import BenchError
+    from benchmark.run.folder import RunFolder
+
+    resolved = build_config("smoke").model_dump(mode="json")
+    resolved["data"]["name"] = "demo"
+    stored = json.loads(json.dumps(resolved))
+    del stored["metrics"]["bins"], stored["metrics"]["exact_max_pixels"]  # as written by older versions
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
+    RunFolder(tmp_path / "run").claim(resolved, resume=True, overwrite=False)
+    resolved["metrics"]["bins"] = 2000  # not the default: a real difference is still refused
+    with pytest.raises(BenchError, match="metrics.bins"):
+        RunFolder(tmp_path / "run").claim(resolved, resume=True, overwrite=False)
