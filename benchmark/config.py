@@ -112,24 +112,31 @@ def build_config(profile: str = "smoke", overrides: list[dict] | None = None) ->
         raise BenchError(f"invalid configuration: {describe_errors(e, RunConfig)}") from None
     GENERATORS.get(cfg.generator.name)  # unknown / planned names fail here with the known list
     SEGMENTERS.get(cfg.segmenter.name)
-    check_shared_options(cfg)
+    check_options_early(cfg)
     return cfg
 
 
-def check_shared_options(cfg: RunConfig) -> None:
-    """The options every generator / segmenter shares (pairs_per_type, max_steps, lr, ...), checked
-    before the method's module (and torch) is imported; `resolve_options` checks the rest."""
+def check_options_early(cfg: RunConfig) -> None:
+    """The generator's and segmenter's options, checked before the methods' modules (and torch)
+    are imported: against the Options class the registry entry names (a pydantic-only module),
+    else against the options every generator / segmenter shares (pairs_per_type, max_steps, lr,
+    ...). `resolve_options` checks them all again over the preset once the method loads."""
     from generators.options import GeneratorOptions
     from segmenters.options import SegmenterOptions
 
-    for kind, shared in (("generator", GeneratorOptions), ("segmenter", SegmenterOptions)):
+    for kind, registry, shared in (("generator", GENERATORS, GeneratorOptions),
+                                   ("segmenter", SEGMENTERS, SegmenterOptions)):
         component = getattr(cfg, kind)
-        given = {k: v for k, v in component.options.items() if k in shared.model_fields}
-        try:
-            shared.model_validate(given)
-        except ValidationError as e:
-            raise BenchError(f"invalid options for {component.name}: "
-                             f"{describe_errors(e, shared, f'{kind}.options.')}") from None
+        own = registry.get(component.name).load_options()
+        checks = [(shared, {k: v for k, v in component.options.items() if k in shared.model_fields})]
+        if own is not None:
+            checks.append((own, component.options))
+        for model, given in checks:
+            try:
+                model.model_validate(given)
+            except ValidationError as e:
+                raise BenchError(f"invalid options for {component.name}: "
+                                 f"{describe_errors(e, model, f'{kind}.options.')}") from None
 
 
 def check_data(cfg: RunConfig) -> None:

@@ -12,14 +12,10 @@ import logging
 import torch
 
 from benchmark.errors import BenchError
-from segmenters.base import Segmenter, SegmenterOptions, read_state_dict, run_padded
+from segmenters.base import Segmenter, read_state_dict, run_padded
+from segmenters.options import SmpUNetOptions
 
 log = logging.getLogger(__name__)
-
-
-class SmpUNetOptions(SegmenterOptions):
-    encoder: str = "resnet34"
-    lr: float = 1e-3
 
 
 def encoder_checkpoint_hint(encoder: str) -> str:

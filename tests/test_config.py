@@ -47,13 +47,24 @@ def test_good_values_pass_and_metric_options_are_the_run_configs_metrics_section
     assert set(cfg.model_dump()["metrics"]) == set(MetricOptions.model_fields)
 
 
-def test_method_specific_options_are_checked_with_the_method(tmp_path, capsys):
-    # not a shared option: known only once the method's module is loaded, still before any folder
+def test_every_registered_options_pointer_is_the_class_the_method_uses():
+    from benchmark.registry import GENERATORS, SEGMENTERS
+
+    pointers = [e for registry in (GENERATORS, SEGMENTERS) for e in registry if e.options]
+    assert {e.name for e in pointers} >= {"cutpaste", "draem", "real-only", "unet", "unet-draem", "lfd", "segformer"}
+    for entry in pointers:
+        assert entry.load().Options is entry.load_options(), entry.name
+
+
+def test_options_of_a_method_without_a_light_options_class_are_checked_when_it_loads(tmp_path, capsys):
+    # STAGE names no pydantic-only Options module: its own keys are checked once it is imported,
+    # still before any run folder exists
     out = tmp_path / "r"
-    assert main(["--quiet", "run", "--output", str(out), "--no-wandb", "--set", "segmenter.options.max_step=5"]) == 2
+    assert main(["--quiet", "run", "--generator", "stage", "--output", str(out), "--no-wandb",
+                 "--set", "generator.options.no_such_option=1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: invalid options for unet: segmenter.options.max_step=5: unknown key (did you mean 'max_steps'?)"
-    assert not out.exists()
+    assert err.startswith("error: invalid options for stage: generator.options.no_such_option=1: unknown key")
+    assert len(err.splitlines()) == 1 and not out.exists()
 
 
 SCRIPT = """
@@ -71,6 +82,10 @@ print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "lightning"
     (["--layout", "mvtc"], "did you mean 'mvtec'?"),
     (["--set", "segmenter.options.max_steps=-5"], "segmenter.options.max_steps=-5: should be greater than 0"),
     (["--set", "trainer.precision=16"], "trainer.precision=16: should be '64-true'"),
+    (["--set", "segmenter.options.max_step=5"], "segmenter.options.max_step=5: unknown key (did you mean 'max_steps'?)"),
+    (["--set", "generator.options.variant=scarr"], "generator.options.variant=\"scarr\": should be 'scar', 'normal' "
+                                                    "or 'union' (did you mean 'scar'?)"),
+    (["--segmenter", "segformer", "--set", "segmenter.options.variant=b9"], "segmenter.options.variant=\"b9\""),
 ])
 def test_a_bad_run_answers_before_torch_is_imported_and_leaves_no_folder(tmp_path, args, message):
     out = tmp_path / "run"
