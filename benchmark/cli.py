@@ -132,8 +132,9 @@ def make_run(args, kind: str | None, **kwargs):
     Everything that can be checked without torch is checked first (names, with "did you mean";
     values; the dataset's folder and category names), so a mistake answers in about a second and
     leaves no run folder; then the methods' modules load and check their own options."""
-    from benchmark.config import check_data, resolve_components
+    from benchmark.config import check_data, check_generator_checkpoint, resolve_components
 
+    check_generator_checkpoint(kwargs.get("generator_checkpoint"))
     cfg = None
     if args.resume and args.output:
         cfg = resumed_config(args, Path(args.output).expanduser())

@@ -157,6 +157,17 @@ def check_data(cfg: RunConfig) -> None:
     requested_categories(root, cfg.data.layout, cfg.data.categories)
 
 
+def check_generator_checkpoint(path: Path | str | None) -> Path | None:
+    """`bench generate --checkpoint`: the file must exist (checked before anything heavy loads)."""
+    if path is None:
+        return None
+    checkpoint = Path(path).expanduser()
+    if not checkpoint.is_file():
+        raise BenchError(f"{checkpoint}: generator checkpoint not found (a generator.pt from a synthetic set "
+                         "folder, or from a previous run's synthetic/ link)")
+    return checkpoint
+
+
 def resolve_components(cfg: RunConfig) -> dict:
     """{"generator": (class, options), "segmenter": (class, options)}: loads each method's module
     (torch) and validates its own options over its preset for the profile."""

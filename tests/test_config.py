@@ -70,7 +70,7 @@ def test_options_of_a_method_without_a_light_options_class_are_checked_when_it_l
 SCRIPT = """
 import json, sys
 from benchmark.cli import main
-code = main(["--quiet", "run", "--output", sys.argv[1], "--no-wandb", *sys.argv[2:]])
+code = main(["--quiet", sys.argv[2], "--output", sys.argv[1], "--no-wandb", *sys.argv[3:]])
 print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "lightning") if m in sys.modules)}))
 """
 
@@ -89,13 +89,21 @@ print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "lightning"
 ])
 def test_a_bad_run_answers_before_torch_is_imported_and_leaves_no_folder(tmp_path, args, message):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), "run", *args], capture_output=True, text=True,
                           cwd=REPO, check=False)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"code": 2, "heavy": []}, proc.stderr
     err = proc.stderr.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_generate_with_a_missing_checkpoint_answers_before_torch(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), "generate", "--checkpoint",
+                           str(tmp_path / "absent.pt")], capture_output=True, text=True, cwd=REPO, check=False)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 2, "heavy": []}, proc.stderr
+    assert "absent.pt: generator checkpoint not found" in proc.stderr and not out.exists()
 
 
 def test_results_written_before_all_metric_options_were_recorded_share_the_protocol():

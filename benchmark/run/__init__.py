@@ -12,7 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-from benchmark.config import RunConfig, resolve_components
+from benchmark.config import RunConfig, check_generator_checkpoint, resolve_components
 from benchmark.errors import BenchError
 from benchmark.progress import RunProgress
 from benchmark.run.context import RunContext
@@ -37,10 +37,7 @@ class Run:
         components = resolve_components(cfg)
         (generator_cls, generator_options), (segmenter_cls, segmenter_options) = \
             components["generator"], components["segmenter"]
-        checkpoint = Path(generator_checkpoint).expanduser() if generator_checkpoint else None
-        if checkpoint and not checkpoint.is_file():
-            raise BenchError(f"{checkpoint}: generator checkpoint not found (a generator.pt from a synthetic set "
-                             "folder, or from a previous run's synthetic/ link)")
+        checkpoint = check_generator_checkpoint(generator_checkpoint)
         self.ctx = RunContext(
             cfg=cfg, folder=RunFolder(output), cache=Path(cache).expanduser() if cache else cache_root(),
             progress=RunProgress(quiet=quiet), stop=StopRequest(),
