@@ -106,6 +106,7 @@ def build_config(profile: str = "smoke", overrides: list[dict] | None = None) ->
     raw = deep_merge(raw, PROFILES[profile])
     for o in overrides or []:
         raw = deep_merge(raw, o)
+    raw["metrics"] = _with_metric_preset(raw["metrics"], overrides or [])
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
@@ -176,6 +177,19 @@ def resolve_components(cfg: RunConfig) -> dict:
         cls = registry.load(getattr(cfg, kind).name)
         out[kind] = (cls, resolve_options(cls, cfg.profile, getattr(cfg, kind).options, f"{kind}.options"))
     return out
+
+
+def _with_metric_preset(metrics: dict, overrides: list[dict]) -> dict:
+    """Defaults < the named paper preset < options set explicitly (the preset itself included)."""
+    from benchmark.metrics.options import METRIC_PRESETS
+
+    explicit: dict = {}
+    for o in overrides:
+        explicit = deep_merge(explicit, o.get("metrics") or {})
+    preset = METRIC_PRESETS.get(metrics.get("preset", "default"))
+    if preset is None:
+        return metrics  # validation names the known presets
+    return {**metrics, **preset, **explicit}
 
 
 def config_from_resolved(stored: dict, source: Path | str = "config.json") -> RunConfig:

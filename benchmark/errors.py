@@ -19,6 +19,16 @@ def did_you_mean(name: str, known) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+class InvalidOptions(BenchError, ValueError):
+    """A pydantic model's validation error as one BenchError line. Also a ValueError, so when the
+    model is validated inside another (the run configuration), pydantic reports it there and
+    `describe_errors` names the problem under the outer key."""
+
+    def __init__(self, what: str, validation, model):
+        self.validation, self.model = validation, model
+        super().__init__(f"{what}: {describe_errors(validation, model)}")
+
+
 def describe_errors(e, model, prefix: str = "") -> str:
     """A pydantic ValidationError of `model` as one line: the first problem as `key=value: what is
     wrong` (+ how many more); an unknown key gets a "did you mean" from the fields of its model."""
@@ -30,6 +40,10 @@ def describe_errors(e, model, prefix: str = "") -> str:
     loc = [str(x) for x in err["loc"] if not str(x).startswith(("literal[", "function-"))
            and str(x) not in ("int", "str", "float", "bool", "none")]
     key = prefix + ".".join(loc)
+    inner = (err.get("ctx") or {}).get("error")
+    if isinstance(inner, InvalidOptions):  # a nested model's own one-line error: name it under `key`
+        more = f" ({len(errors) - 1} more)" if len(errors) > 1 else ""
+        return describe_errors(inner.validation, inner.model, f"{key}.") + more
     message = err["msg"].removeprefix("Value error, ").removeprefix("Input ")
     message = message[:1].lower() + message[1:]
     if err["type"] == "extra_forbidden":
@@ -40,8 +54,8 @@ def describe_errors(e, model, prefix: str = "") -> str:
         import re
 
         message += did_you_mean(err["input"], re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", "")))
-    if err["type"] == "missing":
-        text = f"{key}: {message}"
+    if err["type"] == "missing" or not loc:  # not loc: a check across fields of the model
+        text = f"{key.rstrip('.')}: {message}" if key else message
     else:
         value = err.get("input")
         text = f"{key}={json.dumps(value) if isinstance(value, str) else value}: {message}"

@@ -17,7 +17,11 @@ class MetricsCollector(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         # no clamp: the engine rejects values outside [0, 1], which catches a model returning logits
         self.map_sizes.add(tuple(int(n) for n in prediction["prob"].shape[-2:]))
-        self.metric.update(prediction["prob"].detach().float().cpu(), prediction["mask"].cpu())
+        prob, mask = prediction["prob"].detach().float().cpu(), prediction["mask"].cpu()
+        if self.metric.options.pixel_score == "logit":  # STAGE: rank the anomaly channel's raw logit
+            self.metric.update(prediction["logit"].detach().float().cpu(), mask, probabilities=prob)
+        else:
+            self.metric.update(prob, mask)
 
     def compute(self) -> dict:
         return self.metric.compute()

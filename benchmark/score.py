@@ -30,7 +30,7 @@ MASK_TAG = "_mask"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from benchmark.metrics.options import MIN_BINS, MODES, MetricOptions
+    from benchmark.metrics.options import MIN_BINS, MODES, PIXEL_F1_MAX, PRO_CURVES, MetricOptions
 
     defaults = MetricOptions()  # the flags' defaults are the schema's, as in a run's config
     parser.add_argument("--maps", required=True, help="folder of anomaly maps (.npy float, .png/.tiff)")
@@ -46,18 +46,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"bins over [0, 1] in binned mode (>= {MIN_BINS})")
     parser.add_argument("--max-fpr", type=float, default=defaults.max_fpr,
                         help=f"PRO integration limit (default {defaults.max_fpr})")
+    parser.add_argument("--pro-curve", default=defaults.pro_curve, choices=PRO_CURVES,
+                        help="exact PRO curve, or quantile-100 (MVTec 3D-AD au_pro_util, AnomalyDiffusion's code)")
+    parser.add_argument("--pixel-f1-max", default=defaults.pixel_f1_max, choices=PIXEL_F1_MAX,
+                        help="pixel F1-max over every score, or grid-21 (0, 0.05, ..., 1; AnomalyDiffusion's code)")
     parser.add_argument("--json", required=True, metavar="OUT", help="write the metrics here (results.json keys)")
 
 
 def run(args: argparse.Namespace) -> int:
     from benchmark.metrics import AnomalyMetrics, MetricOptions
 
-    options = MetricOptions.checked(
+    options = MetricOptions(
         **MetricOptions.parse_image_score(args.image_score),
         iou_threshold=MetricOptions.parse_iou_threshold(args.iou_threshold),
         mode=args.mode,
         bins=args.bins,
         max_fpr=args.max_fpr,
+        pro_curve=args.pro_curve,
+        pixel_f1_max=args.pixel_f1_max,
     )
     pairs, problems = match_maps_to_masks(Path(args.maps), Path(args.masks))
     metric = AnomalyMetrics(options)

@@ -135,11 +135,17 @@ class Segmenter(L.LightningModule):
 
     # -- prediction -----------------------------------------------------------------------------
     @torch.no_grad()
-    def anomaly_probability(self, images: torch.Tensor) -> torch.Tensor:
+    def class_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Bx2xHxW logits at the input size."""
         logits = self(images).float()
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.softmax(1)[:, 1]
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def anomaly_probability(self, images: torch.Tensor) -> torch.Tensor:
+        return self.class_logits(images).softmax(1)[:, 1]
 
     def predict_step(self, batch, batch_idx=0, dataloader_idx=0):
-        return {"prob": self.anomaly_probability(batch["image"]), "mask": batch["mask"],
+        # the anomaly channel's raw logit too: STAGE's protocol scores it (metrics.pixel_score=logit)
+        logits = self.class_logits(batch["image"])
+        return {"prob": logits.softmax(1)[:, 1], "logit": logits[:, 1], "mask": batch["mask"],
                 "category": batch["category"], "id": batch["id"]}

@@ -184,12 +184,11 @@ class MMSegSegmenter(Segmenter):
         return self.model.decode_head(self.model.extract_feat(x))
 
     @torch.no_grad()
-    def anomaly_probability(self, images: torch.Tensor) -> torch.Tensor:
+    def class_logits(self, images: torch.Tensor) -> torch.Tensor:
         # resize as mmseg's predict_by_feat does: with the decode head's align_corners
         logits = self(images).float()
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
-                               align_corners=self.model.decode_head.align_corners)
-        return logits.softmax(1)[:, 1]
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
+                             align_corners=self.model.decode_head.align_corners)
 
     def inference_parameters(self) -> int:
         aux = self.model.auxiliary_head if self.model.with_auxiliary_head else None

@@ -17,7 +17,7 @@ from generators.diffusion.backbone import LDM_SCHEDULE, load_backbone  # noqa: E
 from generators.diffusion.latents import (decode_latents, decode_masks, encode_images, encode_masks,  # noqa: E402
                                           images_to_tensor, mask_to_latent, tensor_to_images)
 from generators.diffusion.noise import PerSampleNoise  # noqa: E402
-from generators.diffusion.schedulers import add_noise, alphas_cumprod, make_scheduler  # noqa: E402
+from generators.diffusion.schedulers import alphas_cumprod, make_scheduler  # noqa: E402
 from generators.diffusion.tiny import TINY_VERSION, tiny_backbone_folder  # noqa: E402
 from generators.diffusion.tokens import LearnedTokens  # noqa: E402
 
@@ -124,14 +124,6 @@ def test_ldm_linear_schedule_is_diffusers_scaled_linear(backbone):
     assert LDM_SCHEDULE["beta_schedule"] == "scaled_linear"
     with pytest.raises(ValueError, match="unknown sampler"):
         make_scheduler("euler", backbone.scheduler_config)
-
-
-def test_add_noise_matches_diffusers():
-    s = make_scheduler("ddpm", None)
-    x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    t = torch.tensor([10, 900])
-    ours = add_noise(x0, eps, alphas_cumprod(s)[t].float().view(-1, 1, 1, 1))
-    assert torch.allclose(ours, s.add_noise(x0, eps, t), atol=1e-6)
 
 
 def test_ddim_and_dpm_sample_with_the_tiny_unet(backbone):

@@ -84,11 +84,11 @@ def test_every_reported_yaml_parses_and_every_number_is_a_percentage():
 def test_reported_values_are_converted_and_tables_of_one_protocol_merge():
     rows = {(r.protocol["reported_by"], r.protocol["id"], r.generator): r for r in reported.load_reported(REPORTED)}
     seas = rows[("seas", "mvtec_bisenetv2", "seas")]
-    assert seas.values["pixel.iou"]["mean"] == pytest.approx(0.5528)
+    assert seas.values["pixel.iou_best_per_image"]["mean"] == pytest.approx(0.5528)  # printed "IoU"
     assert seas.values["image.auroc"]["mean"] == pytest.approx(0.96)  # Table 23 merged into Table 22's row
-    assert seas.sources["pixel.iou"] == ["22"] and seas.sources["image.auroc"] == ["23"]
+    assert seas.sources["pixel.iou_best_per_image"] == ["22"] and seas.sources["image.auroc"] == ["23"]
     stage = rows[("stage", "mvtec_segformer", "stage")]
-    assert stage.values["miou"]["capsule"] == pytest.approx(0.5996)
+    assert stage.values["pixel.iou"]["capsule"] == pytest.approx(0.5996)  # printed "mIoU"
     assert stage.values["pixel.pro"]["mean"] == pytest.approx(0.7486)
     anodiff = rows[("anomalydiffusion", "mvtec_unet", "anomalydiffusion")]
     assert anodiff.sources["pixel.auroc"] == ["2", "10"]
@@ -149,7 +149,14 @@ def test_rows_group_by_protocol_and_reported_rows_never_join_reproduced(tmp_path
             write(tmp_path / "c.json", make_results("cutpaste", 0.9, dataset="mvtec_ad", image_size=256))]
     rows = reproduced.load_reproduced(runs) + reported.load_reported(REPORTED)
     board = layout.build(rows, dataset="mvtec_ad", metrics=["pixel.ap"])
-    (section,) = board.sections
+    # STAGE's AP ranks SegFormer logits (its YAML pins pixel_score: logit): the runs, on
+    # probabilities, get a table of their own, beside the papers whose AP they share
+    papers, section = board.sections
+    assert {r.origin for _, g in papers.groups for r in g} == {"reported"} and papers.variant == ""
+    assert section.variant == "as run: pixel_score=probability"
+    assert section.title == "MVTec AD · pixel AP (as run: pixel_score=probability)"
+    beside = {r.protocol.get("reported_by") for _, g in section.groups for r in g} - {None}
+    assert "stage" not in beside and {"anomalydiffusion", "seas"} <= beside
     keys = [key for key, _ in section.groups]
     assert len(keys) == len(set(keys))
     assert [r.generator for r in section.groups[0][1]] == ["draem", "cutpaste"]  # 128 px group, best first
@@ -224,8 +231,8 @@ def test_cli_filters_and_writes_markdown_and_html(tmp_path, capsys):
     assert "| CutPaste | [accepted run abcdef12](../leaderboards/results/a.json)" in text  # the papers' name
     assert "reported: BADG Table 2 (own method)" in text
     assert page.read_text().startswith("<!DOCTYPE html>")
-    assert command.run(args_for("--dir", str(board_dir), "--dataset", "btad", "--metric", "miou")) == 0
-    assert "BTAD · mIoU" in capsys.readouterr().out  # rich table on the terminal
+    assert command.run(args_for("--dir", str(board_dir), "--dataset", "btad", "--metric", "pixel.iou")) == 0
+    assert "BTAD · pixel IoU" in capsys.readouterr().out  # rich table on the terminal
     with pytest.raises(BenchError, match="no leaderboard rows"):
         command.run(args_for("--dir", str(board_dir), "--dataset", "visa", "--segmenter", "segformer"))
 

@@ -19,7 +19,7 @@ EXACT = MetricOptions(mode="exact")
 BINNED = MetricOptions(mode="binned")
 KEYS = {
     "image": {"auroc", "ap", "f1_max"},
-    "pixel": {"auroc", "ap", "f1_max", "pro", "iou", "iou_best_per_image"},
+    "pixel": {"auroc", "ap", "f1_max", "pro", "iou", "iou_best_per_image", "f1"},
 }
 
 
@@ -132,7 +132,7 @@ def test_options_validate_and_round_trip():
         dict(max_fpr=0.0),
     ]:
         with pytest.raises(BenchError):
-            MetricOptions.checked(**bad)
+            MetricOptions(**bad)
     with pytest.raises(BenchError):
         MetricOptions.parse_image_score("max:3")
 

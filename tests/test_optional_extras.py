@@ -16,17 +16,32 @@ from benchmark.errors import BenchError
 ROOT = Path(__file__).resolve().parents[1]
 EXTRA_MODULES = {"mmseg": ("mmseg", "mmcv", "mmengine"), "wandb": ("wandb",), "quality": ("lpips", "torch_fidelity")}
 
-# a meta-path finder that makes the extras' top-level modules unimportable, as in an environment
-# where `pip install sias-bench` ran without extras
+# makes the extras' top-level modules unimportable and their distributions unknown, as in an
+# environment where `pip install sias-bench` ran without extras (torchmetrics and lightning decide
+# what is installed from package metadata and importlib.util.find_spec, so both are hidden too)
 BLOCKER = """
-import sys
+import importlib.metadata, importlib.util, sys
+def _blocked(name):
+    return name.split(".")[0] in _NotInstalled.blocked
 class _NotInstalled:
     blocked = {names!r}
+    dists = {dists!r}
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in self.blocked:
+        if _blocked(name):
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, _NotInstalled())
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: None if _blocked(name) else _find_spec(name, package)
+def _hide(lookup):
+    def hidden(name, *args, **kwargs):
+        if name.lower().replace("_", "-") in _NotInstalled.dists:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return lookup(name, *args, **kwargs)
+    return hidden
+for _name in ("version", "distribution", "metadata", "requires"):
+    setattr(importlib.metadata, _name, _hide(getattr(importlib.metadata, _name)))
 """
+EXTRA_DISTRIBUTIONS = {"torch-fidelity", "lpips", "wandb", "mmsegmentation", "mmcv", "mmcv-lite", "mmengine"}
 
 
 def block(monkeypatch, *top_level: str) -> None:
@@ -88,7 +103,7 @@ def test_without_wandb_a_run_logs_nothing_to_wandb_and_says_so(monkeypatch, capl
 def test_a_core_only_environment_runs_cutpaste_into_a_unet_with_wandb_asked_for(tmp_path):
     """The whole default pipeline (W&B on, its default) in a process where no extra is importable."""
     blocked = {m for mods in EXTRA_MODULES.values() for m in mods}
-    script = BLOCKER.format(names=blocked) + (
+    script = BLOCKER.format(names=blocked, dists=EXTRA_DISTRIBUTIONS) + (
         "from benchmark.cli import main\n"
         f"code = main(['run', '--output', {str(tmp_path / 'run')!r}, '--image-size', '64', '--categories', 'pill',"
         " '--set', 'segmenter.options.max_steps=2', '--set', 'generator.options.pairs_per_type=2'])\n"

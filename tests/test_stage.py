@@ -20,11 +20,12 @@ from benchmark.errors import BenchError  # noqa: E402
 from generators.base import MASK_GIVEN, collate_requests  # noqa: E402
 from generators.diffusion.noise import PerSampleNoise  # noqa: E402
 from generators.diffusion.schedulers import alphas_cumprod, make_scheduler  # noqa: E402
-from generators.stage.data import place_mask, prompt_text, random_flips  # noqa: E402
+from generators.diffusion.ddpm import posterior  # noqa: E402
+from generators.diffusion.few_shot import place_mask  # noqa: E402
 from generators.stage.loss import anomaly_aware_loss, anomaly_only_loss, stage_loss  # noqa: E402
 from generators.stage.torch_model import (AWARE, ONLY, MaskGuidanceAdapter, SamplingConfig,  # noqa: E402
-                                          anomaly_inference_step, compose, ddpm_step, ema_mask,
-                                          graded_diffusion, in_intervals, posterior, predict_x0, zeta)
+                                          anomaly_inference_step, compose, ema_mask, graded_diffusion,
+                                          in_intervals, zeta)
 
 T, TS = 1000, 200
 
@@ -64,44 +65,7 @@ def test_ema_mask_all_ones_at_T_m0_below_t_s_linear_between():
     assert torch.equal(per_sample[0], torch.ones_like(m0[0])) and torch.equal(per_sample[1], m0[0])
 
 
-# -- Eq. 1-6: posterior, anomaly inference ------------------------------------------------------------
-@pytest.mark.parametrize("steps", [1000, 20])
-def test_posterior_step_matches_diffusers_ddpm(steps):
-    """Eq. 2 (respaced when steps < T) equals diffusers' DDPM step given the same x0 and noise."""
-    s = make_scheduler("ddpm", None, prediction_type="sample", timestep_spacing="trailing")
-    s.set_timesteps(steps)
-    ab = alphas_cumprod(s).float()
-    times = [int(t) for t in s.timesteps]
-    g = torch.Generator().manual_seed(0)
-    x0, x_t = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
-    for i in (0, len(times) // 2, len(times) - 1):
-        t = times[i]
-        prev = times[i + 1] if i + 1 < len(times) else -1
-        ref = s.step(x0, t, x_t, generator=torch.Generator().manual_seed(1)).prev_sample
-        z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
-        ours = ddpm_step(x0, x_t, ab[t], ab[prev] if prev >= 0 else torch.tensor(1.0), z)
-        assert torch.allclose(ours, ref, atol=1e-5)
-
-
-def test_posterior_mean_and_variance_eq2(abar):
-    x0, x_t = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
-    t = 500
-    mean, var = posterior(x0, x_t, abar[t], abar[t - 1])
-    beta = 1 - abar[t] / abar[t - 1]
-    assert torch.allclose(var, (1 - abar[t - 1]) / (1 - abar[t]) * beta)
-    c0 = abar[t - 1].sqrt() * beta / (1 - abar[t])
-    ct = (1 - beta).sqrt() * (1 - abar[t - 1]) / (1 - abar[t])
-    assert torch.allclose(mean, c0 * x0 + ct * x_t)
-    last_mean, last_var = posterior(x0, x_t, abar[0], torch.tensor(1.0))  # t = 1: all weight on x0
-    assert torch.allclose(last_mean, x0, atol=1e-6) and last_var == 0
-
-
-def test_predict_x0_inverts_forward_noising(abar):
-    x0, eps = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
-    a = abar[700]
-    assert torch.allclose(predict_x0(a.sqrt() * x0 + (1 - a).sqrt() * eps, eps, a), x0, atol=1e-4)
-
-
+# -- Eq. 3-6: composition and anomaly inference (the DDPM posterior: tests/test_diffusion_parts.py) -----
 def test_compose_eq3():
     m = _mask(4, 4, (0, 2, 0, 4))
     inside, outside = torch.full((1, 4, 4, 4), 2.0), torch.full((1, 4, 4, 4), -1.0)
@@ -237,28 +201,6 @@ def test_stage_loss_feeds_full_latent_to_aware_and_masked_latent_to_only(abar):
     assert torch.allclose(out["loss"], out["loss_only"] + out["loss_aware"])
 
 
-# -- data: flips and mask placement ------------------------------------------------------------------
-def test_place_mask_keeps_the_mask_whole_and_inside():
-    mask = np.zeros((32, 32), bool)
-    mask[2:6, 20:31] = True
-    outs = [place_mask(mask, np.random.default_rng(s)) for s in range(20)]
-    assert all(o.sum() == mask.sum() and o.shape == mask.shape for o in outs)
-    assert len({o.tobytes() for o in outs}) > 10
-    assert np.array_equal(place_mask(mask, np.random.default_rng(3)), outs[3])
-
-
-def test_prompt_is_class_and_anomaly_type():
-    assert prompt_text("metal_nut", "color_stain") == "metal nut color stain"
-    assert prompt_text("01", "ko", "damaged") == "damaged"  # the paper's BTAD prompt
-
-
-def test_random_flips_move_image_and_mask_together():
-    img = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
-    mask = img[:, :1].clone()
-    fi, fm = random_flips(img, mask, torch.Generator().manual_seed(0))
-    assert torch.equal(fi[:, :1], fm)
-
-
 # -- the generator on the tiny backbone -----------------------------------------------------------------
 def _write(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,10 +272,10 @@ def trained(split):
     torch.manual_seed(0)
     gen = StageGenerator(_options(), 64)
     gen.setup_split(split)
-    before = {name: _state(m) for name, m in (("unet", gen.model.unet), ("vae", gen.model.vae),
-                                               ("text_encoder", gen.model.text_encoder),
+    before = {name: _state(m) for name, m in (("unet", gen.unet), ("vae", gen.vae),
+                                               ("text_encoder", gen.text_encoder),
                                                ("adapters", gen.model.adapters))}
-    before["tokens"] = [v.detach().clone() for v in gen.model.tokens.vectors]
+    before["tokens"] = [v.detach().clone() for v in gen.tokens.vectors]
     _trainer(max_steps=3, max_epochs=-1).fit(gen)
     return gen, before
 
@@ -341,12 +283,12 @@ def trained(split):
 def test_training_moves_adapters_and_tokens_only(trained):
     gen, before = trained
     for name in ("unet", "vae", "text_encoder"):
-        after = _state(getattr(gen.model, name))
+        after = _state(getattr(gen, name))
         assert all(torch.equal(before[name][k], after[k]) for k in after), name
     after = _state(gen.model.adapters)
     assert any(not torch.equal(before["adapters"][k], after[k]) for k in after if k.endswith("weight"))
-    assert all(not torch.equal(b, a) for b, a in zip(before["tokens"], gen.model.tokens.vectors))
-    assert gen.model.unet.training is False and gen.model.text_encoder.training is False
+    assert all(not torch.equal(b, a) for b, a in zip(before["tokens"], gen.tokens.vectors))
+    assert gen.unet.training is False and gen.text_encoder.training is False
 
 
 def test_generation_is_deterministic_and_returns_the_given_mask(trained, split):
@@ -380,14 +322,34 @@ def test_checkpoint_holds_tokens_and_adapters_and_reproduces_pairs(trained, spli
     n_saved = sum(v.numel() for v in blob["state"]["adapters"].values()) + sum(
         v.numel() for v in blob["state"]["tokens"]["vectors"])
     assert n_saved == sum(v.numel() for v in gen.model.adapters.state_dict().values()) + sum(
-        v.numel() for v in gen.model.tokens.vectors)  # adapters (with BatchNorm statistics) and tokens, nothing else
-    assert n_saved < 0.1 * sum(p.numel() for p in gen.model.unet.parameters())
+        v.numel() for v in gen.tokens.vectors)  # adapters (with BatchNorm statistics) and tokens, nothing else
+    assert n_saved < 0.1 * sum(p.numel() for p in gen.unet.parameters())
     fresh = StageGenerator(_options(), 64)
     fresh.setup_split(split)
     fresh.load_trained(path)
     requests = gen.plan(split, seed=1)[:2]
     for a, b in zip(_generate(gen, requests), _generate(fresh, requests)):
         assert np.array_equal(a.image, b.image)
+
+
+def test_a_lightning_checkpoint_from_before_the_base_class_still_loads(trained, split):
+    """Keys model.tokens.* and stage_concepts (STAGE before LatentDiffusionGenerator) load into a fresh generator."""
+    from generators.stage.lightning_model import StageGenerator
+
+    gen, _ = trained
+    checkpoint = {"state_dict": {k: v.clone() for k, v in gen.state_dict().items()}}
+    gen.on_save_checkpoint(checkpoint)
+    assert checkpoint.pop("concepts") == gen.tokens.concepts
+    legacy = {"stage_concepts": list(gen.tokens.concepts),
+              "state_dict": {k.replace("tokens.", "model.tokens.", 1) if k.startswith("tokens.") else k: v
+                             for k, v in checkpoint["state_dict"].items()}}
+    assert any(k.startswith("model.tokens.") for k in legacy["state_dict"])
+    fresh = StageGenerator(_options(), 64)
+    fresh.on_load_checkpoint(legacy)
+    fresh.load_state_dict(legacy["state_dict"], strict=False)
+    assert fresh.tokens.concepts == gen.tokens.concepts
+    assert all(torch.equal(a, b) for a, b in zip(fresh.tokens.vectors, gen.tokens.vectors))
+    assert all(torch.equal(v, fresh.model.adapters.state_dict()[k]) for k, v in gen.model.adapters.state_dict().items())
 
 
 def test_presets_and_option_checks(split):

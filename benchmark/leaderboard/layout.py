@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmark.leaderboard.protocol import describe_protocol
+from benchmark.leaderboard.protocol import definition_conflict, describe_protocol
 from benchmark.leaderboard.rows import (DATASET_NAMES, METRIC_NAMES, Row, canonical_dataset, canonical_metric,
                                         canonical_name, dataset_order, metric_order)
 
@@ -24,10 +24,12 @@ class Section:
     groups: list[tuple[str, list[Row]]]
     best: dict[tuple[str, str], float]  # (protocol key, cell) -> best value of the group
     uneven_mean: set[int]  # ids of rows whose mean covers other categories than its group's
+    variant: str = ""  # runs split off a reported column they are defined differently from
 
     @property
     def title(self) -> str:
-        return f"{DATASET_NAMES.get(self.dataset, self.dataset)} · {METRIC_NAMES.get(self.metric, self.metric)}"
+        title = f"{DATASET_NAMES.get(self.dataset, self.dataset)} · {METRIC_NAMES.get(self.metric, self.metric)}"
+        return title + (f" ({self.variant})" if self.variant else "")
 
 
 @dataclass
@@ -58,23 +60,8 @@ def build(rows: list[Row], dataset: str | None = None, segmenter: str | None = N
     sections = []
     for ds, metric in pairs:
         members = [r for r in rows if r.dataset == ds and r.values.get(metric)]
-        groups = []
-        for key in ids:
-            group = [r for r in members if r.key == key]
-            if group:  # best first; an accepted run before an added run of the same value
-                group.sort(key=lambda r: (-r.values[metric].get("mean", -1.0), r.label, not r.accepted))
-                groups.append((key, group))
-        categories = sorted({c for r in members for c in r.values[metric]} - {"mean"})
-        best, uneven = {}, set()
-        for key, group in groups:
-            for cell in [*categories, "mean"]:
-                values = [round(100 * r.values[metric][cell], 2) for r in group if cell in r.values[metric]]
-                if len(values) >= 2:
-                    best[(key, cell)] = max(values)
-            spans = {r.mean_over for r in group if r.mean_over and "mean" in r.values[metric]}
-            if len(spans) > 1:
-                uneven |= {id(r) for r in group if r.mean_over and "mean" in r.values[metric]}
-        sections.append(Section(ds, metric, categories, groups, best, uneven))
+        for variant, part in split_by_definition(metric, members):
+            sections.append(_section(ds, metric, part, ids, variant))
     used = {key for s in sections for key, _ in s.groups}
     runs: dict[str, Row] = {}
     for section in sections:  # numbered in order of first appearance
@@ -85,3 +72,46 @@ def build(rows: list[Row], dataset: str | None = None, segmenter: str | None = N
     return Leaderboard(sections, {k: v for k, v in ids.items() if k in used},
                        {k: v for k, v in protocols.items() if k in used},
                        {row.run["where"]: rid for rid, row in runs.items()}, runs)
+
+
+
+def _section(ds: str, metric: str, members: list[Row], ids: dict[str, str], variant: str) -> Section:
+    groups = []
+    for key in ids:
+        group = [r for r in members if r.key == key]
+        if group:  # best first; an accepted run before an added run of the same value
+            group.sort(key=lambda r: (-r.values[metric].get("mean", -1.0), r.label, not r.accepted))
+            groups.append((key, group))
+    categories = sorted({c for r in members for c in r.values[metric]} - {"mean"})
+    best, uneven = {}, set()
+    for key, group in groups:
+        for cell in [*categories, "mean"]:
+            values = [round(100 * r.values[metric][cell], 2) for r in group if cell in r.values[metric]]
+            if len(values) >= 2:
+                best[(key, cell)] = max(values)
+        spans = {r.mean_over for r in group if r.mean_over and "mean" in r.values[metric]}
+        if len(spans) > 1:
+            uneven |= {id(r) for r in group if r.mean_over and "mean" in r.values[metric]}
+    return Section(ds, metric, categories, groups, best, uneven, variant)
+
+
+def split_by_definition(metric: str, members: list[Row]) -> list[tuple[str, list[Row]]]:
+    """One column never holds a reported and a reproduced number defined differently. A run whose
+    metric options differ from what a reported column pins (its YAML `options`) goes to a table
+    of its own, titled with its options, e.g. "(as run: pro_curve=exact)", beside the reported
+    rows it does agree with. The first part is the main table (variant ""): every reported row
+    and the runs that agree with all of them."""
+    reported = [r for r in members if r.origin == "reported"]
+    parts: dict[str, list[Row]] = {"": list(reported)}
+    for run in (r for r in members if r.origin == "reproduced"):
+        differ: dict[str, object] = {}
+        for paper in reported:
+            differ.update(definition_conflict(metric, paper.protocol, run.protocol))
+        variant = "as run: " + ", ".join(f"{k}={v}" for k, v in sorted(differ.items())) if differ else ""
+        parts.setdefault(variant, []).append(run)
+    for variant, part in parts.items():
+        if variant:
+            runs = list(part)
+            part += [paper for paper in reported
+                     if not any(definition_conflict(metric, paper.protocol, run.protocol) for run in runs)]
+    return [(variant, part) for variant, part in parts.items() if part]

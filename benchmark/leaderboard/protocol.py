@@ -8,6 +8,7 @@ their paper describes (data/reported/*.yaml) and so never share a protocol with 
 from __future__ import annotations
 
 from benchmark.errors import BenchError
+from benchmark.metrics.options import MetricOptions, metric_definition
 from benchmark.leaderboard.rows import DATASET_NAMES, SEGMENTER_NAMES, canonical_dataset, canonical_name
 
 
@@ -26,19 +27,23 @@ def protocol_of(results: dict) -> dict:
                   "order": split.get("order")},
         "segmenter": canonical_name(segmenter["name"]),
         "image_size": data.get("image_size"),
-        "metrics": resolved_metric_options(config.get("metrics")),
+        "metrics": _metric_options(config.get("metrics") or {}),
     }
     if config.get("training") is not None:  # unified vs per-category segmenter (SeaS Table 8)
         protocol["training"] = config["training"]
     return protocol
 
 
-def resolved_metric_options(stored: dict | None) -> dict:
-    """A results file's metric options with every default filled in, so a file written before an
-    option was recorded (e.g. `bins`) shares the protocol of one that records its default."""
-    from benchmark.metrics.options import MetricOptions
+# options recorded later than the first results (the papers' variants, the bin count, the auto
+# limit): at their defaults they are left out of the protocol, so runs from before keep theirs
+_LATER_DEFAULTS = {k: v for k, v in MetricOptions().to_json().items()
+                   if k in ("pixel_score", "pro_curve", "pixel_f1_max", "bins", "exact_max_pixels")}
 
-    return dict(sorted(MetricOptions.from_json(stored or {}).to_json().items()))
+
+def _metric_options(metrics: dict) -> dict:
+    """The options that change numbers: not the preset's name, not later options at their defaults."""
+    kept = {k: v for k, v in metrics.items() if k != "preset" and _LATER_DEFAULTS.get(k, object()) != v}
+    return dict(sorted(kept.items()))
 
 
 def describe_protocol(protocol: dict) -> tuple[str, list[tuple[str, str]]]:
@@ -49,7 +54,8 @@ def describe_protocol(protocol: dict) -> tuple[str, list[tuple[str, str]]]:
         headline = f"reported by {protocol['paper']} ({protocol['tables']}) · {dataset} · {segmenter}"
         details = [(k.replace("_", " "), str(protocol[k])) for k in
                    ("variant", "segmenter_training", "split", "resolution", "synthetic_data", "notes") if protocol.get(k)]
-        details += [(f'{k} (printed "{v["printed"]}")', v["definition"]) for k, v in protocol["metric_definitions"].items()]
+        details += [(f'{k} (printed "{v["printed"]}")', v["definition"] + _pinned(v.get("options")))
+                    for k, v in protocol["metric_definitions"].items()]
         return headline, details
     split = protocol.get("split") or {}
     fraction = split.get("fraction")
@@ -58,6 +64,19 @@ def describe_protocol(protocol: dict) -> tuple[str, list[tuple[str, str]]]:
     details = [("split", ("?" if fraction is None else f"{100 * fraction:.2f}% of the defects") + f", by {split.get('order')}"),
                ("metric options", ", ".join(f"{k}={v}" for k, v in (protocol.get("metrics") or {}).items()) or "none")]
     return headline, details
+
+
+def _pinned(options: dict | None) -> str:
+    return f" (engine options: {', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""
+
+
+def definition_conflict(metric: str, reported: dict, reproduced: dict) -> dict:
+    """{option: the run's value} for each engine option that a reported column of `metric` pins
+    (its YAML `options`) and the reproduced run set otherwise (missing options are the engine
+    defaults); empty when the two numbers share a definition."""
+    pinned = ((reported.get("metric_definitions") or {}).get(metric) or {}).get("options") or {}
+    used = metric_definition(metric, reproduced.get("metrics") or {})
+    return {k: used[k] for k, v in pinned.items() if used[k] != v}
 
 
 def short_protocol(protocol: dict) -> str:

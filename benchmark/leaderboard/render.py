@@ -58,11 +58,20 @@ def run_name(row: Row) -> str:
     return f"{'accepted' if row.accepted else 'added'} run {row.run['config_hash'][:8] or row.run['id']}"
 
 
+def _names_another_metric(printed: str, metric: str) -> bool:
+    """A printed header that is another engine metric's name (STAGE's "mIoU" is our pixel IoU)."""
+    names = {k: v.removeprefix("pixel ").removeprefix("image ").lower() for k, v in METRIC_NAMES.items()}
+    return any(name == printed.lower() for key, name in names.items() if key != metric and names[metric] != name)
+
+
 def source_cell(board: Leaderboard, row: Row, metric: str, link_dir: Path | None, short: bool = False) -> Cell:
     if row.origin == "reported":
         tables = row.sources.get(metric, [])
         text = f"{row.protocol['paper']} " + ("Table " if len(tables) == 1 else "Tables ") + ", ".join(tables)
         own = " (own)" if short else " (own method)"
+        printed = row.protocol["metric_definitions"][metric]["printed"]
+        if not short and _names_another_metric(printed, metric):
+            text += f' (printed "{printed}")'
         return Cell([(("" if short else "reported: ") + text + (own if row.proposed else ""), None)])
     rid = board.run_ids[row.run["where"]]
     if short:  # the rest is in the run's footnote

@@ -8,12 +8,13 @@ with its paper table and row, what is wrong and how to fix it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from benchmark.errors import BenchError
+from benchmark.metrics.options import DEPENDS_ON, RESULT_KEYS, MetricOptions
 from benchmark.leaderboard.rows import KINDS, Row, canonical_dataset, canonical_name, metric_order
 
 # strict: YAML `true` or "12" is not a number; ints are accepted as floats
@@ -31,8 +32,19 @@ class Paper(_Strict):
 
 
 class MetricDefinition(_Strict):
-    printed: str  # the column header as printed in the paper
+    printed: str  # the column header as printed in the paper: the column's label
     definition: str  # what the paper meant by it
+    # engine options the paper (or its code, [EXT]) pins for this number, e.g. {pixel_score: logit};
+    # a reproduced number shares its column only if its run used the same values
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _options_are_engine_options(self):
+        try:
+            MetricOptions(**self.options)
+        except (BenchError, TypeError) as exc:
+            raise ValueError(f"options {self.options}: {exc}") from None
+        return self
 
 
 class ReportedProtocol(_Strict):
@@ -108,6 +120,15 @@ class ReportedFile(_Strict):
             unknown = [c for c in table.columns if c not in self.metrics]
             if unknown:
                 raise ValueError(f"{where}: columns {unknown} are not defined under 'metrics'")
+        for key, definition in self.metrics.items():
+            if key not in RESULT_KEYS:
+                raise ValueError(f"metrics.{key} (printed {definition.printed!r}) is not a metric the engine "
+                                 f"computes; file each column under the key whose definition it matches "
+                                 f"({', '.join(RESULT_KEYS)}), with the printed name as 'printed'")
+            stray = sorted(set(definition.options) - set(DEPENDS_ON[key]))
+            if stray:
+                raise ValueError(f"metrics.{key}.options: {stray} do not change {key}; "
+                                 f"it depends on {list(DEPENDS_ON[key])}")
         return self
 
 
@@ -189,7 +210,7 @@ def _paper_rows(parsed: ReportedFile) -> list[Row]:
         tables = sorted({t for r in group for ts in r.sources.values() for t in ts}, key=lambda t: (len(t), t))
         extra = {"paper": parsed.tables[0].source.paper,
                  "tables": ("Table " if len(tables) == 1 else "Tables ") + ", ".join(tables),
-                 "metric_definitions": {m: parsed.metrics[m].model_dump() for m in used}}
+                 "metric_definitions": {m: parsed.metrics[m].model_dump(exclude_defaults=True) for m in used}}
         for row in group:
             row.protocol = {**row.protocol, **extra}
     return rows

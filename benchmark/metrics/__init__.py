@@ -31,6 +31,12 @@ A pixel or image is predicted anomalous iff its score >= the threshold.
 - mIoU / Acc: dataset confusion matrix over {normal, anomaly} at the IoU threshold; mIoU = mean of
   the two class IoUs, Acc = mean class accuracy (mmseg IoUMetric mIoU / mAcc); `acc_anomaly` =
   anomaly-class accuracy (recall), the figure STAGE's "Acc" appears to be.
+- Pixel F1 (`pixel.f1`): anomaly-class F1 (Dice) at the IoU threshold, 2 IoU / (1 + IoU)
+  (DefectDiffu "F1"). Not F1-max.
+- The papers' own variants, named options recorded with the numbers (docs/metrics.md):
+  `pixel_score="logit"` ranks raw anomaly-channel logits (STAGE); `pro_curve="quantile-100"` is
+  MVTec 3D-AD's au_pro_util and `pixel_f1_max="grid-21"` the 21-threshold F1 (AnomalyDiffusion's
+  code). `METRIC_PRESETS` bundles each paper's options; `RESULT_KEYS` lists every metric.
 - Undefined values are NaN: AUROC needs both classes; AP, F1-max, PRO, acc_anomaly need an
   anomalous pixel (image metrics: an anomalous image); PRO also needs a normal pixel; IoU is NaN
   when nothing is anomalous in either mask or prediction; means over classes skip NaN classes
@@ -44,15 +50,15 @@ engine raises on values outside [0, 1] or NaN and never applies a sigmoid (torch
 per batch: NOTES.md B.3).
 """
 
-from benchmark.metrics.options import MetricOptions
+from benchmark.metrics.options import METRIC_PRESETS, RESULT_KEYS, MetricOptions, metric_definition
 
-__all__ = ["AnomalyMetrics", "MetricOptions", "evaluate"]
+__all__ = ["AnomalyMetrics", "METRIC_PRESETS", "MetricOptions", "RESULT_KEYS", "evaluate", "metric_definition"]
 
 
 def __getattr__(name: str):
-    # the engine (torch, torchmetrics) loads on first use: the config loader imports the options
-    # from this package and must answer a bad flag before torch is imported
-    if name in ("AnomalyMetrics", "evaluate"):
+    """The engine (torch, torchmetrics, scipy) loads on first use: the leaderboard needs only the
+    metric keys and options, and the config loader must answer a bad flag before torch loads."""
+    if name in {"AnomalyMetrics", "evaluate"}:
         from benchmark.metrics import engine
 
         return getattr(engine, name)

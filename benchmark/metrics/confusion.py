@@ -30,7 +30,8 @@ def segmentation_scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
     """iou: anomaly-class IoU (SeaS "IoU", DefectDiffu "mIoU" read as defect-class IoU);
     miou: mean of the anomaly and normal class IoUs (mmseg IoUMetric, nanmean over classes);
     acc: mean class accuracy (mmseg mAcc); acc_anomaly: anomaly-class accuracy = recall (what
-    STAGE's "Acc" appears to be). A class with an empty denominator is NaN and left out of means."""
+    STAGE's "Acc" appears to be); f1: anomaly-class F1 (Dice) 2TP / (2TP + FP + FN) at the same
+    threshold (DefectDiffu "F1"). A class with an empty denominator is NaN and left out of means."""
     iou_anomaly = _ratio(tp, tp + fp + fn)
     iou_normal = _ratio(tn, tn + fn + fp)
     acc_anomaly = _ratio(tp, tp + fn)
@@ -40,4 +41,5 @@ def segmentation_scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
         "miou": _nanmean(iou_anomaly, iou_normal),
         "acc": _nanmean(acc_anomaly, acc_normal),
         "acc_anomaly": acc_anomaly,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
     }

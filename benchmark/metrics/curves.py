@@ -11,9 +11,9 @@ they move along one straight segment. With P positive samples the curve has at m
 after the sort everything is O(P), whatever the number of negatives.
 
 Pixel scores are packed with their payload into sortable int64 keys
-(`score float32 bits << 32 | payload`): scores are non-negative, so their IEEE bit patterns sort like
-the numbers, and numpy's vectorised integer sort is ~10x faster than an argsort + gather. The
-payload is 0 for a negative pixel and the area of its ground-truth region for a positive one,
+(`score float32 bits << 32 | payload`): non-negative scores' IEEE bit patterns sort like the
+numbers (negative raw logits get all but their sign bit flipped, which keeps the order), and
+numpy's vectorised integer sort is ~10x faster than an argsort + gather. The payload is 0 for a negative pixel and the area of its ground-truth region for a positive one,
 which gives PRO its per-pixel weight 1/area without any region ids.
 """
 
@@ -55,24 +55,42 @@ class Curve:
 # ----------------------------------------------------------------------------- packing
 
 
+def _order_bits(bits: np.ndarray) -> np.ndarray:
+    """int32 IEEE bit patterns <-> int32 that sort like the floats (its own inverse): non-negative
+    floats keep their bits, negative ones (raw logits) flip all but the sign bit."""
+    if bits.size and int(bits.min()) < 0:
+        return np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits)
+    return bits
+
+
 def pack_keys(scores: np.ndarray, payload: np.ndarray) -> np.ndarray:
-    """int64 keys `bits(score) << 32 | payload`; scores float32 in [0, 1], payload uint32 < 2**31."""
+    """int64 keys `order(score) << 32 | payload` that sort like (score, payload); scores finite
+    float32 (probabilities, or raw logits of either sign), payload uint32 < 2**31."""
     scores = np.ascontiguousarray(scores, dtype=np.float32).ravel() + np.float32(0.0)  # -0.0 -> +0.0
+    high = _order_bits(scores.view(np.int32))
     payload = np.ascontiguousarray(payload).ravel()
     if not _LITTLE_ENDIAN:  # pragma: no cover - no big-endian CI
-        return (scores.view(np.uint32).astype(np.int64) << 32) | payload.astype(np.int64)
+        return (high.astype(np.int64) << 32) | payload.astype(np.int64)
     keys = np.empty(scores.size, dtype=np.int64)
-    words = keys.view(np.uint32).reshape(-1, 2)
-    words[:, 0] = payload
-    words[:, 1] = scores.view(np.uint32)
+    words = keys.view(np.int32).reshape(-1, 2)
+    words[:, 0] = payload  # < 2**31: the same bits as int32
+    words[:, 1] = high
     return keys
+
+
+def scores_of_high_words(high: np.ndarray) -> np.ndarray:
+    """float32 scores back from the high words (int32 or int64 `key >> 32`) of packed keys."""
+    return _order_bits(np.asarray(high).astype(np.int32)).view(np.float32)
 
 
 def unpack_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(scores float32, payload uint32) views/copies of packed keys."""
     if not _LITTLE_ENDIAN:  # pragma: no cover
-        return ((keys >> 32).astype(np.uint32).view(np.float32), (keys & 0xFFFFFFFF).astype(np.uint32))
+        return (scores_of_high_words(keys >> 32), (keys & 0xFFFFFFFF).astype(np.uint32))
     words = keys.view(np.uint32).reshape(-1, 2)
+    high = words[:, 1].view(np.int32)
+    if high.size and int(high.min()) < 0:
+        return scores_of_high_words(high), words[:, 0]
     return words[:, 1].view(np.float32), words[:, 0]
 
 
@@ -93,7 +111,7 @@ def curve_from_sorted_keys(keys: np.ndarray) -> Curve:
     start = np.searchsorted(keys, group_bits << 32, side="left")
     stop = np.searchsorted(keys, (group_bits + 1) << 32, side="left")
     weights = 1.0 / (pos_keys & 0xFFFFFFFF).astype(np.float64)
-    thresholds = group_bits.astype(np.uint32).view(np.float32).astype(np.float64)
+    thresholds = scores_of_high_words(group_bits).astype(np.float64)
     return _curve_from_groups(n, start, stop, first, weights, thresholds)
 
 
@@ -248,3 +266,45 @@ def best_iou(c: Curve) -> float:
     if c.n_pos == 0:
         return float("nan")
     return float(np.max(c.at_pos / (c.at_n - c.at_pos + c.n_pos)))
+
+
+def quantile_pro_auc(sorted_keys: np.ndarray, n_regions: int, max_fpr: float, n_thresholds: int = 100) -> float:
+    """PRO as the MVTec 3D-AD `au_pro_util` (AnomalyDiffusion's and STAGE's code) computes it: the
+    thresholds are the normal-pixel scores at `n_thresholds` evenly spaced positions p of their
+    ascending order (`np.linspace(0, N - 1, n, dtype=int)`), FPR = 1 - (p + 1) / N, the overlap
+    counts region pixels scoring > the threshold, the curve starts at (1, 1), and the area up to
+    `max_fpr` (linearly interpolated there) is divided by `max_fpr`."""
+    scores, payload = unpack_keys(sorted_keys)
+    normal = payload == 0
+    n_normal = int(np.count_nonzero(normal))
+    if n_regions == 0 or n_normal == 0:
+        return float("nan")
+    normal_scores = scores[normal].astype(np.float64)
+    positive = ~normal
+    pos_scores = scores[positive].astype(np.float64)  # ascending, like the keys
+    cum_w = np.concatenate(([0.0], np.cumsum(1.0 / payload[positive].astype(np.float64))))
+    positions = np.linspace(0, n_normal - 1, num=n_thresholds, dtype=int)
+    thresholds = normal_scores[positions]
+    above = cum_w[-1] - cum_w[np.searchsorted(pos_scores, thresholds, side="right")]
+    fpr = np.concatenate(([1.0], 1.0 - (positions + 1) / n_normal))[::-1]
+    pro = np.concatenate(([1.0], above / n_regions))[::-1]
+    return area_under(fpr, pro, max_fpr) / max_fpr
+
+
+# AnomalyDiffusion's pixel F1 grid: `np.arange(0, 1 + 1e-3, 0.05)`, a pixel is predicted iff score > t
+F1_GRID = np.arange(21) * 0.05
+
+
+def grid_counts(scores: np.ndarray, masks: np.ndarray, grid: np.ndarray = F1_GRID) -> tuple[np.ndarray, np.ndarray]:
+    """(#predicted, #true positives) at each grid threshold, predicting score > threshold."""
+    above = np.searchsorted(grid, scores.astype(np.float64).ravel(), side="left")  # thresholds < score
+    predicted = np.cumsum(np.bincount(above, minlength=grid.size + 1)[::-1])[::-1][1:]
+    hits = np.cumsum(np.bincount(above[masks.ravel()], minlength=grid.size + 1)[::-1])[::-1][1:]
+    return predicted.astype(np.int64), hits.astype(np.int64)
+
+
+def grid_f1_max(predicted: np.ndarray, hits: np.ndarray, n_pos: int) -> float:
+    """max over the grid of F1 = 2TP / (#predicted + P); NaN without an anomalous pixel."""
+    if n_pos == 0:
+        return float("nan")
+    return float(np.max(2.0 * hits / (predicted + n_pos)))

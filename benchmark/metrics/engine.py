@@ -6,6 +6,7 @@ States (and how they reduce across ranks):
   hist_*           per-bin normal / anomalous counts, 1/area weights, "sum"  binned mode
   image_scores     list of float64, image_labels list of int64, "cat"     one entry per image
   confusion        [TP, FP, FN, TN] at a fixed IoU threshold, "sum"
+  grid_predicted, grid_hits   #predicted / TP at the 21 F1 grid thresholds, "sum"
   n_regions, n_pixels, best_iou_sum, best_iou_count                     "sum"
 Update work is numpy on the CPU (scipy labels the regions there anyway); states live on the
 metric's device so Lightning/torchmetrics can all-gather them.
@@ -56,6 +57,9 @@ class AnomalyMetrics(Metric):
         self.add_state("hist_anomalous", torch.zeros(bins, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("hist_region_weight", torch.zeros(bins, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("confusion", torch.zeros(4, dtype=torch.int64), dist_reduce_fx="sum")
+        grid = curves.F1_GRID.size
+        self.add_state("grid_predicted", torch.zeros(grid, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("grid_hits", torch.zeros(grid, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("n_regions", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("n_pixels", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("best_iou_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -64,11 +68,20 @@ class AnomalyMetrics(Metric):
 
     # ------------------------------------------------------------------ update
 
-    def update(self, maps, masks) -> None:  # type: ignore[override]
-        scores, gt = _check_inputs(maps, masks)
+    def update(self, maps, masks, probabilities=None) -> None:  # type: ignore[override]
+        """`probabilities`: with `pixel_score="logit"` and a numeric `iou_threshold`, the softmax
+        maps that the threshold applies to (IoU, F1, mIoU, Acc); the maps themselves are logits."""
+        opts = self.options
+        logit = opts.pixel_score == "logit"
+        scores, gt = _check_inputs(maps, masks, logit)
         if scores.shape[0] == 0:
             return
-        opts = self.options
+        thresholded = scores
+        if logit and opts.iou_threshold != "f1":
+            if probabilities is None:
+                raise BenchError("pixel_score='logit' with a numeric iou_threshold: pass the anomaly "
+                                 "probabilities too, update(logits, masks, probabilities=...), or use iou_threshold='f1'")
+            thresholded, _ = _check_inputs(probabilities, masks)
         areas, n_regions = region_areas(gt)
         keys = curves.pack_keys(scores, areas).reshape(scores.shape[0], -1)
         anomalous = gt.reshape(gt.shape[0], -1).any(axis=1)
@@ -81,7 +94,11 @@ class AnomalyMetrics(Metric):
         self.image_scores.append(self._state(image_scores(scores, opts.image_score, opts.pool_kernel)))
         self.image_labels.append(self._state(anomalous.astype(np.int64)))
         if opts.iou_threshold != "f1":
-            self.confusion += self._state(confusion_at_threshold(scores, gt, opts.iou_threshold))
+            self.confusion += self._state(confusion_at_threshold(thresholded, gt, opts.iou_threshold))
+        if opts.pixel_f1_max == "grid-21":
+            predicted, hits = curves.grid_counts(scores, gt)
+            self.grid_predicted += self._state(predicted)
+            self.grid_hits += self._state(hits)
         self.n_regions += n_regions
         self.n_pixels += scores.size
         self.best_iou_sum += iou_sum
@@ -100,7 +117,8 @@ class AnomalyMetrics(Metric):
 
     def _local_binned(self) -> bool:
         mode = self.options.mode
-        return mode == "binned" or (mode == "auto" and int(self.n_pixels) > self.options.exact_max_pixels)
+        return mode == "binned" or (mode == "auto" and not self.options.needs_exact_state
+                                    and int(self.n_pixels) > self.options.exact_max_pixels)
 
     def _add_to_histograms(self, keys: np.ndarray) -> None:
         normal, anomalous, weight = _histograms(keys, self.options.bins)
@@ -114,7 +132,8 @@ class AnomalyMetrics(Metric):
         opts = self.options
         keys = _cat(self.pixel_keys, np.int64)
         n_pixels = int(self.n_pixels)
-        binned = opts.mode == "binned" or (opts.mode == "auto" and n_pixels > opts.exact_max_pixels)
+        binned = opts.mode == "binned" or (opts.mode == "auto" and not opts.needs_exact_state
+                                           and n_pixels > opts.exact_max_pixels)
         self.resolved_mode = "binned" if binned else "exact"
         if binned:
             normal, anomalous, weight = _histograms(keys, opts.bins)
@@ -126,9 +145,18 @@ class AnomalyMetrics(Metric):
         else:
             keys.sort()  # in place: the order of the state does not matter
             pixel_curve = curves.curve_from_sorted_keys(keys)
+        if opts.pro_curve == "quantile-100":
+            pro = curves.quantile_pro_auc(keys, int(self.n_regions), opts.max_fpr)
+        else:
+            pro = curves.pro_auc(pixel_curve, int(self.n_regions), opts.max_fpr)
         del keys
 
         f1, f1_threshold, f1_index = curves.f1_max(pixel_curve)
+        if opts.pixel_f1_max == "grid-21":
+            reported_f1_max = curves.grid_f1_max(self.grid_predicted.cpu().numpy(), self.grid_hits.cpu().numpy(),
+                                                 pixel_curve.n_pos)
+        else:
+            reported_f1_max = f1
         if opts.iou_threshold == "f1":
             threshold = f1_threshold
             tp, fp, fn, tn = curves.confusion_at(pixel_curve, f1_index) if f1_index >= 0 else (0, 0, 0, 0)
@@ -151,10 +179,11 @@ class AnomalyMetrics(Metric):
             "pixel": {
                 "auroc": curves.roc_auc(pixel_curve),
                 "ap": curves.average_precision(pixel_curve),
-                "f1_max": f1,
-                "pro": curves.pro_auc(pixel_curve, int(self.n_regions), opts.max_fpr),
+                "f1_max": reported_f1_max,
+                "pro": pro,
                 "iou": seg["iou"],
                 "iou_best_per_image": float(self.best_iou_sum) / n_best if n_best else float("nan"),
+                "f1": seg["f1"],
             },
             "miou": seg["miou"],
             "acc": seg["acc"],
@@ -235,8 +264,9 @@ def _as_batch(a: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def _check_inputs(maps, masks) -> tuple[np.ndarray, np.ndarray]:
-    """-> (float32 BxHxW scores in [0, 1], bool BxHxW masks), or BenchError."""
+def _check_inputs(maps, masks, logit: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """-> (float32 BxHxW scores in [0, 1], or any finite numbers with `logit`; bool BxHxW masks),
+    or BenchError."""
     m = _as_batch(_to_numpy(maps, "anomaly maps"), "anomaly maps")
     g = _as_batch(_to_numpy(masks, "masks"), "masks")
     if m.shape != g.shape:
@@ -252,7 +282,9 @@ def _check_inputs(maps, masks) -> tuple[np.ndarray, np.ndarray]:
         if n_nan:
             raise BenchError(f"anomaly maps contain {n_nan} NaN value(s)")
         lo, hi = float(m.min()), float(m.max())
-        if lo < 0.0 or hi > 1.0:
+        if logit and not (math.isfinite(lo) and math.isfinite(hi)):
+            raise BenchError(f"anomaly logits must be finite, got values in [{lo:.6g}, {hi:.6g}]")
+        if not logit and (lo < 0.0 or hi > 1.0):
             raise BenchError(
                 f"anomaly maps must be probabilities in [0, 1], got values in [{lo:.6g}, {hi:.6g}];"
                 " apply the softmax/sigmoid in the segmenter (the metric engine never applies one)"

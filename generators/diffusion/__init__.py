@@ -6,7 +6,15 @@
 - `attention`: a cross-attention hook that records, re-weights or masks per-token attention.
 - `latents`: VAE encode/decode of images, masks at latent resolution.
 - `noise`: per-sample random streams (a pair depends on its request's seed only).
-Importing this package costs torch only; diffusers/transformers load when a backbone does.
+- `ddpm`: forward noising, x0 prediction, the DDPM posterior and step.
+- `concepts`, `few_shot`: concepts and prompts of a split; the few-shot training set, flips,
+  resumable draws, mask placement.
+- `generator`: `LatentDiffusionGenerator`, the base class of every diffusion method (Lightning).
+- `conditioning`, `feature_taps`, `denoiser`, `inversion`: extra context tokens and
+  multi-condition guidance; forward hooks on decoder features; one interface for U-Net and DiT
+  denoisers; masked DDIM inversion (docs/diffusion.md says which method needs which).
+Importing this package costs torch only; diffusers/transformers load when a backbone does, and
+Lightning when `generator` is imported.
 """
 
 from generators.diffusion.attention import CrossAttentionHook

@@ -64,8 +64,12 @@ class Backbone:
 
     @property
     def size_multiple(self) -> int:
-        """Image sizes must be multiples of this (VAE downsampling times the UNet's)."""
-        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        """Image sizes must be multiples of this: the VAE's downsampling times the denoiser's (a
+        U-Net halves the latent once per block after the first; a DiT cuts it into patches)."""
+        config = self.unet.config
+        if getattr(config, "block_out_channels", None):
+            return self.vae_scale_factor * 2 ** (len(config.block_out_channels) - 1)
+        return self.vae_scale_factor * int(getattr(config, "patch_size", None) or 1)
 
     @property
     def max_length(self) -> int:

@@ -17,23 +17,24 @@ SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule
 
 
 def scheduler_class(kind: str):
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-    classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+    classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
+               "ddim_inverse": DDIMInverseScheduler}
     if kind not in classes:
         raise ValueError(f"unknown sampler '{kind}'; known: {', '.join(classes)}")
     return classes[kind]
 
 
 def make_scheduler(kind: str, backbone_config: dict | None = None, **overrides):
-    """A fresh `kind` scheduler ("ddpm", "ddim", "dpm") on the backbone's beta schedule.
+    """A fresh `kind` scheduler ("ddpm", "ddim", "dpm", "ddim_inverse") on the backbone's beta schedule.
 
     Latents are not in [-1, 1], so sample clipping is off; the prediction type is the backbone's
     (epsilon for the LDM and SD v1). `overrides` go to the scheduler (e.g. timestep_spacing)."""
     source = backbone_config or LDM_SCHEDULE
     config = {k: source[k] for k in SCHEDULE_KEYS if source.get(k) is not None}
     config["prediction_type"] = source.get("prediction_type", "epsilon")
-    if kind in ("ddpm", "ddim"):
+    if kind in ("ddpm", "ddim", "ddim_inverse"):
         config["clip_sample"] = False
     return scheduler_class(kind)(**{**config, **overrides})
 
@@ -42,8 +43,3 @@ def alphas_cumprod(scheduler) -> torch.Tensor:
     """abar_t for t = 0..T-1 (diffusers' 0-based index; papers count t = 1..T)."""
     return scheduler.alphas_cumprod.to(torch.float64)
 
-
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-    """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I); `abar` is broadcastable to x0 (B,1,1,1)."""
-    abar = abar.to(x0.dtype)
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise

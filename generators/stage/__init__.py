@@ -1,6 +1,7 @@
 """STAGE: graded diffusion with explicit mask alignment (Xu et al.), anomalib-style:
 `torch_model` (the equations, the mask guidance adapter, the sampling loop), `loss` (Eq. 12),
-`data` (few-shot training set, mask placement), `lightning_model` (StageGenerator, presets).
+`lightning_model` (StageGenerator: presets, and the loss and sampler hooks of the shared
+`generators.diffusion.generator.LatentDiffusionGenerator`, which owns backbone, data and checkpoints).
 """
 
 __all__ = ["StageGenerator", "StageOptions"]

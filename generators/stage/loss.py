@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from generators.diffusion.ddpm import add_noise
 from generators.stage.torch_model import StageModel, compose, ema_mask
 
 
@@ -33,9 +34,9 @@ def stage_loss(model: StageModel, x0: torch.Tensor, m0: torch.Tensor, context: t
                eps_1: torch.Tensor, eps_2: torch.Tensor, abar: torch.Tensor, T: int, t_s: int) -> dict[str, torch.Tensor]:
     """Noise x0 (anomaly-aware) and M0 * x0 (anomaly-only) at the same timesteps `index`
     (diffusers indices, one per sample) with independent noise, run both branches, return Eq. 12."""
-    a = abar.to(x0.device, x0.dtype)[index].view(-1, 1, 1, 1)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps_2
-    xp_t = a.sqrt() * compose(m0, x0, torch.zeros_like(x0)) + (1 - a).sqrt() * eps_1  # x^p = M0 * x0
+    a = abar.to(x0.device)[index].view(-1, 1, 1, 1)
+    x_t = add_noise(x0, eps_2, a)
+    xp_t = add_noise(compose(m0, x0, torch.zeros_like(x0)), eps_1, a)  # x^p = M0 * x0
     mask_t = ema_mask(m0, index + 1, T, t_s)  # Eq. 8 at the paper's t = index + 1
     eps_aware, eps_only = model.denoise_both(x_t, xp_t, index, context, mask_t, m0)
     only, aware = anomaly_only_loss(eps_1, eps_only), anomaly_aware_loss(eps_2, eps_aware, mask_t)

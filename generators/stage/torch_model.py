@@ -4,13 +4,13 @@ Explicit Mask Alignment"): the math, no training loop.
 Notation follows the paper: t counts 1..T (T = 1000), diffusers' timestep index is t - 1; abar is
 diffusers' `alphas_cumprod`, indexed by that index; M0 is the binary anomaly mask at latent size.
 
-- Eq. 2  `posterior`: q(x_{t-1} | x_t, x_0), mean and variance (respacing-aware).
+- Eq. 2  the DDPM posterior q(x_{t-1} | x_t, x_0): `generators.diffusion.ddpm.posterior`.
 - Eq. 3  `compose`: x0 = M0 * x^p + (1 - M0) * x^back (also every blend of Eq. 7 / Alg. 1).
 - Eq. 4-6 `anomaly_inference_step`: the reverse step whose mean takes the predicted anomaly inside
   M0 and the clean background latent outside.
 - Eq. 7 / Algorithm 1 `graded_diffusion`: the sampling loop with the two branches.
 - Eq. 8  `zeta`, `ema_mask`: explicit mask alignment.
-- Sec. III-D `MaskGuidanceAdapter`; `StageModel` puts the frozen LDM, tokens and adapters together.
+- Sec. III-D `MaskGuidanceAdapter`; `StageModel` runs the frozen denoiser and then one adapter per branch.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from generators.diffusion.backbone import Backbone
+from generators.diffusion.ddpm import ddpm_step, posterior, predict_x0
 from generators.diffusion.noise import PerSampleNoise
-from generators.diffusion.tokens import LearnedTokens
 
 AWARE, ONLY = "aware", "only"  # anomaly-aware branch (full latent), anomaly-only branch (M0 * x0)
 
@@ -45,32 +44,10 @@ def ema_mask(m0: torch.Tensor, t: torch.Tensor | int, T: int, t_s: int) -> torch
     return z * (1 - m0) + m0
 
 
-# -- Eq. 2-6: DDPM posterior and anomaly inference ------------------------------------------------
-def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t) -> torch.Tensor:
-    """x0 from the predicted noise (Ho et al. 2020, Eq. 15), the x0-hat that Eq. 1 plugs in."""
-    return (x_t - (1 - abar_t) ** 0.5 * eps) / abar_t**0.5
-
-
-def posterior(x0: torch.Tensor, x_t: torch.Tensor, abar_t, abar_prev):
-    """Eq. 2: mean and variance of q(x_prev | x_t, x0). With respaced steps beta_t and alpha_t
-    are those of the jump t -> prev: alpha_t = abar_t / abar_prev (Nichol & Dhariwal 2021).
-    abar_t, abar_prev: floats (fast in the sampling loop) or tensors broadcastable to x0."""
-    alpha_t = abar_t / abar_prev
-    beta_t = 1 - alpha_t
-    mean = (abar_prev**0.5 * beta_t / (1 - abar_t)) * x0 + (alpha_t**0.5 * (1 - abar_prev) / (1 - abar_t)) * x_t
-    var = (1 - abar_prev) / (1 - abar_t) * beta_t
-    return mean, var
-
-
+# -- Eq. 2-6: DDPM posterior (generators.diffusion.ddpm) and anomaly inference ----------------------
 def compose(m: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
     """Eq. 3: m * inside + (1 - m) * outside (the same blend serves Eq. 4, Eq. 7 and Alg. 1)."""
     return m * inside + (1 - m) * outside
-
-
-def ddpm_step(x0, x_t, abar_t, abar_prev, noise) -> torch.Tensor:
-    """Eq. 1-2: x_prev ~ N(mean, var); the last step (abar_prev = 1) has var = 0."""
-    mean, var = posterior(x0, x_t, abar_t, abar_prev)
-    return mean + var**0.5 * noise
 
 
 def anomaly_inference_step(x0_anomaly, x_back, x_t, m0, abar_t, abar_prev, noise) -> torch.Tensor:
@@ -169,29 +146,18 @@ class MaskGuidanceAdapter(nn.Module):
         return eps + out if self.residual else out
 
 
-# -- the model: frozen LDM + learned tokens + two adapters ------------------------------------------
+# -- the model: frozen denoiser + two adapters ---------------------------------------------------------
 class StageModel(nn.Module):
-    def __init__(self, backbone: Backbone, tokens_per_type: int = 8, init_word: str = "anomaly",
+    """The frozen denoiser followed by one mask guidance adapter per branch. The denoiser is a
+    reference the generator owns (`LatentDiffusionGenerator.unet`); only the adapters are this
+    module's own trained state."""
+
+    def __init__(self, unet: nn.Module, latent_channels: int = 4,
                  adapter_channels: tuple[int, ...] = (64, 256, 512, 256, 64), adapter_residual: bool = False):
         super().__init__()
-        self.backbone = backbone
-        self.unet, self.vae, self.text_encoder = backbone.unet, backbone.vae, backbone.text_encoder
-        self.tokens = LearnedTokens(backbone.tokenizer, backbone.text_encoder, tokens_per_type, init_word)
-        c = backbone.latent_channels
-        self.adapters = nn.ModuleDict({b: MaskGuidanceAdapter(c, adapter_channels, adapter_residual) for b in (AWARE, ONLY)})
-
-    def train(self, mode: bool = True) -> "StageModel":
-        super().train(mode)
-        for frozen in (self.unet, self.vae, self.text_encoder):
-            frozen.eval()  # no dropout in the frozen LDM (LDM-BERT has p = 0.1) while adapters train
-        return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.tokens.parameters()) + list(self.adapters.parameters())
-
-    def context(self, concepts: list[str], texts: list[str]) -> torch.Tensor:
-        prompts = [self.tokens.prompt(c, t) for c, t in zip(concepts, texts)]
-        return self.tokens.encode(prompts, self.backbone.max_length)
+        self.__dict__["unet"] = unet  # a plain reference: the generator registers and moves it
+        self.adapters = nn.ModuleDict({b: MaskGuidanceAdapter(latent_channels, adapter_channels, adapter_residual)
+                                       for b in (AWARE, ONLY)})
 
     def denoise(self, x_t: torch.Tensor, index, context: torch.Tensor, mask: torch.Tensor, branch: str) -> torch.Tensor:
         """One branch: frozen UNet, then that branch's MGA with its mask."""
@@ -204,11 +170,3 @@ class StageModel(nn.Module):
                         encoder_hidden_states=torch.cat([context, context])).sample
         eps_x, eps_p = eps.chunk(2)
         return self.adapters[AWARE](eps_x, mask_aware), self.adapters[ONLY](eps_p, m0)
-
-    def trained_state(self) -> dict:
-        return {"tokens": self.tokens.trained_state(),
-                "adapters": {k: v.detach().cpu().clone() for k, v in self.adapters.state_dict().items()}}
-
-    def load_trained_state(self, state: dict) -> None:
-        self.tokens.load_trained_state(state["tokens"])
-        self.adapters.load_state_dict(state["adapters"])

@@ -68,13 +68,13 @@ def main() -> None:
     gen.setup_split(split)
     gen.eval()
     model, cfg, B = gen.model, gen.sampling, args.batch
-    latent = args.size // gen.model.backbone.vae_scale_factor
+    latent = gen.latent_size
     g = torch.Generator().manual_seed(0)
     x_back = torch.randn(B, 4, latent, latent, generator=g)
     m0 = (torch.rand(B, 1, latent, latent, generator=g) > 0.8).float()
-    concepts = model.tokens.concepts[:1] * B
+    concepts = gen.tokens.concepts[:1] * B
     with torch.inference_mode():
-        context = model.context(concepts, ["x"] * B)
+        context = gen.context(concepts, ["x"] * B)
     branches = [ONLY if cfg.graded and in_intervals(t + 1, cfg.intervals) else "aware" for t in gen.timesteps]
 
     inside = []

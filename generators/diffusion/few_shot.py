@@ -1,37 +1,25 @@
-"""What STAGE learns from and how it places masks.
+"""What a few-shot defect generator learns from, and where it puts a given mask.
 
-Training: the few-shot defect images of every (category, defect type) of the split with their
-masks, loaded once at the generator's resolution; random horizontal/vertical flips per sample.
-Generation: a few-shot real mask of the requested type (the base class pairs it with a random
-normal image), moved by a random rot90/flip/shift drawn from the request's seed, always kept whole
-inside the image (the authors' code pairs random normals with the real masks as they are).
+Training: the few-shot defect images of every concept of the split (`concepts.split_concepts`)
+with their masks, loaded once at the generator's resolution; random horizontal/vertical flips per
+sample. Generation: a few-shot real mask of the requested type, moved by a random rot90/flip/shift
+drawn from the request's seed and always kept whole inside the image.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, RandomSampler, Sampler
 
+from benchmark.contracts import FewShotSplit
 from benchmark.data.images import load_image, load_mask
-from benchmark.data.split import FewShotSplit
-
-
-def concept_name(category: str, defect: str) -> str:
-    return f"{category}/{defect}"
-
-
-def prompt_text(category: str, defect: str, template: str = "{category} {defect}") -> str:
-    """The paper's prompt "<class name> <anomaly type>" (the learned tokens follow it)."""
-    return template.format(category=category, defect=defect).replace("_", " ")
-
-
-def split_concepts(split: FewShotSplit) -> list[tuple[str, str]]:
-    return [(c.name, d) for c in split.categories.values() for d in c.defect_types if c.train_defects[d]]
+from generators.diffusion.concepts import concept_name, prompt_text, split_concepts
 
 
 class FewShotDefects(Dataset):
-    """(image in [-1, 1] (3,R,R), mask (1,R,R) in {0,1}, concept index) per few-shot defect."""
+    """(image in [-1, 1] (3,R,R), mask (1,R,R) in {0,1}, concept index) per few-shot defect;
+    `concepts[k]` and `texts[k]` are the name and prompt text of concept index k."""
 
     def __init__(self, split: FewShotSplit, resolution: int, prompt: str = "{category} {defect}"):
         self.concepts = [concept_name(c, d) for c, d in split_concepts(split)]
@@ -48,6 +36,29 @@ class FewShotDefects(Dataset):
 
     def __getitem__(self, i: int):
         return self.items[i]
+
+
+class ResumableDraws(Sampler[int]):
+    """The indices `RandomSampler(replacement=True, num_samples, generator=seeded(seed))` draws,
+    able to start at draw `start`: a fit resumed at step k with batch size b sets start = k * b
+    and sees the batches an uninterrupted fit would have seen. Hand-written because Lightning
+    replays a non-stateful loader from its first batch on resume. The length stays the full
+    count so the epoch Lightning plans is the same either way."""
+
+    def __init__(self, n: int, num_samples: int, seed: int):
+        self.n, self.num_samples, self.seed = n, num_samples, seed
+        self.start = 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        draws = RandomSampler(range(self.n), replacement=True, num_samples=self.num_samples,
+                              generator=torch.Generator().manual_seed(self.seed))
+        for i, index in enumerate(draws):
+            if i >= start:
+                yield index
 
 
 def random_flips(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator):
