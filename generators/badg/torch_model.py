@@ -328,7 +328,8 @@ class BadgModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, z0_normal: torch.Tensor, m: torch.Tensor, eps: torch.Tensor, c1: torch.Tensor,
-                 c2: torch.Tensor, sampler, inverse, defect_positions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+                 c2: torch.Tensor, sampler, inverse, defect_positions: list[list[int]],
+                 c2_input: str = "masked") -> tuple[torch.Tensor, torch.Tensor]:
         """Algorithm 1, inference: masked inversion of (1 - m) z_0^normal (Eq. 8), z_T* (Sec. 3.2),
         composite sampling (Eq. 9). Returns z_0* and the defect map for Eq. 13: m' * M_def summed
         over each sample's C_def words, averaged over layers and sampling steps, at latent size."""
@@ -348,7 +349,7 @@ class BadgModel(nn.Module):
 
         self.attention.record = True
         try:
-            z0 = composite_ddim_sampling(pair, initial_latent(z_inv, m, eps), m, sampler)
+            z0 = composite_ddim_sampling(pair, initial_latent(z_inv, m, eps), m, sampler, c2_input=c2_input)
         finally:
             self.attention.record = False
             self.attention.clear()
