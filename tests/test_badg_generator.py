@@ -167,3 +167,43 @@ def test_refined_mask_is_recorded_as_predicted_inside_the_given_one(fitted, spli
         assert not (pair.mask & ~mask).any()  # m* is a subset of the given mask
         if origin == MASK_GIVEN:
             assert np.array_equal(pair.mask, mask)
+
+
+def test_contexts_are_c1_then_c2_and_the_loss_hook_feeds_them_to_their_passes(fitted):
+    """context(): C1 = [C_def, C_bg] on dim 1 index 0, C2 = [C_m, C_bg] on index 1 (C_m is one prompt
+    for every concept, C_bg one per category); training_loss: z_t with C1, (1 - m) z_t with C2."""
+    generator, _ = fitted
+    L_ = generator.backbone.max_length
+    with torch.no_grad():
+        context = generator.context(["wood/hole", "pill/crack"], ["unused", "unused"])
+    assert context.shape[:3] == (2, 2, 2 * L_)
+    c1, c2 = context[:, 0], context[:, 1]
+    assert torch.equal(c2[0, :L_], c2[1, :L_])  # C_m: the same prompt for both
+    assert not torch.equal(c1[0, :L_], c1[1, :L_])  # C_def: per defect type
+    assert torch.equal(c1[:, L_:], c2[:, L_:])  # C_bg: shared by C1 and C2 of a sample
+    assert not torch.equal(c1[0, L_:], c1[1, L_:])  # and per category
+    seen = {}
+
+    def record(z_t, z_t_m, t, ctx1, ctx2, m):
+        seen.update(z_t=z_t, z_t_m=z_t_m, c1=ctx1, c2=ctx2, m=m)
+        return torch.zeros_like(z_t), torch.zeros_like(z_t)
+
+    x0 = torch.randn(2, generator.backbone.latent_channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    m0 = torch.zeros(2, 1, 16, 16)
+    m0[:, :, 4:9, 3:7] = 1
+    original, generator.model.denoise_pair = generator.model.denoise_pair, record
+    try:
+        generator.training_loss(x0, m0, context, torch.Generator().manual_seed(1))
+    finally:
+        generator.model.denoise_pair = original
+    assert seen["c1"] is not None and torch.equal(seen["c1"], c1) and torch.equal(seen["c2"], c2)
+    assert torch.equal(seen["m"], m0) and torch.allclose(seen["z_t_m"], (1 - m0) * seen["z_t"], atol=1e-6)
+
+
+def test_schedulers_have_the_step_counts_and_meet_at_the_clean_end(fitted):
+    generator, _ = fitted
+    o = generator.options
+    sampler, inverse = generator.sampling_scheduler(), generator.inverse_scheduler()
+    assert (len(sampler.timesteps), len(inverse.timesteps)) == (o.sampling_steps, o.inversion_steps) == (10, 10)
+    assert float(inverse.initial_alpha_cumprod) == float(sampler.final_alpha_cumprod) == 1.0
+    assert sampler.config.clip_sample is False and type(sampler).__name__ == "DDIMScheduler"

@@ -153,7 +153,7 @@ class BadgGenerator(LatentDiffusionGenerator):
             origin = MASK_PREDICTED if m_star.any() else MASK_GIVEN  # Eq. 13 empty: keep the given mask
             if origin == MASK_GIVEN:
                 self.empty_refinements += 1
-                log.info("badg: Eq. 13 left an empty mask for %s; the pair keeps its given mask", request.id)
+                log.debug("badg: Eq. 13 left an empty mask for %s; the pair keeps its given mask", request.id)
             pairs.append(SyntheticPair(request, *self._at_image_size(image, m_star if origin == MASK_PREDICTED
                                                                      else np.asarray(mask, bool)), origin))
         return pairs
