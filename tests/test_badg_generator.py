@@ -214,8 +214,11 @@ def test_contexts_are_c1_then_c2_and_the_loss_hook_feeds_them_to_their_passes(fi
 
 def test_schedulers_have_the_step_counts_and_meet_at_the_clean_end(fitted):
     generator, _ = fitted
-    o = generator.options
-    sampler, inverse = generator.sampling_scheduler(), generator.inverse_scheduler()
-    assert (len(sampler.timesteps), len(inverse.timesteps)) == (o.sampling_steps, o.inversion_steps) == (10, 10)
+    generator.options.inversion_steps = 7  # each count from its own option
+    try:
+        sampler, inverse = generator.sampling_scheduler(), generator.inverse_scheduler()
+    finally:
+        generator.options.inversion_steps = 10
+    assert (len(sampler.timesteps), len(inverse.timesteps)) == (10, 7)
     assert float(inverse.initial_alpha_cumprod) == float(sampler.final_alpha_cumprod) == 1.0
     assert sampler.config.clip_sample is False and type(sampler).__name__ == "DDIMScheduler"
