@@ -49,7 +49,8 @@ class BadgOptions(LatentDiffusionOptions):
     backbone: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # "Stable Diffusion", v1.x (Sec. 4.1)
     resolution: int | None = 256  # "stable diffusion with 256x256 resolutions" (App. B)
     train_steps: int = Field(500, ge=1)  # "500 iterations" per class (Sec. 4.1, App. B)
-    # the paper gives neither; DreamBooth's Stable Diffusion fine-tuning (Ruiz et al. 2023, Sec. 4)
+    # the paper gives neither; the DreamBooth recipe it follows, as diffusers' DreamBooth example runs it
+    # on Stable Diffusion (examples/dreambooth/README.md: --train_batch_size=1 --learning_rate=5e-6)
     train_batch_size: int = Field(1, ge=1)
     lr: float = 5e-6
     tokens_per_type: int = Field(0, ge=0, le=0)  # BADG learns no tokens: fixed DreamBooth identifiers
