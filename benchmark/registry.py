@@ -82,8 +82,8 @@ GENERATORS = Registry("generator", [
           "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting.", status="planned"),
     Entry("defectdiffu", "generators.defectdiffu:DefectDiffu",
           "DefectDiffu: few-shot defect generation by consistency modelling.", status="planned"),
-    Entry("badg", "generators.badg:BADG",
-          "BADG: background-aware defect generation with masked cross-attention.", status="planned"),
+    Entry("badg", "generators.badg.lightning_model:BadgGenerator",
+          "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention)."),
 ])
 
 SEGMENTERS = Registry("segmenter", [
