@@ -68,7 +68,7 @@ def test_double_free_dropout_planted_draws():
         [0.5, 0.5, 0.1],  # line 4 drops the product
         [0.5, 0.5, 0.5],  # unchanged
         [0.2, 0.2, 0.2],  # u == p is not < p: unchanged
-    ])
+    ], dtype=torch.float64)  # float64 holds 0.2 exactly as the float p1 (float32 0.2 is slightly larger)
     p, d = double_free_dropout(products, defects, draws)
     assert p == [None, "bottle", "bottle", None, "bottle", "bottle"]
     assert d == [GOOD, GOOD, GOOD, "broken", "broken", "broken"]
@@ -317,9 +317,9 @@ def test_attention_ratio_and_clipping_hand_values():
 
 def test_defect_region_loss_hand_values():
     pred = torch.tensor([[[[1.0, 2.0]]], [[[1.0, 1.0]]]])
-    eps = torch.tensor([[[[0.0, 0.0]]], [[[3.0, 1.0]]]])
+    eps = torch.tensor([[[[0.0, 5.0]]], [[[3.0, 1.0]]]])  # 5 outside the mask: must not count
     mask = torch.tensor([[[[1.0, 0.0]]], [[[1.0, 1.0]]]])
-    # sample 0: masked diff [1, 0] -> mean sq .5, R 3 -> 1.5; sample 1: [-2, 0] -> 2, R 2 -> 4; mean 2.75
+    # sample 0: masked diff [1 - 0, 0 - 0] -> mean sq .5, R 3 -> 1.5; sample 1: [-2, 0] -> 2, R 2 -> 4; mean 2.75
     assert defect_region_loss(pred, eps, mask, torch.tensor([3.0, 2.0])).item() == pytest.approx(2.75)
 
 
