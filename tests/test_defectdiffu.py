@@ -390,3 +390,52 @@ def test_training_step_through_the_tiny_model_reaches_every_part():
     assert model.transformer_blocks[2].attn2.to_k.weight.grad.abs().sum() > 0  # defect block via the mask loss
     assert model.transformer_blocks[0].attn2.to_k.weight.grad is not None
     assert mask_module.inp.weight.grad.abs().sum() > 0
+
+
+# -- Sec. 3.3-3.4: sampling ----------------------------------------------------------------------------
+def test_double_free_sampling_is_the_scheduler_on_the_guided_eps_and_averages_last_masks():
+    from diffusers import DDIMScheduler
+
+    from generators.defectdiffu.sampling import double_free_sample
+
+    def scheduler():
+        s = DDIMScheduler(num_train_timesteps=1000, clip_sample=False)
+        s.set_timesteps(5)
+        return s
+
+    den = PlantedDenoiser()
+    x0 = torch.randn(1, 1, 1, 2, generator=torch.Generator().manual_seed(0))
+    contexts = guidance_contexts(encode_ids, ["bottle"], ["broken"])
+    step = iter(range(1, 6))
+    # per-step "decoded masks" (1, 1, 3) [0, k, 6 - k], k = 1..5. The last 2 average to [0, 4.5, 1.5]:
+    # mean 2 -> {0, 1.5} .75 and {4.5} -> t = 2.625, same split -> [0, 1, 0]. (The first 2 would give
+    # [0, 0, 1]; all 5, [0, 3, 3] -> [0, 1, 1].)
+    def mask_at_step():
+        k = float(next(step))
+        return torch.tensor([[[0.0, k, 6 - k]]])
+
+    out, mask = double_free_sample(den, scheduler(), x0, contexts, 1.5, 2.0, mask_at_step=mask_at_step, last=2)
+    assert den.calls == 5  # one batched call of the 3 evaluations per step
+    assert torch.equal(mask, torch.tensor([[[[0.0, 1.0, 0.0]]]]))
+    # by hand: every evaluation is x + id, so Eq. 4 gives x + 22 + 1.5 * 101 + 2 * 22 = x + 217.5
+    ref, s = x0.clone(), scheduler()
+    for t in s.timesteps:
+        ref = s.step(ref + 217.5, t, ref).prev_sample
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_mask_reads_the_defect_pass_of_the_batched_call():
+    from generators.defectdiffu.sampling import defect_pass_maps
+
+    model = tiny_model()
+    den = as_denoiser(model)
+    layers = model.attention_layers("defect")
+    x = torch.randn(2, 4, 8, 8)
+    ctxs = [torch.randn(2, 3, 5, 16) for _ in range(3)]
+    with torch.no_grad(), CrossAttentionHook(record=True, layers=layers).attach(model) as hook:
+        double_free_eps(den, x, 10, ctxs, 1.0, 1.0)
+        batched = defect_pass_maps(hook, layers, batch=2)
+        assert hook.records == []
+        den(x, 10, ctxs[2])  # the (c_d, null) pass alone
+        alone = defect_block_maps(hook.records, layers)
+    assert torch.allclose(batched, alone, atol=1e-6)

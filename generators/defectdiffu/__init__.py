@@ -6,6 +6,7 @@ anomalib-style, the paper's math only:
 - `double_free`: condition dropout (Algorithm 1), guidance (Eq. 4), zero-shot transfer (Eq. 12),
   the w_d sweep.
 - `loss`: mask loss (Eq. 6), Adaptive Attention-enhanced Loss (Eq. 7-10), total (Eq. 11).
+- `sampling`: Eq. 4 at every scheduler step, the mask read, averaged and thresholded (Sec. 3.3-3.4).
 The Lightning glue (training loop, sampler, presets) is not built yet; it belongs on the shared
 `LatentDiffusionGenerator` base. See docs/defectdiffu.md.
 """
