@@ -65,10 +65,10 @@ class TdiaTransformer(ModelMixin, AttentionMixin, ConfigMixin):
         self.pos_embed = PatchEmbed(height=sample_size, width=sample_size, patch_size=patch_size,
                                     in_channels=in_channels, embed_dim=inner)
         self.transformer_blocks = nn.ModuleList([
-            BasicTransformerBlock(inner, num_attention_heads, attention_head_dim, cross_attention_dim=cross_attention_dim,
-                                  activation_fn=activation_fn, num_embeds_ada_norm=num_embeds_ada_norm,
-                                  attention_bias=True, norm_type="ada_norm_zero", norm_elementwise_affine=False,
-                                  norm_eps=norm_eps)
+            BasicTransformerBlock(inner, num_attention_heads, attention_head_dim,
+                                  cross_attention_dim=cross_attention_dim, activation_fn=activation_fn,
+                                  num_embeds_ada_norm=num_embeds_ada_norm, attention_bias=True,
+                                  norm_type="ada_norm_zero", norm_elementwise_affine=False, norm_eps=norm_eps)
             for _ in range(sum(blocks))])
         shared = self.transformer_blocks[0].norm1.emb
         for block in self.transformer_blocks[1:]:
