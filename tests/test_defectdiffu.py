@@ -29,7 +29,8 @@ from generators.diffusion.denoiser import TransformerDenoiser, as_denoiser
 def test_unified_vocabulary_renames_as_table_2():
     assert unified_defect("screw", "scratch_neck") == unified_defect("screw", "scratch_head") == "scratch"
     assert unified_defect("screw", "thread_top") == "thread"
-    assert {unified_defect("leather", "glue"), unified_defect("grid", "glue"), unified_defect("tile", "oil")} == {"liquid"}
+    assert {unified_defect("leather", "glue"), unified_defect("grid", "glue"),
+            unified_defect("tile", "oil")} == {"liquid"}
     assert {unified_defect("capsule", "poke"), unified_defect("leather", "poke"),
             unified_defect("cable", "poke_insulation")} == {"hole"}
     assert unified_defect("bottle", "broken_small") == unified_defect("zipper", "broken_teeth") == "broken"
@@ -239,6 +240,16 @@ def test_real_size_parameter_count_is_dit_xl_2_plus_cross_attention():
     assert cross == 4_428_288
     assert sum(p.numel() for p in model.parameters()) == dit_xl_2 + 28 * cross  # 798,826,784
     assert model.transformer_blocks[27].norm1.emb is model.transformer_blocks[0].norm1.emb  # one embedder
+
+
+def test_save_and_load_keep_one_shared_embedder(tmp_path):
+    model = tiny_model(3)
+    model.save_pretrained(tmp_path)  # safetensors: the shared embedder is written once
+    again = TdiaTransformer.from_pretrained(tmp_path).eval()
+    assert again.transformer_blocks[4].norm1.emb is again.transformer_blocks[0].norm1.emb
+    x, ctx = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 5, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x, ctx, timestep=3).sample, again(x, ctx, timestep=3).sample)
 
 
 # -- Sec. 3.4: mask generation -------------------------------------------------------------------------

@@ -73,6 +73,7 @@ class TdiaTransformer(ModelMixin, AttentionMixin, ConfigMixin):
         shared = self.transformer_blocks[0].norm1.emb
         for block in self.transformer_blocks[1:]:
             block.norm1.emb = shared  # one timestep/class embedder, as in DiT
+        self._register_state_dict_hook(_keep_one_embedder)  # safetensors refuses shared tensors
         self.norm_out = nn.LayerNorm(inner, elementwise_affine=False, eps=1e-6)
         self.proj_out_1 = nn.Linear(inner, 2 * inner)
         self.proj_out_2 = nn.Linear(inner, patch_size * patch_size * self.out_channels)
@@ -142,6 +143,14 @@ class TdiaTransformer(ModelMixin, AttentionMixin, ConfigMixin):
         if result.unexpected_keys:
             raise ValueError(f"DiT weights that fit no TDIA parameter: {result.unexpected_keys[:5]}")
         return sorted(result.missing_keys)
+
+
+def _keep_one_embedder(module, state_dict, prefix, local_metadata):
+    """The shared embedder is saved once, under block 0 (the other blocks' names point at it)."""
+    for key in [k for k in state_dict if k.startswith(prefix + "transformer_blocks.") and ".norm1.emb." in k]:
+        if not key.startswith(prefix + "transformer_blocks.0."):
+            del state_dict[key]
+    return state_dict
 
 
 # -- Sec. 3.4: mask generation ------------------------------------------------------------------------
