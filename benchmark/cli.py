@@ -27,7 +27,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None, choices=["smoke", "paper"],
                    help="smoke (default): tiny models, few steps, CPU-friendly; paper: each method's published settings")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the built-in demo dataset)")
-    p.add_argument("--layout", default=None, choices=LAYOUT_CHOICES, help="dataset layout (default mvtec)")
+    # no argparse choices: the config check answers a misspelt layout with "did you mean"
+    p.add_argument("--layout", default=None, metavar="LAYOUT",
+                   help=f"dataset layout: {', '.join(LAYOUT_CHOICES)} (default mvtec)")
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all)")
     p.add_argument("--image-size", type=int, default=None, help="square resolution of every stage")
     p.add_argument("--seed", type=int, default=None)
@@ -81,9 +83,8 @@ def resumed_config(args, output: Path):
     """`--resume`: the configuration stored in the run folder. A setting given on the command line
     must equal the stored one (after the same resolution a new run would apply), else it is refused
     naming the field. None when the folder holds no run yet (then the flags start one)."""
-    from benchmark.config import config_from_resolved, resolve_options
+    from benchmark.config import config_from_resolved, resolve_components
     from benchmark.formatting import flatten_config
-    from benchmark.registry import GENERATORS, SEGMENTERS
 
     path = output / "config.json"
     if not path.exists():
@@ -97,9 +98,8 @@ def resumed_config(args, output: Path):
         return config_from_resolved(stored, path)
     new = config_from_args(args)
     resolved = new.model_dump(mode="json")
-    for kind, registry in (("generator", GENERATORS), ("segmenter", SEGMENTERS)):
-        cls = registry.load(getattr(new, kind).name)
-        resolved[kind]["options"] = resolve_options(cls, new.profile, getattr(new, kind).options).model_dump(mode="json")
+    for kind, (_, options) in resolve_components(new).items():
+        resolved[kind]["options"] = options.model_dump(mode="json")
     now, before = flatten_config(resolved), flatten_config(stored)
     for key in sorted(given):
         matches = [k for k in now if k == key or k.startswith(key + ".")]
@@ -127,13 +127,22 @@ def run_output(args, cfg, kind: str | None) -> Path:
 
 
 def make_run(args, kind: str | None, **kwargs):
-    """The Run of `bench run` (kind None: the folder is named after the segmenter) or `bench generate`."""
-    from benchmark.run import Run
+    """The Run of `bench run` (kind None: the folder is named after the segmenter) or `bench generate`.
 
+    Everything that can be checked without torch is checked first (names, with "did you mean";
+    values; the dataset's folder and category names), so a mistake answers in about a second and
+    leaves no run folder; then the methods' modules load and check their own options."""
+    from benchmark.config import check_data, check_generator_checkpoint, resolve_components
+
+    check_generator_checkpoint(kwargs.get("generator_checkpoint"))
     cfg = None
     if args.resume and args.output:
         cfg = resumed_config(args, Path(args.output).expanduser())
     cfg = cfg or config_from_args(args)
+    check_data(cfg)
+    resolve_components(cfg)
+    from benchmark.run import Run  # torch and Lightning: only for a configuration that is valid
+
     output = run_output(args, cfg, kind)
     args.resolved_output = output  # for the resume command printed on an interrupt
     run = Run(cfg, output, quiet=args.quiet, cache=Path(args.cache_dir) if args.cache_dir else None, **kwargs)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, describe_errors
+from benchmark.metrics.options import MetricOptions
 from benchmark.registry import GENERATORS, SEGMENTERS
 
 LAYOUTS = ("mvtec", "visa", "btad", "mvtec3d", "loco", "folder")
@@ -41,27 +42,13 @@ class SplitConfig(Strict):
     order: Literal["id", "random"] = "id"
 
 
-class MetricConfig(Strict):
-    """The engine's `MetricOptions` (docs/metrics.md). `preset` names a paper's protocol
-    (`benchmark.metrics.METRIC_PRESETS`): it fills the options it names, explicit settings win."""
-
-    preset: Literal["default", "anomalydiffusion", "stage", "seas"] = "default"
-    image_score: Literal["max", "mean", "pooled-max"] = "max"
-    pool_kernel: int = 21
-    iou_threshold: float | Literal["f1"] = 0.5
-    mode: Literal["auto", "exact", "binned"] = "auto"
-    max_fpr: float = 0.3
-    pixel_score: Literal["probability", "logit"] = "probability"
-    pro_curve: Literal["exact", "quantile-100"] = "exact"
-    pixel_f1_max: Literal["exact", "grid-21"] = "exact"
-
-
 class TrainerConfig(Strict):
     accelerator: str = "auto"
     devices: int | str = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: str | None = None  # None: 32 on CPU, "16-mixed" on GPU
+    # Lightning's precision names; None: "32-true" on CPU, "16-mixed" on GPU (results.json records which)
+    precision: Optional[Literal["64-true", "32-true", "16-true", "16-mixed", "bf16-true", "bf16-mixed"]] = None
     num_workers: int = 0
     deterministic: bool = True
 
@@ -79,7 +66,7 @@ class RunConfig(Strict):
     generator: ComponentConfig = ComponentConfig(name="cutpaste")
     segmenter: ComponentConfig = ComponentConfig(name="unet")
     training: Literal["unified", "per-category"] = "unified"
-    metrics: MetricConfig = MetricConfig()
+    metrics: MetricOptions = MetricOptions()
     trainer: TrainerConfig = TrainerConfig()
     wandb: bool = True
     wandb_project: str = "sias-bench"
@@ -123,10 +110,73 @@ def build_config(profile: str = "smoke", overrides: list[dict] | None = None) ->
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise BenchError(f"invalid configuration: {_first_error(e)}") from None
+        raise BenchError(f"invalid configuration: {describe_errors(e, RunConfig)}") from None
     GENERATORS.get(cfg.generator.name)  # unknown / planned names fail here with the known list
     SEGMENTERS.get(cfg.segmenter.name)
+    check_options_early(cfg)
     return cfg
+
+
+def check_options_early(cfg: RunConfig) -> None:
+    """The generator's and segmenter's options, checked before the methods' modules (and torch)
+    are imported: against the Options class the registry entry names (a pydantic-only module),
+    else against the options every generator / segmenter shares (pairs_per_type, max_steps, lr,
+    ...). `resolve_options` checks them all again over the preset once the method loads."""
+    from generators.options import GeneratorOptions
+    from segmenters.options import SegmenterOptions
+
+    for kind, registry, shared in (("generator", GENERATORS, GeneratorOptions),
+                                   ("segmenter", SEGMENTERS, SegmenterOptions)):
+        component = getattr(cfg, kind)
+        own = registry.get(component.name).load_options()
+        checks = [(shared, {k: v for k, v in component.options.items() if k in shared.model_fields})]
+        if own is not None:
+            checks.append((own, component.options))
+        for model, given in checks:
+            try:
+                model.model_validate(given)
+            except ValidationError as e:
+                raise BenchError(f"invalid options for {component.name}: "
+                                 f"{describe_errors(e, model, f'{kind}.options.')}") from None
+
+
+def check_data(cfg: RunConfig) -> None:
+    """The dataset root, layout and category names (folder names only), before anything heavy."""
+    if cfg.data.root is None:
+        if cfg.data.categories:
+            from benchmark.data.demo import CATEGORIES
+            from benchmark.data.layouts import _requested
+
+            _requested(cfg.data.categories, list(CATEGORIES), "the demo dataset", "mvtec")
+        return
+    root = Path(cfg.data.root).expanduser()
+    if not root.is_dir():
+        raise BenchError(f"{root}: data root does not exist; pass --data-root pointing at the dataset "
+                         "folder, or omit it to use the built-in demo dataset")
+    from benchmark.data.layouts import requested_categories
+
+    requested_categories(root, cfg.data.layout, cfg.data.categories)
+
+
+def check_generator_checkpoint(path: Path | str | None) -> Path | None:
+    """`bench generate --checkpoint`: the file must exist (checked before anything heavy loads)."""
+    if path is None:
+        return None
+    checkpoint = Path(path).expanduser()
+    if not checkpoint.is_file():
+        raise BenchError(f"{checkpoint}: generator checkpoint not found (a generator.pt from a synthetic set "
+                         "folder, or from a previous run's synthetic/ link)")
+    return checkpoint
+
+
+def resolve_components(cfg: RunConfig) -> dict:
+    """{"generator": (class, options), "segmenter": (class, options)}: loads each method's module
+    (torch) and validates its own options over its preset for the profile."""
+    out = {}
+    for kind, registry in (("generator", GENERATORS), ("segmenter", SEGMENTERS)):
+        cls = registry.load(getattr(cfg, kind).name)
+        out[kind] = (cls, resolve_options(cls, cfg.profile, getattr(cfg, kind).options, f"{kind}.options"))
+    return out
 
 
 def _with_metric_preset(metrics: dict, overrides: list[dict]) -> dict:
@@ -149,20 +199,17 @@ def config_from_resolved(stored: dict, source: Path | str = "config.json") -> Ru
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise BenchError(f"{source}: not a configuration this version can run ({_first_error(e)}); "
+        raise BenchError(f"{source}: not a configuration this version can run ({describe_errors(e, RunConfig)}); "
                          "start a new run with another --output") from None
 
 
-def resolve_options(component_cls, profile: str, options: dict):
-    """Method defaults < the method's preset for this profile < user options, validated."""
+def resolve_options(component_cls, profile: str, options: dict, key: str = ""):
+    """Method defaults < the method's preset for this profile < user options, validated. `key`
+    (e.g. "segmenter.options") prefixes the field in the error, so it reads as the --set to fix."""
     merged = deep_merge(component_cls.presets.get(profile, {}), options)
     try:
         return component_cls.Options.model_validate(merged)
     except ValidationError as e:
-        raise BenchError(f"invalid options for {component_cls.name}: {_first_error(e)}") from None
-
-
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
-    return f"{loc}: {err['msg']}" + (f" ({len(e.errors()) - 1} more)" if len(e.errors()) > 1 else "")
+        prefix = f"{key}." if key else ""
+        raise BenchError(f"invalid options for {component_cls.name}: "
+                         f"{describe_errors(e, component_cls.Options, prefix)}") from None

@@ -5,24 +5,18 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from benchmark.config import MetricConfig
-
-
-def metric_options(cfg: MetricConfig):
-    from benchmark.metrics import MetricOptions
-
-    return MetricOptions(**cfg.model_dump(exclude={"preset"}))
+from benchmark.metrics import AnomalyMetrics, MetricOptions
 
 
 class MetricsCollector(BasePredictionWriter):
-    def __init__(self, cfg: MetricConfig):
+    def __init__(self, options: MetricOptions):
         super().__init__(write_interval="batch")
-        from benchmark.metrics import AnomalyMetrics
-
-        self.metric = AnomalyMetrics(metric_options(cfg))
+        self.metric = AnomalyMetrics(options)
+        self.map_sizes: set[tuple[int, int]] = set()  # the H x W the metrics were computed at
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         # no clamp: the engine rejects values outside [0, 1], which catches a model returning logits
+        self.map_sizes.add(tuple(int(n) for n in prediction["prob"].shape[-2:]))
         prob, mask = prediction["prob"].detach().float().cpu(), prediction["mask"].cpu()
         if self.metric.options.pixel_score == "logit":  # STAGE: rank the anomaly channel's raw logit
             self.metric.update(prediction["logit"].detach().float().cpu(), mask, probabilities=prob)
@@ -31,3 +25,8 @@ class MetricsCollector(BasePredictionWriter):
 
     def compute(self) -> dict:
         return self.metric.compute()
+
+    def provenance(self) -> dict:
+        """How the last `compute` got its numbers: "exact" or "binned" pixel curves, and the
+        map size(s) H x W the metrics were computed at."""
+        return {"mode": self.metric.resolved_mode, "image_size": [list(s) for s in sorted(self.map_sizes)]}

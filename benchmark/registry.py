@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, did_you_mean
 
 IMPLEMENTED = "implemented"
 
@@ -20,10 +20,21 @@ class Entry:
     target: str  # "package.module:ClassName"
     description: str
     status: str = IMPLEMENTED  # or "partial: <what is missing>" / "planned"
+    # "module:Class" of its Options in a pydantic-only module, so the command line checks
+    # `<kind>.options.*` before torch loads; None: only the shared options are checked early
+    options: str | None = None
 
     def load(self):
-        module, _, cls = self.target.partition(":")
-        return getattr(importlib.import_module(module), cls)
+        return _import(self.target)
+
+    def load_options(self):
+        """The Options class, without importing the method (None when the entry names none)."""
+        return _import(self.options) if self.options else None
+
+
+def _import(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class Registry:
@@ -42,7 +53,8 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         if name not in self._entries:
-            raise BenchError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}")
+            raise BenchError(f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())}; "
+                             f"known: {', '.join(self.names())}")
         entry = self._entries[name]
         if entry.status == "planned":
             raise BenchError(f"{self.kind} '{name}' is planned but not implemented yet (see `bench list`)")
@@ -54,11 +66,14 @@ class Registry:
 
 GENERATORS = Registry("generator", [
     Entry("real-only", "generators.baselines.real_only:RealOnly",
-          "No synthesis: the segmenter sees only the few-shot real defects and normals (the floor)."),
+          "No synthesis: the segmenter sees only the few-shot real defects and normals (the floor).",
+          options="generators.options:GeneratorOptions"),
     Entry("cutpaste", "generators.baselines.cutpaste:CutPasteScar",
-          "CutPaste-scar: thin rotated, colour-jittered patches pasted inside the same image."),
+          "CutPaste-scar: thin rotated, colour-jittered patches pasted inside the same image.",
+          options="generators.baselines.options:CutPasteOptions"),
     Entry("draem", "generators.baselines.draem:DraemPerlin",
-          "DRAEM-style: thresholded Perlin-noise masks blended with an anomaly-source texture."),
+          "DRAEM-style: thresholded Perlin-noise masks blended with an anomaly-source texture.",
+          options="generators.baselines.options:DraemOptions"),
     Entry("stage", "generators.stage.lightning_model:StageGenerator",
           "STAGE: graded diffusion with explicit mask alignment (frozen LDM, learned tokens, mask adapters)."),
     Entry("seas", "generators.seas:SeaS", "SeaS: separation and sharing fine-tuning of Stable Diffusion.",
@@ -67,23 +82,28 @@ GENERATORS = Registry("generator", [
           "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting.", status="planned"),
     Entry("defectdiffu", "generators.defectdiffu:DefectDiffu",
           "DefectDiffu: few-shot defect generation by consistency modelling.", status="planned"),
-    Entry("badg", "generators.badg:BADG",
-          "BADG: background-aware defect generation with masked cross-attention.", status="planned"),
+    Entry("badg", "generators.badg.lightning_model:BadgGenerator",
+          "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention)."),
 ])
 
 SEGMENTERS = Registry("segmenter", [
     Entry("unet", "segmenters.unet:SmpUNet",
-          "U-Net (segmentation-models-pytorch, ResNet-34 encoder)."),
+          "U-Net (segmentation-models-pytorch): ResNet-18 encoder in the smoke profile, ResNet-34 in paper.",
+          options="segmenters.options:SmpUNetOptions"),
     Entry("unet-draem", "segmenters.unet_draem:DraemUNet",
-          "DRAEM discriminative U-Net (AnomalyDiffusion/BADG downstream), focal loss."),
+          "DRAEM discriminative U-Net (AnomalyDiffusion/BADG downstream), focal loss.",
+          options="segmenters.options:DraemUNetOptions"),
     Entry("bisenetv2", "segmenters.mmseg_models:BiSeNetV2",
-          "BiSeNet V2 (mmsegmentation), with its 4 auxiliary heads for training."),
+          "BiSeNet V2 (mmsegmentation), with its 4 auxiliary heads for training.",
+          options="segmenters.options:MMSegOptions"),
     Entry("stdc", "segmenters.mmseg_models:STDC",
-          "STDC1 (mmsegmentation); option variant=stdc2."),
+          "STDC1 (mmsegmentation); option variant=stdc2.", options="segmenters.options:STDCOptions"),
     Entry("upernet", "segmenters.mmseg_models:UPerNet",
-          "UPerNet with ResNet-50 (mmsegmentation), with its auxiliary FCN head."),
+          "UPerNet with ResNet-50 (mmsegmentation), with its auxiliary FCN head.",
+          options="segmenters.options:MMSegOptions"),
     Entry("segformer", "segmenters.mmseg_models:SegFormer",
-          "SegFormer MiT-B0 (mmsegmentation); option variant=b1..b5."),
+          "SegFormer MiT-B0 (mmsegmentation); option variant=b1..b5.", options="segmenters.options:SegFormerOptions"),
     Entry("lfd", "segmenters.lfd:LFDRoadSeg",
-          "LFD-RoadSeg (Zhou et al., T-ITS 2024), 0.936M parameters, native PyTorch."),
+          "LFD-RoadSeg (Zhou et al., T-ITS 2024), 0.936M parameters, native PyTorch.",
+          options="segmenters.options:LFDOptions"),
 ])

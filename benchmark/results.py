@@ -1,8 +1,16 @@
 """results.json: the per-category table every report, leaderboard and regression check reads.
 
-    {"run": {id, time, versions, config_hash}, "config": {...resolved}, "categories": {"<cat>":
+    {"run": {id, time, versions, config_hash, precision, git_commit, git_dirty},
+     "config": {...resolved}, "categories": {"<cat>":
      {"image": {auroc, ap, f1_max}, "pixel": {auroc, ap, f1_max, pro, iou, ...}, "miou", "acc", ...}},
-     "mean": {same keys}, "timings": {stage: seconds}}
+     "mean": {same keys}, "timings": {stage: seconds},
+     "evaluation": {metric_options, image_size: [H, W], categories: {"<cat>": {mode, image_sizes}}}}
+
+`run.precision` is the Lightning precision the run resolved (`trainer.precision` unset: 32-true on
+CPU, 16-mixed on GPU); `run.git_commit`/`git_dirty` are there when the code ran from a git
+checkout. `evaluation` says how the numbers were computed: the resolved metric options, the map
+size the metrics were computed at, and per category whether the pixel curves were `exact` or
+`binned` (mode `auto` decides by the pixel count).
 
 Metrics are fractions in [0, 1]. The mean of a metric skips categories where it is undefined (NaN,
 e.g. AUROC of a category with no defect) and is NaN only if it is undefined everywhere; NaN is
@@ -31,9 +39,9 @@ def mean_table(categories: dict[str, dict]) -> dict:
 
 
 def build_results(*, run_id: str, config: dict, config_hash: str, versions: dict, categories: dict,
-                  timings: dict, **extra) -> dict:
+                  timings: dict, evaluation: dict | None = None, **extra) -> dict:
     categories = {k: categories[k] for k in sorted(categories)}
-    return {
+    results = {
         "run": {"id": run_id, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "versions": versions, "config_hash": config_hash, **extra},
         "config": config,
@@ -41,6 +49,9 @@ def build_results(*, run_id: str, config: dict, config_hash: str, versions: dict
         "mean": mean_table(categories) if categories else {},
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
+    if evaluation is not None:
+        results["evaluation"] = evaluation
+    return results
 
 
 def flat_metrics(entry: dict, prefix: str = "") -> dict[str, float]:

@@ -30,19 +30,25 @@ MASK_TAG = "_mask"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from benchmark.metrics.options import MIN_BINS, MODES, PIXEL_F1_MAX, PRO_CURVES, MetricOptions
+
+    defaults = MetricOptions()  # the flags' defaults are the schema's, as in a run's config
     parser.add_argument("--maps", required=True, help="folder of anomaly maps (.npy float, .png/.tiff)")
     parser.add_argument("--masks", required=True, help="folder of ground-truth masks, same relative paths")
-    parser.add_argument("--image-score", default="max", metavar="RULE",
+    parser.add_argument("--image-score", default=defaults.image_score, metavar="RULE",
                         help="image score rule: max (default), mean, pooled-max:K (AnomalyDiffusion: pooled-max:21)")
-    parser.add_argument("--mode", default="auto", choices=("auto", "exact", "binned"),
-                        help="exact curves, histogram bins, or auto (exact up to 5e7 pixels)")
-    parser.add_argument("--iou-threshold", default="0.5", metavar="T",
-                        help="threshold for IoU/mIoU/Acc: a probability (default 0.5) or f1 (the F1-max threshold)")
-    parser.add_argument("--bins", type=int, default=1000, help="bins over [0, 1] in binned mode (>= 1000)")
-    parser.add_argument("--max-fpr", type=float, default=0.3, help="PRO integration limit (default 0.3)")
-    parser.add_argument("--pro-curve", default="exact", choices=("exact", "quantile-100"),
+    parser.add_argument("--mode", default=defaults.mode, choices=MODES,
+                        help=f"exact curves, histogram bins, or auto (exact up to {defaults.exact_max_pixels:.0e} pixels)")
+    parser.add_argument("--iou-threshold", default=str(defaults.iou_threshold), metavar="T",
+                        help=f"threshold for IoU/mIoU/Acc: a probability (default {defaults.iou_threshold}) or f1 "
+                             "(the F1-max threshold)")
+    parser.add_argument("--bins", type=int, default=defaults.bins,
+                        help=f"bins over [0, 1] in binned mode (>= {MIN_BINS})")
+    parser.add_argument("--max-fpr", type=float, default=defaults.max_fpr,
+                        help=f"PRO integration limit (default {defaults.max_fpr})")
+    parser.add_argument("--pro-curve", default=defaults.pro_curve, choices=PRO_CURVES,
                         help="exact PRO curve, or quantile-100 (MVTec 3D-AD au_pro_util, AnomalyDiffusion's code)")
-    parser.add_argument("--pixel-f1-max", default="exact", choices=("exact", "grid-21"),
+    parser.add_argument("--pixel-f1-max", default=defaults.pixel_f1_max, choices=PIXEL_F1_MAX,
                         help="pixel F1-max over every score, or grid-21 (0, 0.05, ..., 1; AnomalyDiffusion's code)")
     parser.add_argument("--json", required=True, metavar="OUT", help="write the metrics here (results.json keys)")
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import lightning as L
-from pydantic import BaseModel, ConfigDict
 
 # the contract types live in a leaf module both sides import; re-exported here for generator code
 from benchmark.contracts import (  # noqa: F401
@@ -27,14 +26,7 @@ from benchmark.contracts import (  # noqa: F401
     SyntheticPair,
     collate_requests,
 )
-
-
-class GeneratorOptions(BaseModel):
-    """Options every generator shares; methods subclass this with their own fields."""
-
-    model_config = ConfigDict(extra="forbid")
-    pairs_per_type: int = 10
-    batch_size: int = 4  # requests per predict step
+from generators.options import GeneratorOptions  # noqa: F401  (re-exported for generator modules)
 
 
 class Generator(L.LightningModule):

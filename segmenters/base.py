@@ -9,13 +9,14 @@ own normalisation) to 2-class logits (B x 2 x h x w, any h x w). Batches are dic
 from __future__ import annotations
 
 from functools import partial
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from segmenters.options import SegmenterOptions  # noqa: F401  (re-exported for model modules)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,25 +64,6 @@ def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) 
     target = masks.float()
     intersection = (prob * target).sum()
     return 1 - (2 * intersection + eps) / (prob.sum() + target.sum() + eps)
-
-
-class SegmenterOptions(BaseModel):
-    """Training options every segmenter shares; models subclass this with their own fields."""
-
-    model_config = ConfigDict(extra="forbid")
-    max_steps: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    schedule: Literal["poly", "constant", "multistep"] = "poly"
-    # poly schedule as in mmseg's PolyLR (+ optional LinearLR warm-up): lr falls from `lr` to
-    # `min_lr` as (1 - t/T)^poly_power; the first `warmup_steps` ramp up from warmup_ratio * lr
-    poly_power: float = 0.9
-    min_lr: float = 0.0
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.1
-    weights: str | None = None  # local pretrained weights; None = random init (never downloads)
 
 
 class Segmenter(L.LightningModule):

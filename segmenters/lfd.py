@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,8 @@ from torch import nn
 from torchvision.models import resnet18
 
 from benchmark.errors import BenchError
-from segmenters.base import Segmenter, SegmenterOptions, read_state_dict
+from segmenters.base import Segmenter, read_state_dict
+from segmenters.options import LFDOptions
 
 log = logging.getLogger(__name__)
 
@@ -132,17 +132,6 @@ def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, thresh: float
     if not hard.any():
         return ce[valid].mean()
     return ce[hard].mean()
-
-
-class LFDOptions(SegmenterOptions):
-    scale_factor: int = 2  # context branch input: H/s x W/(2s) (LFD.yaml: scale_factor 2)
-    loss: Literal["ohem_ce", "ce"] = "ohem_ce"  # LFD trains with OHEM CE
-    ohem_thresh: float = 0.7
-    ohem_min_kept: int = 100_000
-    optimizer: Literal["adamw", "adam", "sgd"] = "sgd"
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    min_lr: float = 1e-5
 
 
 class LFDRoadSeg(Segmenter):

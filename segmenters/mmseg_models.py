@@ -32,22 +32,17 @@ import copy
 import logging
 import warnings
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import BenchError, missing_extra
-from segmenters.base import IMAGENET_MEAN, IMAGENET_STD, Segmenter, SegmenterOptions
+from segmenters.base import IMAGENET_MEAN, IMAGENET_STD, Segmenter
+from segmenters.options import MMSegOptions, SegFormerOptions, STDCOptions
 
 log = logging.getLogger(__name__)
-
-
-class MMSegOptions(SegmenterOptions):
-    aux_heads: bool = True  # train with the config's auxiliary heads (SeaS keeps them)
-    # SyncBN under multi-GPU DDP: None follows the packaged config (SyncBN there -> SyncBN here)
-    sync_bn: bool | None = None
 
 
 # -- config handling ----------------------------------------------------------------------------
@@ -250,10 +245,6 @@ class BiSeNetV2(MMSegSegmenter):
     }
 
 
-class STDCOptions(MMSegOptions):
-    variant: Literal["stdc1", "stdc2"] = "stdc1"
-
-
 class STDC(MMSegSegmenter):
     name = "stdc"
     config = "stdc"
@@ -292,11 +283,6 @@ SEGFORMER_VARIANTS = {  # segformer_mit-b{1..5}_8xb2-160k_ade20k-512x512.py
     "b4": {"embed_dims": 64, "num_layers": [3, 8, 27, 3]},
     "b5": {"embed_dims": 64, "num_layers": [3, 6, 40, 3]},
 }
-
-
-class SegFormerOptions(MMSegOptions):
-    variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = "b0"
-    head_lr_mult: float = 10.0  # mmseg's paramwise_cfg: 'head' lr x10, no decay on norms / pos_block
 
 
 class SegFormer(MMSegSegmenter):

@@ -1,4 +1,5 @@
-"""U-Net from segmentation-models-pytorch (ResNet-34 encoder by default).
+"""U-Net from segmentation-models-pytorch (ResNet-34 encoder by default; the smoke preset uses
+ResNet-18, see `SmpUNet.presets`).
 
 `weights` is a local encoder checkpoint (a torchvision/timm ResNet state dict); none means random
 init: smp's own `encoder_weights="imagenet"` would try the model hub, which this project never does.
@@ -11,24 +12,42 @@ import logging
 import torch
 
 from benchmark.errors import BenchError
-from segmenters.base import Segmenter, SegmenterOptions, read_state_dict, run_padded
+from segmenters.base import Segmenter, read_state_dict, run_padded
+from segmenters.options import SmpUNetOptions
 
 log = logging.getLogger(__name__)
 
 
-class SmpUNetOptions(SegmenterOptions):
-    encoder: str = "resnet34"
-    lr: float = 1e-3
+def encoder_checkpoint_hint(encoder: str) -> str:
+    """Which local file fits `encoder`: for ResNets torchvision's ImageNet checkpoint of the same
+    depth (its keys are smp's ResNetEncoder's plus `fc.`, which is dropped), else the smp hub
+    entry that `encoder_weights="imagenet"` would download."""
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(encoder)
+        return f"torchvision's {getattr(weights, 'IMAGENET1K_V1', weights.DEFAULT).url.rsplit('/', 1)[-1]}"
+    except ValueError:  # not a torchvision model name
+        pass
+    import segmentation_models_pytorch as smp
+
+    settings = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {}).get("imagenet", {})
+    source = settings.get("repo_id") or settings.get("url")
+    return f"the ImageNet weights of {encoder}" + (f" ({source}, downloaded elsewhere)" if source else "")
 
 
-def load_encoder_weights(encoder: torch.nn.Module, path: str) -> None:
-    state = read_state_dict(path, "encoder weights", "give a local ImageNet checkpoint (e.g. torchvision's "
-                            "resnet34-b627a593.pth) or unset segmenter.options.weights")
+def load_encoder_weights(encoder: torch.nn.Module, path: str, name: str) -> None:
+    hint = f"a local ImageNet checkpoint of the {name} encoder, e.g. {encoder_checkpoint_hint(name)}"
+    state = read_state_dict(path, "encoder weights", f"give {hint}, or unset segmenter.options.weights")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     # smp's ResNetEncoder.load_state_dict returns None; call nn.Module's to get the key report
-    missing, unexpected = torch.nn.Module.load_state_dict(encoder, state, strict=False)
+    try:
+        missing, unexpected = torch.nn.Module.load_state_dict(encoder, state, strict=False)
+    except RuntimeError:  # same keys, other shapes: another depth or width of the same family
+        missing, unexpected = ["(shape mismatch)"], []
     if unexpected or len(missing) > 0:
-        raise BenchError(f"{path}: does not fit the encoder (missing {len(missing)}, unexpected {len(unexpected)} keys)")
+        raise BenchError(f"{path}: does not fit the {name} encoder (missing {len(missing)}, unexpected "
+                         f"{len(unexpected)} keys); expected {hint} (segmenter.options.encoder={name})")
 
 
 class SmpUNet(Segmenter):
@@ -51,9 +70,10 @@ class SmpUNet(Segmenter):
 
         model = smp.Unet(self.options.encoder, encoder_weights=None, classes=2)
         if self.options.weights:
-            load_encoder_weights(model.encoder, self.options.weights)
+            load_encoder_weights(model.encoder, self.options.weights, self.options.encoder)
         else:
-            log.info("%s: no segmenter.weights given, encoder randomly initialised", self.name)
+            log.info("%s: no segmenter.options.weights given, %s encoder randomly initialised", self.name,
+                     self.options.encoder)
         return model
 
     def logits(self, x):

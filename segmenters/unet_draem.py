@@ -15,13 +15,13 @@ Inputs are RGB in [0, 1] without mean/std normalisation (DRAEM's loaders divide 
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segmenters.base import Segmenter, SegmenterOptions, read_state_dict, run_padded
+from segmenters.base import Segmenter, read_state_dict, run_padded
+from segmenters.options import DraemUNetOptions
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,6 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
     rather than DRAEM's 1e-5-smoothed probabilities."""
     logp = F.log_softmax(logits.float(), dim=1).gather(1, target.long().unsqueeze(1)).squeeze(1)
     return (-(1.0 - logp.exp()).pow(gamma) * logp).mean()
-
-
-class DraemUNetOptions(SegmenterOptions):
-    base_width: int = 64
-    focal_gamma: float = 2.0
-    optimizer: Literal["adamw", "adam", "sgd"] = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    schedule: Literal["poly", "constant", "multistep"] = "multistep"
 
 
 class DraemUNet(Segmenter):

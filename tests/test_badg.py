@@ -12,12 +12,13 @@ import torch  # noqa: E402
 from diffusers import DDIMInverseScheduler  # noqa: E402
 from diffusers.models.attention_processor import Attention  # noqa: E402
 
-from generators.badg.inversion import masked_ddim_inversion, masked_ddim_sampling, masked_inversion_step  # noqa: E402
 from generators.badg.loss import badg_loss, disentanglement_loss, noised_latents  # noqa: E402
 from generators.badg.torch_model import (BadgTokens, MaskedCrossAttention, MaskedCrossAttnProcessor,  # noqa: E402
                                          composite_ddim_sampling,
                                          composite_noise, ddim_step, group_softmax_mix, initial_latent,
-                                         inside_outside_bias, rare_identifier, refine_mask, resize_mask, token_groups)
+                                         inside_outside_bias, masked_ddim_sampling, rare_identifier, refine_mask,
+                                         resize_mask, token_groups)
+from generators.diffusion.inversion import masked_ddim_inversion, masked_inversion_step  # noqa: E402
 from generators.diffusion.schedulers import make_scheduler  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -285,6 +286,15 @@ class ToyDenoiser(torch.nn.Module):
         return torch.tanh(mixed) * (1 + float(t) / 1000) + z.mean((-2, -1), keepdim=True)
 
 
+def invert(denoise, z0, m, inverse, trajectory=None):
+    """The shared masked DDIM inversion (Eq. 8) with a denoise(z, t) that ignores the context."""
+    z_T, path = masked_ddim_inversion(z0, m, lambda z, t, c: denoise(z, t), inverse, inverse.num_inference_steps,
+                                      return_trajectory=True)
+    if trajectory is not None:
+        trajectory.extend(path)
+    return z_T
+
+
 def _schedulers(steps=10):
     sampler = make_scheduler("ddim")
     sampler.set_timesteps(steps)
@@ -301,18 +311,17 @@ def _normal_and_mask():
     return z0, m, torch.randn(1, 2, 6, 6, generator=g)
 
 
-@pytest.mark.parametrize("noise_level", ["current", "target"])
-def test_masked_inversion_keeps_the_defect_area_zero_and_inverts_a_constant_denoiser(noise_level):
+def test_masked_inversion_keeps_the_defect_area_zero_and_inverts_a_constant_denoiser():
     sampler, inverse = _schedulers()
     z0, m, _ = _normal_and_mask()
     path = []
-    z_T = masked_ddim_inversion(ToyDenoiser(0), z0, m, inverse, noise_level=noise_level, trajectory=path)
+    z_T = invert(ToyDenoiser(0), z0, m, inverse, trajectory=path)
     assert len(path) == 11 and all((z * m).abs().max() == 0 for z in path)
     assert (z_T * (1 - m)).abs().max() > 0
     # a z-independent, t-independent noise makes the DDIM ODE step exact both ways
     pattern = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(6))
     const = lambda z, t: pattern  # noqa: E731
-    z_T = masked_ddim_inversion(const, z0, m, inverse, noise_level=noise_level)
+    z_T = invert(const, z0, m, inverse)
     assert torch.allclose(masked_ddim_sampling(const, z_T, m, sampler), (1 - m) * z0, atol=1e-4)
 
 
@@ -322,7 +331,7 @@ def test_proposition_3_3_background_path_is_independent_of_the_defect():
     sampler, inverse = _schedulers()
     z0, m, eps = _normal_and_mask()
     c1, c2 = ToyDenoiser(1), ToyDenoiser(2)
-    z_inv = masked_ddim_inversion(c2, z0, m, inverse)
+    z_inv = invert(c2, z0, m, inverse)
     z_T = initial_latent(z_inv, m, eps)
     path = []
     z_star = composite_ddim_sampling(lambda z, zm, t: (c1(z, t), c2(zm, t)), z_T, m, sampler, trajectory=path)
@@ -345,25 +354,20 @@ def test_background_of_the_normal_image_is_reconstructed_when_inversion_is_exact
     z0, m, eps = _normal_and_mask()
     pattern = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(7))
     c1 = ToyDenoiser(3)
-    z_T = initial_latent(masked_ddim_inversion(lambda z, t: pattern, z0, m, inverse), m, eps)
+    z_T = initial_latent(invert(lambda z, t: pattern, z0, m, inverse), m, eps)
     z_star = composite_ddim_sampling(lambda z, zm, t: (c1(z, t), pattern), z_T, m, sampler)
     assert torch.allclose((1 - m) * z_star, (1 - m) * z0, atol=1e-4)
     assert (m * (z_star - z0)).abs().max() > 0.1
 
 
-@pytest.mark.parametrize("noise_level, expected", [
+def test_inversion_evaluates_the_noise_at_the_level_of_the_latent_it_is_given():
     # 10 of 1000 steps: the inversion steps to levels 0, 100, ..., 900. Eq. 8 evaluates the noise at
-    # the level of the latent it is given: the clean latent (U-Net timestep 0), then 0, 100, ..., 800;
-    # diffusers' convention at the level stepped to: 0, 100, ..., 900
-    ("current", [0, 0, 100, 200, 300, 400, 500, 600, 700, 800]),
-    ("target", [0, 100, 200, 300, 400, 500, 600, 700, 800, 900]),
-])
-def test_inversion_evaluates_the_noise_at_the_chosen_level(noise_level, expected):
+    # the level of the latent it is given: the clean latent (U-Net timestep 0), then 0, 100, ..., 800
     _, inverse = _schedulers()
     z0, m, _ = _normal_and_mask()
     seen = []
-    masked_ddim_inversion(lambda z, t: seen.append(int(t)) or torch.zeros_like(z), z0, m, inverse, noise_level=noise_level)
-    assert seen == expected
+    invert(lambda z, t: seen.append(int(t)) or torch.zeros_like(z), z0, m, inverse)
+    assert seen == [0, 0, 100, 200, 300, 400, 500, 600, 700, 800]
 
 
 # -- the model on the tiny backbone ----------------------------------------------------------------------
@@ -416,7 +420,7 @@ def test_model_generation_keeps_the_background_path_and_returns_a_map_for_eq13(b
     z_star, defect_map = model.generate(z0, m, eps, c1, c2, sampler, inverse, positions)
     with torch.no_grad():
         c2_pass = lambda z, t: model.denoise(z, t, c2, m)  # noqa: E731
-        z_inv = masked_ddim_inversion(c2_pass, z0, m, inverse)
+        z_inv = invert(c2_pass, z0, m, inverse)
         background = masked_ddim_sampling(c2_pass, z_inv, m, sampler)
     assert torch.allclose((1 - m) * z_star, background, atol=1e-4)
     assert (m * (z_star - background)).abs().max() > 0
@@ -436,7 +440,7 @@ def test_model_defect_map_is_the_c1_pass_attention_on_the_defect_words(badg_mode
     positions = [model.tokens.defect_positions("bottle", "broken_large"), [1]]
     _, defect_map = model.generate(z0, m, eps, c1, c2, sampler, inverse, positions)
     with torch.no_grad():
-        z_T = initial_latent(masked_ddim_inversion(lambda z, t: model.denoise(z, t, c2, m), z0, m, inverse), m, eps)
+        z_T = initial_latent(invert(lambda z, t: model.denoise(z, t, c2, m), z0, m, inverse), m, eps)
         model.attention.record = True
         model.denoise(z_T, sampler.timesteps[0], c1, m)
         model.attention.record = False

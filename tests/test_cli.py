@@ -3,6 +3,8 @@
 import json
 import math
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +42,24 @@ def test_run_writes_results_in_the_design_format(cutpaste_run):
     cats = results["categories"]
     assert math.isclose(results["mean"]["pixel"]["ap"], np.mean([c["pixel"]["ap"] for c in cats.values()]))
     assert set(results["timings"]) >= {"data", "generate", "train", "evaluate"}
+
+
+def test_results_record_precision_source_and_how_the_metrics_were_computed(cutpaste_run):
+    from benchmark.metrics.options import MetricOptions
+
+    results = json.loads((cutpaste_run / "results.json").read_text())
+    assert results["run"]["precision"] == "32-true"  # trainer.precision unset, no GPU here
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if shutil.which("git") and head.returncode == 0:  # a checkout (not an installed copy)
+        assert results["run"]["git_commit"] == head.stdout.strip()
+        assert isinstance(results["run"]["git_dirty"], bool)
+    evaluation = results["evaluation"]
+    assert evaluation["metric_options"] == MetricOptions().model_dump(mode="json")  # the defaults, resolved
+    assert evaluation["image_size"] == [64, 64]  # --image-size 64
+    # auto mode: 2 small categories are far below the 5e7-pixel limit, so both are exact
+    assert evaluation["categories"] == {c: {"mode": "exact", "image_sizes": [[64, 64]]} for c in ("carpet_like", "pill")}
+    assert "evaluated_as" not in results["categories"]["pill"]  # provenance is not a metric
 
 
 def test_run_writes_csv_plots_split_and_synthetic_set(cutpaste_run):
@@ -146,9 +166,12 @@ def test_run_stops_on_a_mask_size_mismatch_naming_the_file(private_cache, tmp_pa
 
 def test_numbers_do_not_depend_on_whether_the_synthetic_set_came_from_the_cache(cutpaste_run, tmp_path):
     again = tmp_path / "again"  # same config, new folder: the synthetic set is reused, not made
+    manifest = (cutpaste_run / "synthetic" / "manifest.jsonl").resolve()
+    written = (manifest.stat().st_ino, manifest.stat().st_mtime_ns)
     assert bench("run", "--generator", "cutpaste", "--segmenter", "unet", "--profile", "smoke",
                  "--output", str(again), "--no-wandb", *TINY) == 0
     first = json.loads((cutpaste_run / "results.json").read_text())
     second = json.loads((again / "results.json").read_text())
-    assert second["timings"]["generate"] < first["timings"]["generate"] or first["timings"]["generate"] < 1
+    assert (again / "synthetic").resolve() == (cutpaste_run / "synthetic").resolve()
+    assert (manifest.stat().st_ino, manifest.stat().st_mtime_ns) == written  # no pair was made again
     assert second["categories"] == first["categories"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -156,12 +155,9 @@ def test_rewriting_a_demo_folder_replaces_it(tmp_path):
     assert json.loads((root / "demo.json").read_text())["n_train"] == 1
 
 
-def test_cache_default_sizes_timing_and_reuse(tmp_path, monkeypatch):
-    start = time.perf_counter()
+def test_cache_default_sizes_and_reuse(tmp_path, monkeypatch):
     path = demo_dataset_path(tmp_path, seed=0)
-    elapsed = time.perf_counter() - start
     assert path == tmp_path / f"demo-v{DEMO_VERSION}-seed0"
-    assert elapsed < 15.0  # about 3 s on 2 CPU cores; a loose guard against a slow regression
     assert len(list((path / "carpet_like" / "train" / "good").iterdir())) == 10
     assert len(list((path / "carpet_like" / "test" / "good").iterdir())) == 6
     assert len(list((path / "carpet_like" / "test" / "hole").iterdir())) == 6

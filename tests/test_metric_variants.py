@@ -14,9 +14,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, f1_score, jaccard_score, roc_auc_score
 
-from benchmark.config import MetricConfig
 from benchmark.errors import BenchError
-from benchmark.evaluation import MetricsCollector, metric_options
+from benchmark.evaluation import MetricsCollector
 from benchmark.metrics import AnomalyMetrics, MetricOptions, evaluate
 from benchmark.metrics.curves import pack_keys, unpack_keys
 from test_metrics import blob_dataset, mvtec_pro, sklearn_f1_max  # tests/ is on sys.path (pytest rootdir conftest)
@@ -186,12 +185,11 @@ def test_the_collector_feeds_logits_and_probabilities_when_the_protocol_asks():
 
     logit, prob, masks = two_class_logits(8)
     prediction = {"prob": torch.from_numpy(prob), "logit": torch.from_numpy(logit), "mask": torch.from_numpy(masks)}
-    for cfg, maps in ((MetricConfig(preset="stage", pixel_score="logit"), logit), (MetricConfig(), prob)):
+    for cfg, maps in ((MetricOptions(preset="stage", pixel_score="logit"), logit), (MetricOptions(), prob)):
         collector = MetricsCollector(cfg)
         collector.write_on_batch_end(None, None, prediction, None, None, 0)
         got = collector.compute()["pixel"]["auroc"]
         assert got == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel().astype(np.float64)), abs=1e-12)
-    assert metric_options(MetricConfig(pro_curve="quantile-100")).pro_curve == "quantile-100"
 
 
 def test_segmenters_predict_the_anomaly_logit_beside_the_probability():

@@ -127,7 +127,7 @@ def _paper(tmp_path, metrics: dict, columns: list[str]):
     ({"pixel.ap": {"printed": "AP", "definition": "d", "options": {"iou_threshold": 0.5}}}, ["pixel.ap"],
      "do not change pixel.ap"),
     ({"pixel.pro": {"printed": "PRO", "definition": "d", "options": {"pro_curve": "quantile-7"}}}, ["pixel.pro"],
-     "pro_curve must be one of"),
+     "pro_curve=\"quantile-7\": should be 'exact' or 'quantile-100'"),
 ])
 def test_loader_rejects_unknown_metric_keys_and_options(tmp_path, metrics, columns, message):
     with pytest.raises(BenchError, match=message):

@@ -125,7 +125,7 @@ def test_every_problem_is_reported_in_one_error(mvtec_like, tmp_path):
         (["--image-score", "pooled-max:x"], "K must be a positive integer"),
         (["--image-score", "median"], "expected max, mean"),
         (["--iou-threshold", "best"], "'f1'"),
-        (["--bins", "10"], "bins must be"),
+        (["--bins", "10"], "bins=10: should be greater than or equal to 1000"),
     ],
 )
 def test_bad_options(mvtec_like, tmp_path, argv, message):

@@ -60,7 +60,7 @@ from typing import Protocol
 
 from benchmark.data.dataset import GOOD, CategoryData, Problem, Sample
 from benchmark.data.split import natural_key
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, did_you_mean
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LOCO_DEFECT_TYPES = ("logical_anomalies", "structural_anomalies")
@@ -417,17 +417,16 @@ def _requested(categories: Sequence[str] | str, available: list[str], root: Path
     unknown = [n for n in names if n not in available]
     if unknown:
         raise BenchError(
-            f"{root}: unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} "
-            f"for layout {layout}; available: {', '.join(available) or 'none'}"
+            f"{root}: unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}"
+            f"{did_you_mean(unknown[0], available)} for layout {layout}; available: {', '.join(available) or 'none'}"
         )
     return names
 
 
-def scan_dataset(root: Path | str, layout: str, categories: Sequence[str] | None = None) -> LayoutScan:
-    """Read a dataset folder tolerantly: every structural problem is collected, none raised.
-
-    Raises BenchError only when there is nothing to scan: unknown layout, missing root, a root
-    in another layout, or unknown requested categories."""
+def requested_categories(root: Path | str, layout: str, categories: Sequence[str] | None = None) -> list[str]:
+    """The category names a run asks for, checked against the folder names only (no file is read,
+    so a misspelt category or layout answers before anything heavy runs). Raises BenchError for an
+    unknown layout, a missing root, a root in another layout, or unknown categories."""
     reader = get_layout(layout)
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
@@ -438,7 +437,17 @@ def scan_dataset(root: Path | str, layout: str, categories: Sequence[str] | None
     if not reader.matches(root):
         raise BenchError(_wrong_layout_message(root, reader))
     available = reader.discover(root)
-    names = available if not categories else _requested(categories, available, root, layout)
+    return available if not categories else _requested(categories, available, root, layout)
+
+
+def scan_dataset(root: Path | str, layout: str, categories: Sequence[str] | None = None) -> LayoutScan:
+    """Read a dataset folder tolerantly: every structural problem is collected, none raised.
+
+    Raises BenchError only when there is nothing to scan: unknown layout, missing root, a root
+    in another layout, or unknown requested categories."""
+    reader = get_layout(layout)
+    root = Path(root).expanduser().absolute()
+    names = requested_categories(root, layout, categories)
     scan = LayoutScan(root, layout)
     reader.read(root, names, scan)
     for name, data in scan.categories.items():

@@ -8,7 +8,7 @@ their paper describes (data/reported/*.yaml) and so never share a protocol with 
 from __future__ import annotations
 
 from benchmark.errors import BenchError
-from benchmark.metrics.options import metric_definition
+from benchmark.metrics.options import MetricOptions, metric_definition
 from benchmark.leaderboard.rows import DATASET_NAMES, SEGMENTER_NAMES, canonical_dataset, canonical_name
 
 
@@ -34,14 +34,15 @@ def protocol_of(results: dict) -> dict:
     return protocol
 
 
-# the papers' metric variants (docs/metrics.md); at their defaults they are left out of the
-# protocol, so runs from before the variants existed keep their protocol
-_VARIANT_DEFAULTS = {"pixel_score": "probability", "pro_curve": "exact", "pixel_f1_max": "exact"}
+# options recorded later than the first results (the papers' variants, the bin count, the auto
+# limit): at their defaults they are left out of the protocol, so runs from before keep theirs
+_LATER_DEFAULTS = {k: v for k, v in MetricOptions().to_json().items()
+                   if k in ("pixel_score", "pro_curve", "pixel_f1_max", "bins", "exact_max_pixels")}
 
 
 def _metric_options(metrics: dict) -> dict:
-    """The options that change numbers: not the preset's name, not variants at their defaults."""
-    kept = {k: v for k, v in metrics.items() if k != "preset" and _VARIANT_DEFAULTS.get(k, object()) != v}
+    """The options that change numbers: not the preset's name, not later options at their defaults."""
+    kept = {k: v for k, v in metrics.items() if k != "preset" and _LATER_DEFAULTS.get(k, object()) != v}
     return dict(sorted(kept.items()))
 
 

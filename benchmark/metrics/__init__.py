@@ -57,7 +57,7 @@ __all__ = ["AnomalyMetrics", "METRIC_PRESETS", "MetricOptions", "RESULT_KEYS", "
 
 def __getattr__(name: str):
     """The engine (torch, torchmetrics, scipy) loads on first use: the leaderboard needs only the
-    metric keys and options."""
+    metric keys and options, and the config loader must answer a bad flag before torch loads."""
     if name in {"AnomalyMetrics", "evaluate"}:
         from benchmark.metrics import engine
 

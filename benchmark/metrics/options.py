@@ -1,22 +1,29 @@
 """`MetricOptions`: every choice on which the papers' metric definitions differ, named and recorded.
 
-The runner stores `MetricOptions.to_json()` next to the numbers, so a table always says which image
-score rule, IoU threshold, FPR limit and evaluation mode produced it (NOTES.md B.7).
+The one schema for these choices: the run configuration's `metrics` section, `bench score`'s flags
+and the engine all use this model, and a run's results.json stores `to_json()` next to the numbers
+(with the mode each category was actually computed in), so a table always says which image score
+rule, IoU threshold, FPR limit, evaluation mode and paper variant produced it. A pydantic model:
+a bad value raises `BenchError` in one line; inside the run configuration the same problem is
+reported under its full key (`metrics.bins=10: ...`). Imports nothing heavy (the config loader
+needs it before torch is loaded).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Literal, Union
 
-from benchmark.errors import BenchError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from benchmark.errors import BenchError, InvalidOptions
 
 ImageScoreRule = Literal["max", "mean", "pooled-max"]
 Mode = Literal["auto", "exact", "binned"]
 PixelScore = Literal["probability", "logit"]
 ProCurve = Literal["exact", "quantile-100"]
 PixelF1Max = Literal["exact", "grid-21"]
+PresetName = Literal["default", "anomalydiffusion", "stage", "seas"]  # the keys of METRIC_PRESETS
 IMAGE_SCORE_RULES = ("max", "mean", "pooled-max")
 MODES = ("auto", "exact", "binned")
 PIXEL_SCORES = ("probability", "logit")
@@ -28,10 +35,11 @@ MIN_BINS = 1000
 EXACT_MAX_PIXELS = 50_000_000
 
 
-@dataclass(frozen=True)
-class MetricOptions:
+class MetricOptions(BaseModel):
     """How the engine turns anomaly maps into numbers.
 
+    preset: the paper protocol (`METRIC_PRESETS`) whose options the run configuration filled in
+        under the ones set explicitly; recorded with the numbers, the engine reads only the options.
     image_score: one score per image = `max` of the map (default; SeaS/LFD), `mean`, or
         `pooled-max` = max of the `pool_kernel` x `pool_kernel` average-pooled map (AnomalyDiffusion
         and DRAEM: 21, zero padding counted; ADer uses 16).
@@ -54,47 +62,49 @@ class MetricOptions:
         F1 over the 21 thresholds 0, 0.05, ..., 1 with score > threshold.
     """
 
+    # strict numbers: a bool or a numeric string in a config file is a mistake, not a value
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: PresetName = "default"
     image_score: ImageScoreRule = "max"
-    pool_kernel: int = 21
-    iou_threshold: Union[float, Literal["f1"]] = 0.5
+    pool_kernel: int = Field(21, ge=1, strict=True)
+    iou_threshold: Union[Literal["f1"], float] = Field(0.5, union_mode="left_to_right")
     mode: Mode = "auto"
-    bins: int = MIN_BINS
-    max_fpr: float = 0.3
-    exact_max_pixels: int = EXACT_MAX_PIXELS
+    bins: int = Field(MIN_BINS, ge=MIN_BINS, strict=True)
+    max_fpr: float = Field(0.3, gt=0.0, le=1.0, allow_inf_nan=False)
+    exact_max_pixels: int = Field(EXACT_MAX_PIXELS, ge=0, strict=True)
     pixel_score: PixelScore = "probability"
     pro_curve: ProCurve = "exact"
     pixel_f1_max: PixelF1Max = "exact"
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.image_score not in IMAGE_SCORE_RULES:
-            problems.append(f"image_score must be one of {IMAGE_SCORE_RULES}, got {self.image_score!r}")
-        if not _is_int(self.pool_kernel) or self.pool_kernel < 1:
-            problems.append(f"pool_kernel must be a positive integer, got {self.pool_kernel!r}")
-        thr = self.iou_threshold
-        if thr != "f1" and not (_is_number(thr) and 0.0 <= float(thr) <= 1.0):
-            problems.append(f"iou_threshold must be a number in [0, 1] or 'f1', got {thr!r}")
-        if self.mode not in MODES:
-            problems.append(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not _is_int(self.bins) or self.bins < MIN_BINS:
-            problems.append(f"bins must be an integer >= {MIN_BINS}, got {self.bins!r}")
-        if not (_is_number(self.max_fpr) and 0.0 < float(self.max_fpr) <= 1.0):
-            problems.append(f"max_fpr must be in (0, 1], got {self.max_fpr!r}")
-        if not _is_int(self.exact_max_pixels) or self.exact_max_pixels < 0:
-            problems.append(f"exact_max_pixels must be a non-negative integer, got {self.exact_max_pixels!r}")
-        for name, allowed in (("pixel_score", PIXEL_SCORES), ("pro_curve", PRO_CURVES), ("pixel_f1_max", PIXEL_F1_MAX)):
-            if getattr(self, name) not in allowed:
-                problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+    def __init__(self, **values) -> None:
+        # one BenchError line when built directly; also a ValueError, so inside the run
+        # configuration pydantic reports the same problem under `metrics.`
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise InvalidOptions("invalid metric options", e, type(self)) from None
+
+    @field_validator("iou_threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value):
+        # one message for both branches (pydantic would report the literal and the float apart)
+        if value == "f1":
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                and 0.0 <= value <= 1.0:
+            return float(value)
+        raise ValueError("should be a number in [0, 1] or 'f1'")
+
+    @model_validator(mode="after")
+    def _compatible(self) -> "MetricOptions":
         if self.pixel_score == "logit" and self.pixel_f1_max == "grid-21":
-            problems.append("pixel_f1_max='grid-21' thresholds probabilities at 0, 0.05, ..., 1; it cannot score raw logits")
+            raise ValueError("pixel_f1_max='grid-21' thresholds probabilities at 0, 0.05, ..., 1; it cannot "
+                             "score raw logits")
         if self.mode == "binned" and self.needs_exact_state:
-            problems.append("mode='binned' cannot rank raw logits or take quantiles of the normal-pixel scores"
-                            " (pixel_score='logit' or pro_curve='quantile-100'); use mode 'exact' or 'auto'")
-        if problems:
-            raise BenchError("invalid metric options: " + "; ".join(problems))
-        if thr != "f1":
-            object.__setattr__(self, "iou_threshold", float(thr))
-        object.__setattr__(self, "max_fpr", float(self.max_fpr))
+            raise ValueError("mode='binned' cannot rank raw logits or take quantiles of the normal-pixel scores"
+                             " (pixel_score='logit' or pro_curve='quantile-100'); use mode 'exact' or 'auto'")
+        return self
 
     @property
     def needs_exact_state(self) -> bool:
@@ -102,13 +112,13 @@ class MetricOptions:
         return self.pixel_score == "logit" or self.pro_curve == "quantile-100"
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_json(cls, d: dict) -> "MetricOptions":
-        unknown = set(d) - set(cls.__dataclass_fields__)
+        unknown = set(d) - set(cls.model_fields)
         if unknown:
-            raise BenchError(f"unknown metric option(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            raise BenchError(f"unknown metric option(s) {sorted(unknown)}; known: {sorted(cls.model_fields)}")
         return cls(**d)
 
     @staticmethod
@@ -132,14 +142,6 @@ class MetricOptions:
             return float(text)
         except ValueError:
             raise BenchError(f"IoU threshold {text!r}: expected a number in [0, 1] or 'f1'") from None
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 # Every number `AnomalyMetrics.compute` returns, as its results.json path (`threshold` is a setting).

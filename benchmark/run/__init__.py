@@ -12,7 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-from benchmark.config import RunConfig, resolve_options
+from benchmark.config import RunConfig, check_generator_checkpoint, resolve_components
 from benchmark.errors import BenchError
 from benchmark.progress import RunProgress
 from benchmark.run.context import RunContext
@@ -31,22 +31,18 @@ class Run:
         import lightning  # noqa: F401  (before quiet_lightning: lightning sets its log levels on import)
 
         from benchmark.progress import quiet_lightning
-        from benchmark.registry import GENERATORS, SEGMENTERS
 
         if not logging.getLogger().isEnabledFor(logging.DEBUG):
             quiet_lightning()
-        generator_cls = GENERATORS.load(cfg.generator.name)
-        segmenter_cls = SEGMENTERS.load(cfg.segmenter.name)
-        checkpoint = Path(generator_checkpoint).expanduser() if generator_checkpoint else None
-        if checkpoint and not checkpoint.is_file():
-            raise BenchError(f"{checkpoint}: generator checkpoint not found (a generator.pt from a synthetic set "
-                             "folder, or from a previous run's synthetic/ link)")
+        components = resolve_components(cfg)
+        (generator_cls, generator_options), (segmenter_cls, segmenter_options) = \
+            components["generator"], components["segmenter"]
+        checkpoint = check_generator_checkpoint(generator_checkpoint)
         self.ctx = RunContext(
             cfg=cfg, folder=RunFolder(output), cache=Path(cache).expanduser() if cache else cache_root(),
             progress=RunProgress(quiet=quiet), stop=StopRequest(),
             generator_cls=generator_cls, segmenter_cls=segmenter_cls,
-            generator_options=resolve_options(generator_cls, cfg.profile, cfg.generator.options),
-            segmenter_options=resolve_options(segmenter_cls, cfg.profile, cfg.segmenter.options),
+            generator_options=generator_options, segmenter_options=segmenter_options,
             generator_checkpoint=checkpoint,
         )
 

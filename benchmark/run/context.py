@@ -31,6 +31,33 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def source_revision(root: Path | None = None) -> dict:
+    """`{"git_commit": sha, "git_dirty": bool}` of the checkout the project's code runs from (dirty:
+    a tracked file differs from the commit; untracked files do not count). Empty when git is
+    missing or the code is not its own git work tree (a wheel install, or a site-packages that
+    happens to sit inside some other repository)."""
+    import shutil
+    import subprocess
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+    git = shutil.which("git")
+    if git is None:
+        return {}
+
+    def git_out(*args: str) -> str:
+        return subprocess.run([git, "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    try:
+        if Path(git_out("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return {}
+        commit = git_out("rev-parse", "HEAD")
+        dirty = bool(git_out("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
 def checkpoint_every(max_steps: int | None) -> int:
     """Steps between periodic Lightning checkpoints: ~10 per fit, at least 25 steps apart."""
     return max(25, (max_steps or 0) // 10)

@@ -35,7 +35,7 @@ class RunFolder:
                 raise BenchError(f"{self.root}: holds a run already; continue it with `bench run --output "
                                  f"{self.root} --resume` or replace it with --overwrite")
             else:
-                differ = config_differences(self.stored_config(), resolved)
+                differ = config_differences(with_new_defaults(self.stored_config(), self.config_path), resolved)
                 if differ:
                     raise BenchError(f"{self.root}: --resume with a different configuration ({'; '.join(differ[:3])}); "
                                      "drop those flags, or use another --output or --overwrite")
@@ -68,6 +68,14 @@ class RunFolder:
 
     def timings(self) -> dict[str, float]:
         return {k: v["seconds"] for k, v in self.state().items()}
+
+
+def with_new_defaults(stored: dict, source: Path) -> dict:
+    """A stored configuration with the fields added to the schema since it was written filled with
+    their defaults (e.g. `metrics.bins`), so such a run can still be resumed."""
+    from benchmark.config import config_from_resolved, deep_merge
+
+    return deep_merge(config_from_resolved(stored, source).model_dump(mode="json"), stored)
 
 
 def config_differences(stored: dict, resolved: dict) -> list[str]:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from benchmark.errors import BenchError
-from benchmark.run.context import RunContext, package_versions
+from benchmark.run.context import RunContext, package_versions, source_revision
 from benchmark.storage import atomic_torch_save, atomic_write_text, config_digest, file_digest, load_weights
 
 
@@ -213,6 +213,10 @@ class TrainStage(Stage):
 
 
 # -- evaluation ------------------------------------------------------------------------------------
+# evaluation.json keeps, next to each category's metrics, how they were computed (mode, map size)
+EVALUATED_AS = "evaluated_as"
+
+
 class EvaluateStage(Stage):
     """Per category: predict the held-out defects and test normals, feed the metric engine;
     finished categories are kept in evaluation.json."""
@@ -239,7 +243,7 @@ class EvaluateStage(Stage):
             trainer = ctx.trainer(callbacks=[collector, StopAtBatchEnd(ctx.stop)], devices_for="evaluate")
             with ctx.progress.stage("evaluate", len(loader), name):
                 trainer.predict(model, dataloaders=loader, return_predictions=False)
-            done[name] = collector.compute()
+            done[name] = {**collector.compute(), EVALUATED_AS: collector.provenance()}
             atomic_write_text(path, json.dumps(done, indent=2))
         ctx.per_category = done
 
@@ -261,10 +265,13 @@ class ReportStage(Stage):
         from benchmark.results import build_results
 
         root = ctx.folder.root
+        categories = {c: {k: v for k, v in m.items() if k != EVALUATED_AS} for c, m in ctx.per_category.items()}
         results = build_results(
             run_id=root.name, config=ctx.resolved_config(), config_hash=config_digest(ctx.resolved_config()),
-            versions=package_versions(), categories=ctx.per_category,
+            versions=package_versions(), categories=categories,
             timings={k: v for k, v in ctx.folder.timings().items() if k != self.name},
+            evaluation=evaluation_provenance(ctx),
+            precision=ctx.resolved_precision(), **source_revision(),
             synthetic_set=str(ctx.synthetic.root), synthetic_pairs=len(ctx.synthetic),
         )
         report.write_results(results, root)
@@ -281,6 +288,20 @@ class ReportStage(Stage):
 
     def is_done(self, ctx: RunContext) -> bool:
         return super().is_done(ctx) and (ctx.folder.root / "results.json").exists()
+
+
+def evaluation_provenance(ctx: RunContext) -> dict:
+    """How the metrics were computed: the resolved metric options, the map size (H, W) they were
+    computed at (null when categories differ; each category lists its own), and per category
+    whether the pixel curves were exact or binned (`auto` decides by the pixel count)."""
+    per_category = {}
+    for name, entry in sorted(ctx.per_category.items()):
+        seen = entry.get(EVALUATED_AS, {})  # absent in folders evaluated before this was recorded
+        per_category[name] = {"mode": seen.get("mode"), "image_sizes": seen.get("image_size", [])}
+    sizes = {tuple(s) for c in per_category.values() for s in c["image_sizes"]}
+    return {"metric_options": ctx.cfg.metrics.to_json(),
+            "image_size": list(sizes.pop()) if len(sizes) == 1 else None,
+            "categories": per_category}
 
 
 STAGES: tuple[type[Stage], ...] = (DataStage, GenerateStage, TrainStage, EvaluateStage, ReportStage)

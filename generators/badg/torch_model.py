@@ -16,7 +16,8 @@ z_t^m = (1 - m) * z_t.
 - Eq. 13           `refine_mask`: the upsampled m' * C_def attention thresholded at 1/2.
 - Sec. 4.1, Alg. 1 `BadgModel`: the fine-tuned U-Net with the masked attention, both passes in one
   U-Net call, and inference (inversion, initialisation, composite sampling, the Eq. 13 map).
-The masked DDIM inversion (Eq. 8) is in `generators.badg.inversion`, the loss (Eq. 5-7) in `loss.py`.
+The masked DDIM inversion (Eq. 8) is the diffusion core's (`generators.diffusion.inversion`), the
+loss (Eq. 5-7) in `loss.py`.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generators.badg.inversion import masked_ddim_inversion
 from generators.diffusion.attention import AttentionRecord, CrossAttentionHook
 from generators.diffusion.backbone import Backbone
+from generators.diffusion.inversion import masked_ddim_inversion
 
 
 # -- Eq. 10 / 11 / 31: masked cross-attention ---------------------------------------------------------
@@ -251,6 +252,16 @@ def composite_ddim_sampling(denoise_pair: DenoisePair, z_T: torch.Tensor, m: tor
     return z
 
 
+def masked_ddim_sampling(denoise: Callable[[torch.Tensor, int], torch.Tensor], z_T: torch.Tensor, m: torch.Tensor,
+                         scheduler) -> torch.Tensor:
+    """The background-only path z_t^m of Proposition 3.3 (Eq. 26): DDIM sampling of z~_T^m with the
+    C2 noise masked by (1 - m). The reference path the composite sampler's background must follow."""
+    z = z_T
+    for t in scheduler.timesteps:
+        z = scheduler.step((1 - m) * denoise(z, t), t, z).prev_sample
+    return z
+
+
 # -- Eq. 13: mask refinement ---------------------------------------------------------------------------
 def refine_mask(defect_map: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Eq. 13: m* = [Resize(m' * softmax(Q K_def^T / tau)) >= 1/2], bilinear up to the mask's size.
@@ -318,12 +329,12 @@ class BadgModel(nn.Module):
     @torch.no_grad()
     def generate(self, z0_normal: torch.Tensor, m: torch.Tensor, eps: torch.Tensor, c1: torch.Tensor,
                  c2: torch.Tensor, sampler, inverse, defect_positions: list[list[int]],
-                 noise_level: str = "current") -> tuple[torch.Tensor, torch.Tensor]:
+                 c2_input: str = "masked") -> tuple[torch.Tensor, torch.Tensor]:
         """Algorithm 1, inference: masked inversion of (1 - m) z_0^normal (Eq. 8), z_T* (Sec. 3.2),
         composite sampling (Eq. 9). Returns z_0* and the defect map for Eq. 13: m' * M_def summed
         over each sample's C_def words, averaged over layers and sampling steps, at latent size."""
-        z_inv = masked_ddim_inversion(lambda z, t: self.denoise(z, t, c2, m), (1 - m) * z0_normal, m, inverse,
-                                      noise_level=noise_level)
+        z_inv = masked_ddim_inversion(z0_normal, m, lambda z, t, c: self.denoise(z, t, c, m), inverse,
+                                      inverse.num_inference_steps, context=c2)
         size, n = tuple(m.shape[-2:]), len(m)
         total = torch.zeros(n, 1, *size, device=m.device)
 
@@ -338,7 +349,7 @@ class BadgModel(nn.Module):
 
         self.attention.record = True
         try:
-            z0 = composite_ddim_sampling(pair, initial_latent(z_inv, m, eps), m, sampler)
+            z0 = composite_ddim_sampling(pair, initial_latent(z_inv, m, eps), m, sampler, c2_input=c2_input)
         finally:
             self.attention.record = False
             self.attention.clear()

@@ -16,7 +16,7 @@ re-implementations (Runinho/pytorch-cutpaste, LilitYolyan/CutPaste); docs/baseli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -24,20 +24,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from generators.base import GeneratorOptions
+from generators.baselines.options import CutPasteOptions
 from generators.baselines.training_free import TrainingFreeGenerator
-
-
-class CutPasteOptions(GeneratorOptions):
-    variant: Literal["scar", "normal", "union"] = "scar"
-    scar_width: tuple[float, float] = (2, 16)  # px at `reference_size`
-    scar_height: tuple[float, float] = (10, 25)  # px at `reference_size`
-    rotation: tuple[float, float] = (-45.0, 45.0)  # degrees, scars only
-    area_ratio: tuple[float, float] = (0.02, 0.15)  # of the image area, `normal` patches
-    aspect_ratio: float = 0.3  # `normal` patches: width/height log-uniform in [r, 1/r]
-    jitter: float = 0.1  # ColorJitter brightness = contrast = saturation = hue
-    reference_size: int = 256  # the image size the scar sizes are given for
-    patches: tuple[int, int] = (1, 1)  # patches per image, U{lo..hi}; CutPaste pastes one
 
 
 @dataclass(frozen=True)

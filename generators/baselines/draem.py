@@ -33,20 +33,10 @@ from torchvision.transforms.v2 import functional as F
 
 from benchmark.data.images import load_image
 from benchmark.errors import BenchError
-from generators.base import GeneratorOptions
+from generators.baselines.options import DraemOptions
 from generators.baselines.training_free import TrainingFreeGenerator
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-class DraemOptions(GeneratorOptions):
-    source_dir: str | None = None  # anomaly-source textures (DTD's images/ in DRAEM)
-    perlin_scale: tuple[int, int] = (0, 6)  # lattice 2**U{lo..hi-1} per axis (data_loader.py)
-    perlin_rotation: tuple[float, float] = (-90.0, 90.0)  # degrees, iaa.Affine on the noise
-    threshold: float = 0.5
-    beta: tuple[float, float] = (0.0, 0.8)  # opacity of the normal image inside the mask
-    augmentations_per_source: int = 3  # drawn without replacement from the 10
-    min_area: float = 0.0  # redraw masks covering <= this fraction (0: only empty masks)
 
 
 # -- the ten augmentations of the anomaly source ------------------------------------------------

@@ -7,7 +7,11 @@ latent z0^m = (1 - m) * z0 to z~_T^m, with the noise update applied outside the 
 (a = abar). diffusers' `DDIMInverseScheduler.step` is that update with the full eps and is linear
 in it, so passing (1 - m) * eps keeps the scheduler's own math. Inside the mask the latent stays
 0, so BADG's start z_T^* = z~_T^m + m * eps (Theorem 3.2) has pure noise there. The denoiser is
-evaluated at the current (less noisy) timestep t - 1, as Eq. 8 writes it.
+evaluated at the current (less noisy) timestep t - 1, as Eq. 8 writes it (at the first step,
+whose level is the clean latent, the U-Net's lowest timestep 0). diffusers' inversion pipelines
+evaluate it at the level being stepped to instead; neither is exact in general (Eq. 22 is an Euler
+step), both are for a noise that does not depend on z or t. `masked_inversion_step` is Eq. 8
+written out, the reference the scheduler's step is tested against.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from __future__ import annotations
 import torch
 
 from generators.diffusion.denoiser import Denoiser
+
+
+def masked_inversion_step(z_prev: torch.Tensor, eps: torch.Tensor, m: torch.Tensor, alpha_prev, alpha_t) -> torch.Tensor:
+    """BADG Eq. 8: z~_t^m = sqrt(a_t) [ sqrt(1 / a_{t-1}) z~_{t-1}^m + (1 - m) (sqrt(1 / a_t - 1)
+    - sqrt(1 / a_{t-1} - 1)) eps ] (Eq. 4 with the noise masked by the background)."""
+    return alpha_t**0.5 * (z_prev / alpha_prev**0.5 + (1 - m) * ((1 / alpha_t - 1) ** 0.5 - (1 / alpha_prev - 1) ** 0.5) * eps)
 
 
 @torch.no_grad()
