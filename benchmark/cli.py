@@ -22,6 +22,10 @@ LAYOUT_CHOICES = ["mvtec", "visa", "btad", "mvtec3d", "loco", "folder"]
 
 # -- bench run -----------------------------------------------------------------------------------
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML file with config.json's schema (any subset of its keys); flags and --set apply on top")
+    p.add_argument("--print-config", action="store_true",
+                   help="write the resolved configuration as YAML (a --config file) to stdout and exit")
     p.add_argument("--generator", default=None, help="generator name (default cutpaste; see `bench list`)")
     p.add_argument("--segmenter", default=None, help="segmenter name (default unet; see `bench list`)")
     p.add_argument("--profile", default=None, choices=["smoke", "paper"],
@@ -50,12 +54,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args):
     from benchmark.config import build_config
 
-    return build_config(args.profile or "smoke", given_settings(args))
+    settings = given_settings(args)
+    profile = args.profile or deep_merge_all(settings).get("profile") or "smoke"
+    return build_config(profile, settings)
 
 
 def given_settings(args) -> list[dict]:
-    """The settings the command line states explicitly (flags, then --set overrides), as nested dicts."""
-    from benchmark.config import parse_override
+    """The settings the command line states explicitly (the --config file, flags, then --set
+    overrides), as nested dicts."""
+    from benchmark.config import load_config_file, parse_override
+
+    if getattr(args, "config", None) and not hasattr(args, "config_settings"):
+        args.config_settings = load_config_file(args.config)  # read once: resume asks again
 
     overrides = [parse_override(o) for o in args.overrides]
     flags: dict = {}
@@ -76,7 +86,7 @@ def given_settings(args) -> list[dict]:
         flags["training"] = args.training
     if args.no_wandb:
         flags["wandb"] = False
-    return [flags, *overrides]
+    return [*([args.config_settings] if getattr(args, "config", None) else []), flags, *overrides]
 
 
 def resumed_config(args, output: Path):
@@ -149,11 +159,25 @@ def make_run(args, kind: str | None, **kwargs):
     return run, output
 
 
+def print_config(args) -> int:
+    """`--print-config`: the configuration a run would use, before torch loads (names and values
+    are checked; the dataset folder is not, so a file can be written for another machine)."""
+    from benchmark.config import config_yaml
+
+    cfg = None
+    if args.resume and args.output:
+        cfg = resumed_config(args, Path(args.output).expanduser())
+    sys.stdout.write(config_yaml(cfg or config_from_args(args)))
+    return 0
+
+
 def cmd_run(args) -> int:
     from rich.console import Console
 
     from benchmark.report import results_table
 
+    if args.print_config:
+        return print_config(args)
     run, output = make_run(args, None)
     results = run.execute(resume=args.resume, overwrite=args.overwrite)
     console = Console()
@@ -166,6 +190,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    if args.print_config:
+        return print_config(args)
     run, output = make_run(args, "generate", generator_checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     run.execute(resume=args.resume, overwrite=args.overwrite, until="generate")
     print(f"synthetic set: {output / 'synthetic'}")
