@@ -172,21 +172,28 @@ def print_config(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from rich.console import Console
-
-    from benchmark.report import results_table
-
     if args.print_config:
         return print_config(args)
     run, output = make_run(args, None)
     results = run.execute(resume=args.resume, overwrite=args.overwrite)
-    console = Console()
-    if not console.is_terminal:  # logs and pipes: rich's 80-column default would truncate the table
-        console = Console(width=160)
-    if not args.quiet:
-        console.print(results_table(results))
-    console.print(f"results: {output / 'results.json'}")
+    print_results(results, args.format, quiet=args.quiet)
+    print(f"results: {output / 'results.json'}", file=sys.stdout if args.format == "table" else sys.stderr)
     return 0
+
+
+def print_results(results: dict, fmt: str, quiet: bool = False, console=None) -> None:
+    """The final table: rich tables that fit the terminal, or md / csv / json on stdout."""
+    from benchmark.report import json_safe, results_table
+
+    if fmt == "json":
+        sys.stdout.write(json.dumps(json_safe(results), indent=2) + "\n")
+    elif fmt in ("md", "csv"):
+        table = results_table(results)
+        sys.stdout.write(table.markdown() if fmt == "md" else table.csv())
+    elif not quiet:
+        from benchmark.tables import output_console, print_tables
+
+        print_tables(results_table(results), console or output_console())
 
 
 def cmd_generate(args) -> int:
@@ -281,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="generate, train a segmenter, evaluate, report")
     add_run_arguments(run)
+    run.add_argument("--format", default="table", choices=["table", "md", "csv", "json"],
+                     help="final results: table (fits the terminal; default), md, csv (percent) or json "
+                          "(results.json) on stdout for scripts")
     run.set_defaults(func=cmd_run)
 
     gen = sub.add_parser("generate", help="only the split and the synthetic set (reuses a trained generator)")

@@ -13,10 +13,11 @@ import numpy as np
 
 from benchmark.results import flat_metrics
 
-TABLE_COLUMNS = [  # (results key, header)
-    ("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1"),
-    ("pixel_auroc", "P-AUROC"), ("pixel_ap", "P-AP"), ("pixel_f1_max", "P-F1"),
-    ("pixel_pro", "PRO"), ("pixel_iou", "IoU"), ("miou", "mIoU"), ("acc", "Acc"),
+TABLE_COLUMNS = [  # (results key, header, group): groups are how a narrow terminal splits the table
+    ("image_auroc", "I-AUROC", "image"), ("image_ap", "I-AP", "image"), ("image_f1_max", "I-F1", "image"),
+    ("pixel_auroc", "P-AUROC", "pixel"), ("pixel_ap", "P-AP", "pixel"), ("pixel_f1_max", "P-F1", "pixel"),
+    ("pixel_pro", "PRO", "pixel"), ("pixel_iou", "IoU", "pixel"), ("miou", "mIoU", "segmentation"),
+    ("acc", "Acc", "segmentation"),
 ]
 
 
@@ -52,18 +53,15 @@ def percent(x) -> str:
 
 
 def results_table(results: dict):
-    from rich.table import Table
+    """The run's per-category table (percent) as a MetricTable: rich tables that fit the
+    terminal, or Markdown / CSV for `bench run --format`."""
+    from benchmark.tables import Column, MetricTable
 
     cfg = results["config"]
-    table = Table(title=f"{cfg['generator']['name']} -> {cfg['segmenter']['name']} on {cfg['data']['name']} (%)")
-    table.add_column("category")
-    for _, header in TABLE_COLUMNS:
-        table.add_column(header, justify="right")
-    for name, entry in [*results["categories"].items(), ("mean", results["mean"])]:
-        flat = flat_metrics(entry)
-        table.add_row(name, *(percent(flat.get(k)) for k, _ in TABLE_COLUMNS),
-                      style="bold" if name == "mean" else None)
-    return table
+    rows = [(name, {k: percent(flat_metrics(entry).get(k)) for k, _, _ in TABLE_COLUMNS})
+            for name, entry in [*results["categories"].items(), ("mean", results["mean"])]]
+    return MetricTable(f"{cfg['generator']['name']} -> {cfg['segmenter']['name']} on {cfg['data']['name']} (%)",
+                       "category", [Column(*c) for c in TABLE_COLUMNS], rows, bold={"mean"})
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

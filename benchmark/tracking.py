@@ -76,7 +76,7 @@ def log_results(logger, results: dict, run_dir: Path) -> None:
     import wandb
 
     experiment = logger.experiment
-    keys = [k for k, _ in TABLE_COLUMNS]
+    keys = [k for k, _, _ in TABLE_COLUMNS]
     table = wandb.Table(columns=["category", *keys])
     for name, entry in [*results["categories"].items(), ("mean", results["mean"])]:
         flat = flat_metrics(entry)
