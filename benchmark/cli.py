@@ -343,10 +343,11 @@ def _delegate(module: str):
 
 
 def configure_logging(quiet: bool, debug: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)],
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False, console=Console(stderr=True))],  # stdout: results only
                         force=True)
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "wandb",
                   "urllib3", "matplotlib", "PIL", "h5py", "mmengine"):

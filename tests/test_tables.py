@@ -141,3 +141,16 @@ def test_results_table_is_a_metric_table_of_every_row():
     table = results_table(make_results())
     assert [label for label, _ in table.rows] == [*CATEGORIES, "mean"] and table.bold == {"mean"}
     assert copy.deepcopy(table.rows[2][1]["image_ap"]) == "70.20"
+
+
+def test_logs_go_to_stderr_so_stdout_holds_only_the_formatted_results(capsys):
+    import logging
+
+    from benchmark.cli import configure_logging
+
+    configure_logging(quiet=False, debug=False)
+    logging.getLogger("benchmark.test").info("a progress line")
+    print_results(make_results(), "csv")
+    out, err = capsys.readouterr()
+    assert "a progress line" in err and "a progress line" not in out
+    assert out.splitlines()[0].startswith("category,image_auroc")
