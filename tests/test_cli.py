@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -175,3 +176,16 @@ def test_numbers_do_not_depend_on_whether_the_synthetic_set_came_from_the_cache(
     assert (again / "synthetic").resolve() == (cutpaste_run / "synthetic").resolve()
     assert (manifest.stat().st_ino, manifest.stat().st_mtime_ns) == written  # no pair was made again
     assert second["categories"] == first["categories"]
+
+
+def test_readme_names_everything_a_run_folder_holds(cutpaste_run):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### What a run folder holds", 1)[1].split("\n#", 1)[0]
+    named = set(re.findall(r"`([^`]+)`", section))
+    found = [p.relative_to(cutpaste_run).as_posix() for p in sorted(cutpaste_run.rglob("*"))]  # the link not followed
+    # the synthetic set: its top level only (images/ and masks/ hold one file per pair)
+    found += [f"synthetic/{p.name}/" if p.is_dir() else f"synthetic/{p.name}" for p in (cutpaste_run / "synthetic").iterdir()]
+    assert "segmenter/unified.pt" in found and "synthetic/manifest.jsonl" in found  # the walk saw the folder
+    top_dirs = {p.name for p in cutpaste_run.iterdir() if p.is_dir() and p.name != "synthetic"}
+    missing = [f for f in found if f not in named and f not in top_dirs and f != "checkpoints/unified"]
+    assert not missing, f"README's run folder section does not name {missing}"
