@@ -174,7 +174,7 @@ def print_config(args) -> int:
 def cmd_run(args) -> int:
     if args.print_config:
         return print_config(args)
-    run, output = make_run(args, None)
+    run, output = make_run(args, None, save_predictions=args.save_predictions)
     results = run.execute(resume=args.resume, overwrite=args.overwrite)
     print_results(results, args.format, quiet=args.quiet)
     print(f"results: {output / 'results.json'}", file=sys.stdout if args.format == "table" else sys.stderr)
@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="generate, train a segmenter, evaluate, report")
     add_run_arguments(run)
+    run.add_argument("--no-predictions", dest="save_predictions", action="store_false",
+                     help="do not write each evaluated image's map, mask and overlay under <run>/predictions")
     run.add_argument("--format", default="table", choices=["table", "md", "csv", "json"],
                      help="final results: table (fits the terminal; default), md, csv (percent) or json "
                           "(results.json) on stdout for scripts")
