@@ -273,6 +273,7 @@ DELEGATED = {  # name -> (module with add_arguments(parser) and run(args), help)
     "score": ("benchmark.score", "score anomaly maps of any method against ground-truth masks"),
     "compare": ("benchmark.compare", "diff two results.json per category; non-zero exit on regression"),
     "leaderboard": ("benchmark.leaderboard", "render leaderboards from reported and reproduced results"),
+    "predict": ("benchmark.predict", "apply a run's trained segmenter to new images: maps, masks, overlays"),
 }
 
 

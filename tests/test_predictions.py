@@ -3,8 +3,10 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from benchmark.cli import main
@@ -65,3 +67,32 @@ def test_a_normal_image_gets_a_map_and_no_mask(tmp_path):
     write_prediction(tmp_path, "wood", "good/007", prob, np.zeros((4, 4), bool), np.zeros((4, 4, 3), np.uint8))
     assert np.array_equal(np.load(tmp_path / "maps" / "wood" / "good" / "007.npy"), prob)  # bit for bit
     assert not (tmp_path / "masks").exists() and (tmp_path / "overlays" / "wood" / "good" / "007.png").exists()
+
+
+def test_bench_predict_gives_the_runs_maps_for_the_same_images(run_folder, tmp_path):
+    import shutil
+
+    split = json.loads((run_folder / "split.json").read_text())
+    images = tmp_path / "new"
+    for defect, samples in split["categories"]["pill"]["holdout_defects"].items():
+        (images / defect).mkdir(parents=True)
+        for s in samples[:2]:
+            shutil.copy(s["image"], images / defect / Path(s["image"]).name)
+    out = tmp_path / "out"
+    assert main(["--quiet", "predict", "--run", str(run_folder), "--images", str(images), "--out", str(out)]) == 0
+    maps = sorted((out / "maps").rglob("*.npy"))
+    assert len(maps) == 6
+    for path in maps:
+        rel = path.relative_to(out / "maps")
+        saved = np.load(run_folder / "predictions" / "maps" / "pill" / rel)
+        assert np.allclose(np.load(path), saved, atol=1e-5)  # same model and preprocessing; batches differ
+        predicted = np.asarray(Image.open(out / "masks" / rel.with_suffix(".png")))
+        assert np.array_equal(predicted > 0, np.load(path) >= 0.5)  # the run's iou_threshold
+        assert (out / "overlays" / rel.with_suffix(".png")).exists()
+
+
+def test_bench_predict_names_a_missing_model(run_folder, tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    assert main(["--quiet", "predict", "--run", str(run_folder), "--images", str(tmp_path / "imgs"),
+                 "--out", str(tmp_path / "o"), "--category", "wood"]) == 2
+    assert "no trained segmenter 'wood' in the run; it has: unified (pass --category)" in capsys.readouterr().err
