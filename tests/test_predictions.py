@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
 from benchmark.cli import main
 from benchmark.predictions import prediction_overlay, write_prediction
