@@ -22,6 +22,10 @@ LAYOUT_CHOICES = ["mvtec", "visa", "btad", "mvtec3d", "loco", "folder"]
 
 # -- bench run -----------------------------------------------------------------------------------
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML file with config.json's schema (any subset of its keys); flags and --set apply on top")
+    p.add_argument("--print-config", action="store_true",
+                   help="write the resolved configuration as YAML (a --config file) to stdout and exit")
     p.add_argument("--generator", default=None, help="generator name (default cutpaste; see `bench list`)")
     p.add_argument("--segmenter", default=None, help="segmenter name (default unet; see `bench list`)")
     p.add_argument("--profile", default=None, choices=["smoke", "paper"],
@@ -50,12 +54,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args):
     from benchmark.config import build_config
 
-    return build_config(args.profile or "smoke", given_settings(args))
+    settings = given_settings(args)
+    profile = args.profile or deep_merge_all(settings).get("profile") or "smoke"
+    return build_config(profile, settings)
 
 
 def given_settings(args) -> list[dict]:
-    """The settings the command line states explicitly (flags, then --set overrides), as nested dicts."""
-    from benchmark.config import parse_override
+    """The settings the command line states explicitly (the --config file, flags, then --set
+    overrides), as nested dicts."""
+    from benchmark.config import load_config_file, parse_override
+
+    if getattr(args, "config", None) and not hasattr(args, "config_settings"):
+        args.config_settings = load_config_file(args.config)  # read once: resume asks again
 
     overrides = [parse_override(o) for o in args.overrides]
     flags: dict = {}
@@ -76,7 +86,7 @@ def given_settings(args) -> list[dict]:
         flags["training"] = args.training
     if args.no_wandb:
         flags["wandb"] = False
-    return [flags, *overrides]
+    return [*([args.config_settings] if getattr(args, "config", None) else []), flags, *overrides]
 
 
 def resumed_config(args, output: Path):
@@ -149,23 +159,46 @@ def make_run(args, kind: str | None, **kwargs):
     return run, output
 
 
-def cmd_run(args) -> int:
-    from rich.console import Console
+def print_config(args) -> int:
+    """`--print-config`: the configuration a run would use, before torch loads (names and values
+    are checked; the dataset folder is not, so a file can be written for another machine)."""
+    from benchmark.config import config_yaml
 
-    from benchmark.report import results_table
-
-    run, output = make_run(args, None)
-    results = run.execute(resume=args.resume, overwrite=args.overwrite)
-    console = Console()
-    if not console.is_terminal:  # logs and pipes: rich's 80-column default would truncate the table
-        console = Console(width=160)
-    if not args.quiet:
-        console.print(results_table(results))
-    console.print(f"results: {output / 'results.json'}")
+    cfg = None
+    if args.resume and args.output:
+        cfg = resumed_config(args, Path(args.output).expanduser())
+    sys.stdout.write(config_yaml(cfg or config_from_args(args)))
     return 0
 
 
+def cmd_run(args) -> int:
+    if args.print_config:
+        return print_config(args)
+    run, output = make_run(args, None, save_predictions=args.save_predictions)
+    results = run.execute(resume=args.resume, overwrite=args.overwrite)
+    print_results(results, args.format, quiet=args.quiet)
+    print(f"results: {output / 'results.json'}", file=sys.stdout if args.format == "table" else sys.stderr)
+    return 0
+
+
+def print_results(results: dict, fmt: str, quiet: bool = False, console=None) -> None:
+    """The final table: rich tables that fit the terminal, or md / csv / json on stdout."""
+    from benchmark.report import json_safe, results_table
+
+    if fmt == "json":
+        sys.stdout.write(json.dumps(json_safe(results), indent=2) + "\n")
+    elif fmt in ("md", "csv"):
+        table = results_table(results)
+        sys.stdout.write(table.markdown() if fmt == "md" else table.csv())
+    elif not quiet:
+        from benchmark.tables import output_console, print_tables
+
+        print_tables(results_table(results), console or output_console())
+
+
 def cmd_generate(args) -> int:
+    if args.print_config:
+        return print_config(args)
     run, output = make_run(args, "generate", generator_checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     run.execute(resume=args.resume, overwrite=args.overwrite, until="generate")
     print(f"synthetic set: {output / 'synthetic'}")
@@ -240,6 +273,7 @@ DELEGATED = {  # name -> (module with add_arguments(parser) and run(args), help)
     "score": ("benchmark.score", "score anomaly maps of any method against ground-truth masks"),
     "compare": ("benchmark.compare", "diff two results.json per category; non-zero exit on regression"),
     "leaderboard": ("benchmark.leaderboard", "render leaderboards from reported and reproduced results"),
+    "predict": ("benchmark.predict", "apply a run's trained segmenter to new images: maps, masks, overlays"),
 }
 
 
@@ -255,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="generate, train a segmenter, evaluate, report")
     add_run_arguments(run)
+    run.add_argument("--no-predictions", dest="save_predictions", action="store_false",
+                     help="do not write each evaluated image's map, mask and overlay under <run>/predictions")
+    run.add_argument("--format", default="table", choices=["table", "md", "csv", "json"],
+                     help="final results: table (fits the terminal; default), md, csv (percent) or json "
+                          "(results.json) on stdout for scripts")
     run.set_defaults(func=cmd_run)
 
     gen = sub.add_parser("generate", help="only the split and the synthetic set (reuses a trained generator)")
@@ -307,10 +346,11 @@ def _delegate(module: str):
 
 
 def configure_logging(quiet: bool, debug: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)],
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False, console=Console(stderr=True))],  # stdout: results only
                         force=True)
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "wandb",
                   "urllib3", "matplotlib", "PIL", "h5py", "mmengine"):

@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmark.errors import BenchError
 from benchmark.leaderboard import canonical_metric, flatten, load_results, metric_order, protocol_of
+
+if TYPE_CHECKING:
+    from benchmark.tables import MetricTable
 
 EXIT_OK = 0
 EXIT_REGRESSED = 1  # 2 is argparse's usage error
@@ -119,25 +123,31 @@ def _cell(comparison: Comparison, delta: Delta | None) -> str:
     return f"{100 * delta.current:.2f} [{style}]({100 * delta.change:+.2f})[/{style}]"
 
 
+def comparison_table(comparison: Comparison) -> "MetricTable":
+    """Categories x metrics, each cell the current value with its change in points; columns are
+    grouped by the metric's family (image., pixel., the rest) for splitting on narrow terminals."""
+    from benchmark.tables import Column, MetricTable
+
+    columns = [Column(m, m, m.split(".")[0] if "." in m else "segmentation") for m in comparison.metrics]
+    rows = [(category, {m: _cell(comparison, comparison.deltas.get((category, m))) for m in comparison.metrics})
+            for category in comparison.categories]
+    return MetricTable("value (change in points)", "category", columns, rows, bold={MEAN})
+
+
+def comparison_records(comparison: Comparison) -> list[dict]:
+    """One record per (category, metric): fractions as in results.json, change = current - baseline."""
+    return [{"category": d.category, "metric": d.metric, "baseline": d.baseline, "current": d.current,
+             "change": d.change, "status": comparison.status(d)} for d in comparison.deltas.values()]
+
+
 def print_comparison(comparison: Comparison, baseline_name: str, current_name: str, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from benchmark.tables import output_console, print_tables
 
     if console is None:
-        console = Console()
-        if not console.is_terminal:  # CI logs: do not squeeze the table into 80 columns
-            console = Console(width=max(100, 14 + 18 * len(comparison.metrics)))
+        console = output_console()
     console.print(f"current {current_name} vs baseline {baseline_name}: value (change in points), "
                   f"tolerance {100 * comparison.tolerance:.2f}", highlight=False)
-    table = Table()
-    table.add_column("category")
-    for metric in comparison.metrics:
-        table.add_column(metric, justify="right", no_wrap=True)
-    for category in comparison.categories:
-        if category == MEAN:
-            table.add_section()
-        table.add_row(category, *[_cell(comparison, comparison.deltas.get((category, m))) for m in comparison.metrics])
-    console.print(table)
+    print_tables(comparison_table(comparison), console)
     if comparison.new_categories:
         console.print(f"new categories (not in the baseline): {', '.join(comparison.new_categories)}", highlight=False)
     for line in comparison.protocol_differences:
@@ -158,6 +168,29 @@ def print_comparison(comparison: Comparison, baseline_name: str, current_name: s
                       f"{len(comparison.protocol_differences)} protocol differences (exit {comparison.exit_code})")
 
 
+def write_comparison(comparison: Comparison, fmt: str, baseline_name: str, current_name: str, out=None) -> None:
+    """`--format md|csv|json`: the comparison for scripts and documents, on stdout. md is the
+    table; csv one line per (category, metric); json the same records with the verdict."""
+    import csv
+    import json
+    import sys
+
+    out = out or sys.stdout
+    records = comparison_records(comparison)
+    if fmt == "md":
+        out.write(comparison_table(comparison).markdown())
+    elif fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=list(records[0]) if records else ["category", "metric"],
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+    else:
+        out.write(json.dumps({"baseline": baseline_name, "current": current_name, "tolerance": comparison.tolerance,
+                              "exit_code": comparison.exit_code, "records": records,
+                              "new_categories": comparison.new_categories,
+                              "protocol_differences": comparison.protocol_differences}, indent=2) + "\n")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (f"exit codes: {EXIT_OK} ok, {EXIT_REGRESSED} a metric dropped by more than the tolerance, "
                      f"{EXIT_MISSING} a category or metric is missing, {EXIT_PROTOCOL} the protocols differ")
@@ -167,10 +200,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest allowed drop, as a fraction (0.01 = 1 point; default %(default)s)")
     parser.add_argument("--metrics", nargs="+", metavar="M",
                         help="only these metrics, e.g. pixel.ap image.auroc miou (default: all in the baseline)")
+    parser.add_argument("--format", default="table", choices=["table", "md", "csv", "json"],
+                        help="table (fits the terminal; default), or md, csv, json on stdout for scripts "
+                             "(the exit code is the same)")
 
 
 def run(args) -> int:
     baseline, current = load_results(args.baseline), load_results(args.current)
     comparison = compare(baseline, current, args.tolerance, args.metrics)
-    print_comparison(comparison, str(args.baseline), str(args.current))
+    if getattr(args, "format", "table") == "table":
+        print_comparison(comparison, str(args.baseline), str(args.current))
+    else:
+        write_comparison(comparison, args.format, str(args.baseline), str(args.current))
     return comparison.exit_code

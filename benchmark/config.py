@@ -1,7 +1,7 @@
 """The run configuration: typed, validated, built from a profile, method presets and overrides.
 
 Resolution order (later wins): field defaults < profile < the generator's/segmenter's own preset
-for that profile < `--set a.b=value` overrides and dedicated CLI flags.
+for that profile < a `--config run.yaml` file < dedicated CLI flags < `--set a.b=value` overrides.
 """
 
 from __future__ import annotations
@@ -97,6 +97,40 @@ def parse_override(text: str) -> dict:
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
+
+
+def load_config_file(path: Path | str) -> dict:
+    """A `--config` file: YAML (so also a run folder's config.json) with RunConfig's schema, any
+    subset of its keys. Checked on its own here, so a mistake names the file and the key even when
+    flags are given too."""
+    path = Path(path).expanduser()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise BenchError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise BenchError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BenchError(f"{path}: a config file is a mapping of keys (profile:, data:, generator:, ...), "
+                         f"not a {type(raw).__name__}")
+    if isinstance(raw.get("data"), dict):
+        raw["data"].pop("name", None)  # a run's config.json records it; derived from root and layout
+    try:
+        build_config(raw.get("profile") or "smoke", [raw])
+    except BenchError as e:
+        raise BenchError(f"{path}: {e}") from None
+    return raw
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """The resolved configuration as a `--config` file (`bench run --print-config`)."""
+    header = ("# SIAS-Bench run configuration (bench run --config this.yaml). Method options list only what\n"
+              "# is set; each method's preset for the profile fills in the rest when the run starts.\n")
+    return header + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
 def build_config(profile: str = "smoke", overrides: list[dict] | None = None) -> RunConfig:

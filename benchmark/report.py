@@ -13,10 +13,11 @@ import numpy as np
 
 from benchmark.results import flat_metrics
 
-TABLE_COLUMNS = [  # (results key, header)
-    ("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1"),
-    ("pixel_auroc", "P-AUROC"), ("pixel_ap", "P-AP"), ("pixel_f1_max", "P-F1"),
-    ("pixel_pro", "PRO"), ("pixel_iou", "IoU"), ("miou", "mIoU"), ("acc", "Acc"),
+TABLE_COLUMNS = [  # (results key, header, group): groups are how a narrow terminal splits the table
+    ("image_auroc", "I-AUROC", "image"), ("image_ap", "I-AP", "image"), ("image_f1_max", "I-F1", "image"),
+    ("pixel_auroc", "P-AUROC", "pixel"), ("pixel_ap", "P-AP", "pixel"), ("pixel_f1_max", "P-F1", "pixel"),
+    ("pixel_pro", "PRO", "pixel"), ("pixel_iou", "IoU", "pixel"), ("miou", "mIoU", "segmentation"),
+    ("acc", "Acc", "segmentation"),
 ]
 
 
@@ -52,18 +53,15 @@ def percent(x) -> str:
 
 
 def results_table(results: dict):
-    from rich.table import Table
+    """The run's per-category table (percent) as a MetricTable: rich tables that fit the
+    terminal, or Markdown / CSV for `bench run --format`."""
+    from benchmark.tables import Column, MetricTable
 
     cfg = results["config"]
-    table = Table(title=f"{cfg['generator']['name']} -> {cfg['segmenter']['name']} on {cfg['data']['name']} (%)")
-    table.add_column("category")
-    for _, header in TABLE_COLUMNS:
-        table.add_column(header, justify="right")
-    for name, entry in [*results["categories"].items(), ("mean", results["mean"])]:
-        flat = flat_metrics(entry)
-        table.add_row(name, *(percent(flat.get(k)) for k, _ in TABLE_COLUMNS),
-                      style="bold" if name == "mean" else None)
-    return table
+    rows = [(name, {k: percent(flat_metrics(entry).get(k)) for k, _, _ in TABLE_COLUMNS})
+            for name, entry in [*results["categories"].items(), ("mean", results["mean"])]]
+    return MetricTable(f"{cfg['generator']['name']} -> {cfg['segmenter']['name']} on {cfg['data']['name']} (%)",
+                       "category", [Column(*c) for c in TABLE_COLUMNS], rows, bold={"mean"})
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -77,9 +75,11 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def sample_grid(synthetic, split, path: Path, size: int, per_row: int = 6, max_rows: int = 6) -> None:
-    """Synthetic pairs (image | image with mask overlay), a few per (category, defect type). A run
-    with no synthetic pairs (real-only) shows its few-shot real defects instead."""
+def sample_grid(synthetic, split, path: Path, size: int, per_row: int = 6, rows_per_page: int = 8) -> list[Path]:
+    """Synthetic pairs (image | image with mask overlay): one row per category, its defect types
+    in turn, so every category shows. A run with no synthetic pairs (real-only) shows its few-shot
+    real defects instead. More categories than `rows_per_page` continue in samples-2.png, ...;
+    each PNG names its rows in its Description text chunk. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,38 +87,51 @@ def sample_grid(synthetic, split, path: Path, size: int, per_row: int = 6, max_r
 
     from benchmark.data.images import load_image, load_mask
 
-    picked: list[tuple[str, np.ndarray, np.ndarray]] = []
+    pairs = max(1, per_row // 2)
+    # category -> defect type -> [(title, image path, mask paths)]
+    found: dict[str, dict[str, list]] = {}
     records = synthetic.records() if synthetic is not None else []
-    seen: dict[str, int] = {}
-    if records:
-        for r in records:
-            key = f"{r['category']}/{r['defect']}"
-            if seen.get(key, 0) < 2:
-                seen[key] = seen.get(key, 0) + 1
-                img = load_image(synthetic.root / r["image"], size)
-                picked.append((key, img, load_mask((synthetic.root / r["mask"],), size, shape=img.shape[:2])))
-    else:
+    for r in records:
+        found.setdefault(r["category"], {}).setdefault(r["defect"], []).append(
+            (f"{r['category']}/{r['defect']}", synthetic.root / r["image"], (synthetic.root / r["mask"],)))
+    if not records:
         for cat in split.categories.values():
-            for s in cat.few_shot_defects()[:2]:
-                img = load_image(s.image, size)
-                picked.append((f"{s.category}/{s.defect} (real)", img, load_mask(s.masks, size, shape=img.shape[:2])))
-    picked = picked[: per_row * max_rows // 2]
-    if not picked:
-        return
-    cols = min(per_row, 2 * len(picked))
-    rows = math.ceil(2 * len(picked) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.1 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, (title, img, mask) in enumerate(picked):
-        a, b = axes.flat[2 * i], axes.flat[2 * i + 1]
-        a.imshow(img)
-        a.set_title(title, fontsize=7)
-        b.imshow(overlay(img, mask))
-        b.set_title("mask", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+            for s in cat.few_shot_defects():
+                found.setdefault(s.category, {}).setdefault(s.defect, []).append(
+                    (f"{s.category}/{s.defect} (real)", s.image, s.masks))
+    order = [c for c in split.categories if c in found] + sorted(c for c in found if c not in split.categories)
+    rows = {c: _round_robin(found[c], pairs) for c in order}
+    pages = [order[i:i + rows_per_page] for i in range(0, len(order), rows_per_page)]
+    written = []
+    for number, page in enumerate(pages, 1):
+        out = path if number == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
+        cols = 2 * pairs
+        fig, axes = plt.subplots(len(page), cols, figsize=(2 * cols, 2.1 * len(page)), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for row, category in zip(axes, page):
+            for i, (title, image_path, mask_paths) in enumerate(rows[category]):
+                img = load_image(image_path, size)
+                mask = load_mask(mask_paths, size, shape=img.shape[:2])
+                row[2 * i].imshow(img)
+                row[2 * i].set_title(title, fontsize=7)
+                row[2 * i + 1].imshow(overlay(img, mask))
+                row[2 * i + 1].set_title("mask", fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out, dpi=100, metadata={"Title": f"samples page {number} of {len(pages)}",
+                                            "Description": "rows: " + ", ".join(page)})
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
+def _round_robin(by_type: dict[str, list], n: int) -> list:
+    """Up to n items taking each defect type in turn, so a category's row shows all its types first."""
+    picked, depth = [], 0
+    while len(picked) < n and any(depth < len(v) for v in by_type.values()):
+        picked += [v[depth] for v in by_type.values() if depth < len(v)][: n - len(picked)]
+        depth += 1
+    return picked
 
 
 def category_bars(results: dict, path: Path, metrics=("pixel_auroc", "pixel_ap", "pixel_pro", "pixel_iou", "image_auroc")) -> None:

@@ -76,7 +76,7 @@ def log_results(logger, results: dict, run_dir: Path) -> None:
     import wandb
 
     experiment = logger.experiment
-    keys = [k for k, _ in TABLE_COLUMNS]
+    keys = [k for k, _, _ in TABLE_COLUMNS]
     table = wandb.Table(columns=["category", *keys])
     for name, entry in [*results["categories"].items(), ("mean", results["mean"])]:
         flat = flat_metrics(entry)
@@ -86,9 +86,10 @@ def log_results(logger, results: dict, run_dir: Path) -> None:
                "results/leaderboard_row": wandb.Table(columns=list(row), data=[list(row.values())]),
                **{f"mean/{k}": v for k, v in flat_metrics(results["mean"]).items()}}
     # plots under their own keys: an image logged as results/per_category would replace the table
-    for name, file in (("samples", "samples.png"), ("per_category", "per_category.png")):
-        if (run_dir / file).exists():
-            payload[f"plots/{name}"] = wandb.Image(str(run_dir / file))
+    pages = sorted(run_dir.glob("samples*.png"), key=lambda f: (len(f.name), f.name))  # samples.png, -2, -3, ...
+    for file in [*pages, run_dir / "per_category.png"]:
+        if file.exists():
+            payload[f"plots/{file.stem}"] = wandb.Image(str(file))
     experiment.log(payload)
     experiment.summary.update({"results": results["mean"], "config_hash": results["run"]["config_hash"]})
     experiment.finish()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -175,3 +176,18 @@ def test_numbers_do_not_depend_on_whether_the_synthetic_set_came_from_the_cache(
     assert (again / "synthetic").resolve() == (cutpaste_run / "synthetic").resolve()
     assert (manifest.stat().st_ino, manifest.stat().st_mtime_ns) == written  # no pair was made again
     assert second["categories"] == first["categories"]
+
+
+def test_readme_names_everything_a_run_folder_holds(cutpaste_run):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### What a run folder holds", 1)[1].split("\n#", 1)[0]
+    named = set(re.findall(r"`([^`]+)`", section))
+    # the synthetic set and the predictions: their top level only (below: one file per image)
+    per_image = ("synthetic", "predictions")
+    found = [p.relative_to(cutpaste_run).as_posix() for p in sorted(cutpaste_run.rglob("*"))  # links not followed
+             if p.relative_to(cutpaste_run).parts[0] not in per_image]
+    found += [f"{d}/{p.name}/" if p.is_dir() else f"{d}/{p.name}" for d in per_image for p in (cutpaste_run / d).iterdir()]
+    assert {"segmenter/unified.pt", "synthetic/manifest.jsonl", "predictions/maps/"} <= set(found)  # the walk saw them
+    top_dirs = {p.name for p in cutpaste_run.iterdir() if p.is_dir() and p.name != "synthetic"}
+    missing = [f for f in found if f not in named and f not in top_dirs and f != "checkpoints/unified"]
+    assert not missing, f"README's run folder section does not name {missing}"

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 class Run:
     def __init__(self, cfg: RunConfig, output: Path, quiet: bool = False, cache: Path | None = None,
-                 generator_checkpoint: Path | None = None):
+                 generator_checkpoint: Path | None = None, save_predictions: bool = True):
         import lightning  # noqa: F401  (before quiet_lightning: lightning sets its log levels on import)
 
         from benchmark.progress import quiet_lightning
@@ -43,7 +43,7 @@ class Run:
             progress=RunProgress(quiet=quiet), stop=StopRequest(),
             generator_cls=generator_cls, segmenter_cls=segmenter_cls,
             generator_options=generator_options, segmenter_options=segmenter_options,
-            generator_checkpoint=checkpoint,
+            generator_checkpoint=checkpoint, save_predictions=save_predictions,
         )
 
     @property

@@ -75,6 +75,7 @@ class RunContext:
     generator_options: Any
     segmenter_options: Any
     generator_checkpoint: Path | None = None
+    save_predictions: bool = True  # <run>/predictions: not part of the config (it changes no number)
     # produced by the stages
     split: Any = None
     synthetic: Any = None

@@ -240,7 +240,12 @@ class EvaluateStage(Stage):
             loader = DataLoader(SegmentationDataset(items, ctx.cfg.data.image_size),
                                 batch_size=ctx.segmenter_options.batch_size, num_workers=ctx.cfg.trainer.num_workers)
             collector = MetricsCollector(ctx.cfg.metrics)
-            trainer = ctx.trainer(callbacks=[collector, StopAtBatchEnd(ctx.stop)], devices_for="evaluate")
+            callbacks = [collector, StopAtBatchEnd(ctx.stop)]
+            if ctx.save_predictions:
+                from benchmark.predictions import PredictionWriter
+
+                callbacks.append(PredictionWriter(ctx.folder.root / "predictions"))
+            trainer = ctx.trainer(callbacks=callbacks, devices_for="evaluate")
             with ctx.progress.stage("evaluate", len(loader), name):
                 trainer.predict(model, dataloaders=loader, return_predictions=False)
             done[name] = {**collector.compute(), EVALUATED_AS: collector.provenance()}
