@@ -305,6 +305,14 @@ class SeasGenerator(LatentDiffusionGenerator):
         abar = self.abar.double() if t <= self.T else extended_schedule(self.backbone.scheduler_config, t)
         return abar
 
+    def sampling_timesteps(self, scheduler) -> list:
+        """The scheduler's timesteps the loop visits. Above T (the paper's 1500) all of them: the
+        noised latent is taken as the state at the first (999). At or below T (a smoke-profile
+        option, not the paper) only those below the noise level, as diffusers' img2img does."""
+        t = self.options.noise_timestep
+        steps = list(scheduler.timesteps)
+        return steps if t > self.T else [s for s in steps if int(s) <= t - 1]  # diffusers' index = t - 1
+
     @torch.no_grad()
     def predict_step(self, batch: list[GenerationRequest], batch_idx: int = 0) -> list[SyntheticPair]:
         o = self.options
@@ -328,7 +336,10 @@ class SeasGenerator(LatentDiffusionGenerator):
         final latent and the steps' anomaly probabilities (B,1,H,W)."""
         o = self.options
         scheduler = self.sampling_scheduler()  # fresh: the multistep solver keeps state
-        steps = list(scheduler.timesteps)
+        steps = self.sampling_timesteps(scheduler)
+        if len(steps) < o.mask_steps:
+            raise BenchError(f"seas: noise_timestep {o.noise_timestep} leaves {len(steps)} of {o.sampling_steps} "
+                             f"sampling steps, fewer than mask_steps {o.mask_steps}")
         both = torch.cat([uncond, context])
         probabilities = []
         with unet_decoder_features(self.unet, o.rmp_features) as taps:
