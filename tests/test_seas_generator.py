@@ -37,7 +37,8 @@ def _options(**kw):
 
     return resolve_options(SeasGenerator, "smoke", {"train_steps": STEPS, "ssf_steps_per_type": 1,
                                                     "rmp_steps_per_type": 1, "pairs_per_type": 1,
-                                                    "sampling_steps": 4, "mask_steps": 2, **kw})
+                                                    "sampling_steps": 4, "mask_steps": 2, "noise_timestep": 1500,
+                                                    "rmp_timesteps": None, **kw})
 
 
 def _trainer(**kw):
@@ -230,3 +231,35 @@ def test_presets_and_missing_weights():
         SeasGenerator(resolve_options(SeasGenerator, "paper", {"backbone": "/no/such/sd-v1-4"}), 512)
     with pytest.raises(BenchError, match="rmp_features"):
         SeasGenerator(_options(rmp_features=(2, 3)), SIZE)  # the tiny U-Net has 2 up blocks
+
+
+def test_rmp_reads_the_prompted_half_of_the_guidance_batch(trained, split):
+    """The U-Net runs on [x, x] with [unconditional, prompt] contexts; the RMP must get the
+    features of the prompted half (authors' pipeline): recompute them from that half alone."""
+    from benchmark.data.images import load_image
+    from generators.diffusion.latents import encode_images, images_to_tensor
+    from generators.seas.torch_model import unet_decoder_features
+
+    gen, _, _ = trained
+    gen.eval()
+    requests = gen.plan(split, seed=0)[:2]
+    x0 = encode_images(gen.vae, images_to_tensor([load_image(r.normal_image, SIZE) for r in requests]))
+    calls, rmp_inputs = [], []
+    pre = gen.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((args[0].clone(), args[1], kwargs["encoder_hidden_states"].clone())),
+        with_kwargs=True)
+    forward = gen.rmp.forward
+    gen.rmp.forward = lambda features, vae: rmp_inputs.append([f.clone() for f in features]) or forward(features, vae)
+    try:
+        with torch.no_grad():
+            context = gen.encode_prompts([gen._prompt(r.category, r.defect) for r in requests])
+            gen.denoise(torch.randn_like(x0), context, gen.encode_prompts([""] * 2))
+    finally:
+        pre.remove()
+        del gen.rmp.forward
+    sample, t, both = calls[-1]
+    assert torch.equal(both[2:], context) and not torch.equal(both[:2], context)
+    with torch.no_grad(), unet_decoder_features(gen.unet, gen.options.rmp_features) as taps:
+        gen.unet(sample[2:], t, encoder_hidden_states=both[2:])
+    for got, expected in zip(rmp_inputs[-1], taps.outputs):
+        assert torch.allclose(got, expected, atol=1e-5)
