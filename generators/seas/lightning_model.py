@@ -288,14 +288,15 @@ class SeasGenerator(LatentDiffusionGenerator):
 
     def rmp_losses(self, x0, masks, prompts, n_df, rng) -> dict:
         """Eq. 10 on one mixed batch, the fine-tuned U-Net frozen (no gradients reach it): U-Net
-        features of x_t at a random t, VAE-decoder features of the clean latent."""
+        and VAE-decoder features of the same x_t at a random t, as the branch sees them when
+        sampling (the authors' pipeline decodes the current latent; the paper does not say)."""
         high = self.options.rmp_timesteps or self.T
         index = torch.randint(0, high, (len(x0),), generator=rng).to(self.device)
         eps = self.draw_noise(x0, rng)
         x_t = self.forward_noise.add_noise(x0, eps, index)
         with torch.no_grad():
             context = self.encode_prompts(prompts)
-            vae = self.vae_features(x0)
+            vae = self.vae_features(x_t)
         coarse, refined = self.rmp(self.rmp_features(x_t, index, context), vae)
         normal = torch.arange(len(x0), device=self.device) >= n_df
         return rmp_loss(coarse, refined, masks, normal)
@@ -334,8 +335,8 @@ class SeasGenerator(LatentDiffusionGenerator):
 
     def denoise(self, x: torch.Tensor, context: torch.Tensor, uncond: torch.Tensor):
         """DPM-Solver with classifier-free guidance from x (taken as the state at the scheduler's
-        first timestep); the RMP reads the conditional half's U-Net features at each of the last
-        `mask_steps` steps and the VAE-decoder features of that step's output latent. Returns the
+        first timestep); at each of the last `mask_steps` steps the RMP reads the prompted half's
+        U-Net features and the VAE-decoder features of the same current latent (authors' pipeline). Returns the
         final latent and the steps' anomaly probabilities (B,1,H,W)."""
         o = self.options
         scheduler = self.sampling_scheduler()  # fresh: the multistep solver keeps state
@@ -348,10 +349,10 @@ class SeasGenerator(LatentDiffusionGenerator):
         with unet_decoder_features(self.unet, o.rmp_features) as taps:
             for i, t in enumerate(steps):
                 eps_u, eps_c = self.unet(torch.cat([x, x]), t, encoder_hidden_states=both).sample.chunk(2)
-                eps = multi_condition_guidance(eps_u, [eps_c], [o.guidance_scale])  # Ho & Salimans Eq. 6
-                x = scheduler.step(eps, t, x).prev_sample
                 if i >= len(steps) - o.mask_steps:
                     features = [f[len(x):] for f in taps.outputs]  # the prompted half
                     _, refined = self.rmp(features, self.vae_features(x))
                     probabilities.append(anomaly_probability(refined))
+                eps = multi_condition_guidance(eps_u, [eps_c], [o.guidance_scale])  # Ho & Salimans Eq. 6
+                x = scheduler.step(eps, t, x).prev_sample
         return x, probabilities
