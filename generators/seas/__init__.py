@@ -2,6 +2,6 @@
 Fine-tuning"), anomalib-style: `prompts` (Unbalanced Abnormal prompt, learning-rate groups),
 `loss` (DA, NA, total fine-tuning loss, RMP focal loss Eq. 10), `torch_model` (Refined Mask
 Prediction branch with its Mask Refinement Modules, extended noise schedule, mask binarization).
-The Lightning glue (training stages, sampling loop, presets) is not built yet; it belongs on the
-shared `LatentDiffusionGenerator` base. See docs/seas.md.
+`lightning_model.SeasGenerator` is the Lightning glue on the shared `LatentDiffusionGenerator`
+base (training stages, sampling loop, presets). See docs/seas.md.
 """
