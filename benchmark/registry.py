@@ -77,11 +77,15 @@ GENERATORS = Registry("generator", [
     Entry("stage", "generators.stage.lightning_model:StageGenerator",
           "STAGE: graded diffusion with explicit mask alignment (frozen LDM, learned tokens, mask adapters)."),
     Entry("seas", "generators.seas.lightning_model:SeasGenerator",
-          "SeaS: separation and sharing fine-tuning of Stable Diffusion, refined mask prediction (predicted masks)."),
+          "SeaS: separation and sharing fine-tuning of Stable Diffusion, refined mask prediction (predicted masks).",
+          status="partial: smoke pairs fail issue 11's checks (the tiny U-Net does not learn to denoise; "
+                 "docs/seas.md); paper preset not yet run with SD weights"),
     Entry("anomalydiffusion", "generators.anomalydiffusion:AnomalyDiffusion",
-          "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting.", status="planned"),
+          "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting.",
+          status="partial: no smoke run measured yet; paper preset not yet run with LDM weights"),
     Entry("defectdiffu", "generators.defectdiffu:DefectDiffu",
-          "DefectDiffu: few-shot defect generation by consistency modelling.", status="planned"),
+          "DefectDiffu: three-part DiT with double-free guidance and a mask module (math and tests in "
+          "generators/defectdiffu; no generator glue yet).", status="planned"),
     Entry("badg", "generators.badg.lightning_model:BadgGenerator",
           "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention)."),
 ])
