@@ -45,6 +45,8 @@ def pair_fingerprints(synthetic_root: Path) -> dict[str, dict]:
     from PIL import Image
 
     root = Path(synthetic_root)
+    if not root.exists():  # real-only makes no pairs; a baseline that has pairs still fails the check
+        return {}
     manifest = root / "manifest.jsonl"
     if not manifest.is_file():
         raise BenchError(f"{manifest}: no manifest; is {root} a synthetic set (or a run's synthetic/ link)?")

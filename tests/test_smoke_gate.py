@@ -105,3 +105,13 @@ def test_record_then_check_round_trip(tmp_path, planted, capsys):
     (tmp_path / "run0" / "results.json").write_text(json.dumps(results))
     assert main(["check", "--baseline", str(out), "--name", "g", "--run", runs[0]]) == 1
     assert "FAIL pixel.ap" in capsys.readouterr().out
+
+
+def test_a_run_without_a_synthetic_set_has_no_pairs_and_fails_against_a_baseline_with_pairs(tmp_path, planted):
+    image, mask = planted
+    assert pair_fingerprints(tmp_path / "real-only-run" / "synthetic") == {}  # real-only writes no set
+    baseline = pair_fingerprints(_write_set(tmp_path / "made", {"p": image}, {"p": mask}))
+    assert compare_pairs(baseline, {}) == ["pair p: in the baseline, not written by this run"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="no manifest"):  # a folder that claims to be a set must hold one
+        pair_fingerprints(tmp_path / "empty")
