@@ -82,7 +82,8 @@ GENERATORS = Registry("generator", [
                  "docs/seas.md); paper preset not yet run with SD weights"),
     Entry("anomalydiffusion", "generators.anomalydiffusion:AnomalyDiffusion",
           "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting.",
-          status="partial: no smoke run measured yet; paper preset not yet run with LDM weights"),
+          status="partial: smoke pairs keep their background, but every mask falls back to the given "
+                 "one and the defect is noise (random tiny denoiser); paper preset not yet run with LDM weights"),
     Entry("defectdiffu", "generators.defectdiffu:DefectDiffu",
           "DefectDiffu: three-part DiT with double-free guidance and a mask module (math and tests in "
           "generators/defectdiffu; no generator glue yet).", status="planned"),
