@@ -115,3 +115,33 @@ def test_a_run_without_a_synthetic_set_has_no_pairs_and_fails_against_a_baseline
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="no manifest"):  # a folder that claims to be a set must hold one
         pair_fingerprints(tmp_path / "empty")
+
+
+def test_pair_tolerance_is_twice_the_move_between_thread_counts_of_one_seed(tmp_path, planted, capsys):
+    image, mask = planted
+    # the 8 x 8 grid over 32 px has 4 x 4 px blocks: brighten exactly one block by 30 (clipped at 255)
+    moved = image.copy()
+    moved[:4, :4] = np.clip(image[:4, :4].astype(np.int16) + 30, 0, 255)
+    by_hand = float(np.abs(moved[:4, :4].astype(float) - image[:4, :4]).mean(axis=(0, 1)).max())
+    runs = []
+    for name, seed, picture in (("t2", 0, image), ("t1", 0, moved), ("s1", 1, image)):
+        run = tmp_path / name
+        _write_set(run / "synthetic", {"p": picture}, {"p": mask})
+        mean = {"pixel": {"ap": 0.3 + 0.01 * seed, "iou": 0.1}}
+        (run / "results.json").write_text(json.dumps({"config": {"seed": seed}, "categories": {"x": mean},
+                                                      "mean": mean}))
+        runs.append(str(run))
+    out = tmp_path / "baseline.json"
+    assert main(["record", "--name", "g", "--runs", *runs, "--out", str(out)]) == 0
+    entry = json.loads(out.read_text())["entries"]["g"]
+    assert 20 < by_hand <= 30 and entry["pair_tolerance"] == pytest.approx(2 * by_hand, abs=0.02)
+    assert main(["check", "--baseline", str(out), "--name", "g", "--run", runs[1]]) == 0  # the 1-thread run
+    # a real change elsewhere: the brightest block goes black, a move far beyond twice 30
+    blocks = image.reshape(8, 4, 8, 4, 3).mean(axis=(1, 3)).max(axis=2)
+    r, c = np.unravel_index(blocks.argmax(), blocks.shape)
+    assert blocks[r, c] > 2 * by_hand + 10
+    worse = moved.copy()
+    worse[4 * r:4 * r + 4, 4 * c:4 * c + 4] = 0
+    _write_set(tmp_path / "t1" / "synthetic", {"p": worse}, {"p": mask})
+    assert main(["check", "--baseline", str(out), "--name", "g", "--run", runs[1]]) == 1
+    assert "image moved" in capsys.readouterr().out
