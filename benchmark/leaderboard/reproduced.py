@@ -69,7 +69,10 @@ def row_from_results(results: dict, where: str, accepted: bool = False) -> Row:
     generator = (results.get("config", {}).get("generator") or {}).get("name")
     if not generator:
         raise BenchError(f"{where}: results.json has no config.generator.name")
-    row = Row(generator=canonical_name(generator), label=str(generator), origin="reproduced",
+    # a named variant of a method (e.g. STAGE's `authors-code`) is its own row, never the paper's
+    variant = ((results["config"]["generator"].get("options") or {}).get("variant")) or "paper"
+    label = str(generator) if variant == "paper" else f"{generator} ({variant})"
+    row = Row(generator=canonical_name(generator), label=label, origin="reproduced",
               protocol=protocol_of(results), mean_over=tuple(sorted(results["categories"])), accepted=accepted)
     blocks = {**results["categories"], "mean": results.get("mean") or {}}
     for cell, block in blocks.items():
@@ -115,7 +118,7 @@ def load_reproduced(paths: list[Path], accepted: bool = False) -> list[Row]:
 def newest_per_generator(rows: list[Row]) -> list[Row]:
     newest: dict[tuple[str, str], Row] = {}
     for row in sorted(rows, key=lambda r: (r.run["time"], r.run["where"])):
-        newest[(row.key, row.generator)] = row
+        newest[(row.key, row.generator, row.label)] = row
     return list(newest.values())
 
 
