@@ -208,9 +208,12 @@ def test_newest_run_per_generator_and_protocol_wins(tmp_path):
 def test_a_method_variant_is_its_own_row_next_to_the_paper_run(tmp_path):
     paper = write(tmp_path / "paper.json", make_results("stage", 0.4, time="2026-01-01T00:00:00+00:00"))
     variant = make_results("stage", 0.5, time="2026-02-01T00:00:00+00:00")
-    variant["config"]["generator"]["options"] = {"variant": "authors-code"}
+    variant["config"]["generator"]["options"] = {"follows": "authors-code"}
     rows = reproduced.load_reproduced([paper, write(tmp_path / "variant.json", variant)])
     assert sorted((r.label, r.values["miou"]["mean"]) for r in rows) == [("stage", 0.4), ("stage (authors-code)", 0.5)]
+    board = command.load_rows(args_for("--results", str(tmp_path)))
+    labels = {r.label for r in board if r.origin == "reproduced" and r.generator == "stage"}
+    assert labels == {"STAGE", "STAGE (authors-code)"}  # the paper's spelling, the variant kept
 
 
 def test_html_page_has_the_tables_and_embedded_bar_charts(tmp_path):

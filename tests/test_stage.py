@@ -399,19 +399,19 @@ def test_presets_and_option_checks(split):
     assert paper.intervals == ((1000, 800), (400, 300)) and paper.adapter_channels == (64, 256, 512, 256, 64)
     smoke = resolve_options(StageGenerator, "smoke", {"intervals": [[800, 700], [400, 300]]})
     assert smoke.backbone == "tiny" and smoke.train_steps <= 300 and smoke.intervals == ((800, 700), (400, 300))
-    assert (paper.variant, paper.adapter_layer_order, paper.adapter_head_kernel, paper.aware_loss_weight,
+    assert (paper.follows, paper.adapter_layer_order, paper.adapter_head_kernel, paper.aware_loss_weight,
             paper.inference_mask) == ("paper", "conv-relu-bn", 3, 1.0, "m0")
-    authors = resolve_options(StageGenerator, "smoke", {"variant": "authors-code"})
+    authors = resolve_options(StageGenerator, "smoke", {"follows": "authors-code"})
     assert (authors.adapter_layer_order, authors.adapter_head_kernel, authors.aware_loss_weight,
             authors.tokens_per_type, authors.intervals, authors.inference_mask) == (
         "conv-bn-relu", 1, 4.0, 4, ((800, 700), (400, 300)), "ema")
-    mixed = resolve_options(StageGenerator, "paper", {"variant": "authors-code", "tokens_per_type": 8})
+    mixed = resolve_options(StageGenerator, "paper", {"follows": "authors-code", "tokens_per_type": 8})
     assert mixed.tokens_per_type == 8 and mixed.inference_mask == "ema"  # explicit options win
-    assert authors.model_dump(mode="json")["variant"] == "authors-code"  # what results.json records
+    assert authors.model_dump(mode="json")["follows"] == "authors-code"  # what results.json records
     with pytest.raises(Exception):
         resolve_options(StageGenerator, "smoke", {"no_such_option": 1})
-    with pytest.raises(BenchError, match="variant"):
-        resolve_options(StageGenerator, "smoke", {"variant": "authors"})
+    with pytest.raises(BenchError, match="follows"):
+        resolve_options(StageGenerator, "smoke", {"follows": "authors"})
     with pytest.raises(BenchError, match="multiple of 16"):
         StageGenerator(_options(), 72)
     with pytest.raises(BenchError, match="within T"):

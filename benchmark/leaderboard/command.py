@@ -56,7 +56,11 @@ def load_rows(args) -> list[Row]:
     reported = load_reported(Path(args.dir) / "reported")
     names = {r.generator: (r.label, r.kind) for r in reported}  # the papers' spelling of a method
     for row in [*accepted, *added]:
-        row.label, row.kind = names.get(row.generator, (row.label, "real_only" if row.generator == "realonly" else "generator"))
+        if row.generator in names:
+            label, row.kind = names[row.generator]
+            row.label = row.labelled(label)
+        elif row.generator == "realonly":
+            row.kind = "real_only"
     return accepted + added + ([] if args.no_reported else reported)
 
 

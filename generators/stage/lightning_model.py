@@ -9,9 +9,9 @@ per (product, defect) type. One shared model keeps the smoke profile inside its 
 the 80k-iteration budget comparable to AnomalyDiffusion's unified setup; the tokens still tell
 the types apart.
 
-`variant="authors-code"` takes the authors' public code where it differs from the paper
+`follows="authors-code"` takes the authors' public code where it differs from the paper
 (`AUTHORS_CODE` below; docs/stage.md section 3 lists every difference); it only fills options the
-user has not set, and results.json records the variant with the resolved options.
+user has not set, and results.json records `follows` with the resolved options.
 
 Deviations, each an option: fewer sampling steps than T = 1000 respace the ancestral DDPM
 ("trailing" spacing, so sampling starts at t = T); `intervals` defaults to the paper's
@@ -51,7 +51,7 @@ AUTHORS_CODE = {
 class StageOptions(LatentDiffusionOptions):
     """Defaults are the paper's (Sec. IV-A); the `smoke` preset shrinks them."""
 
-    variant: Literal["paper", "authors-code"] = "paper"
+    follows: Literal["paper", "authors-code"] = "paper"  # whose choices fill the options below
 
     pairs_per_type: int = 500
     tokens_per_type: int = Field(8, ge=1)
@@ -72,9 +72,9 @@ class StageOptions(LatentDiffusionOptions):
 
     @model_validator(mode="before")
     @classmethod
-    def _variant_defaults(cls, data):
-        """The variant fills what the user left unset; explicit options still win."""
-        if isinstance(data, dict) and data.get("variant") == "authors-code":
+    def _follow_the_authors_code(cls, data):
+        """`follows` fills what the user left unset; explicit options still win."""
+        if isinstance(data, dict) and data.get("follows") == "authors-code":
             return {**AUTHORS_CODE, **data}
         return data
 
