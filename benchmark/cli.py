@@ -274,6 +274,7 @@ DELEGATED = {  # name -> (module with add_arguments(parser) and run(args), help)
     "compare": ("benchmark.compare", "diff two results.json per category; non-zero exit on regression"),
     "leaderboard": ("benchmark.leaderboard", "render leaderboards from reported and reproduced results"),
     "predict": ("benchmark.predict", "apply a run's trained segmenter to new images: maps, masks, overlays"),
+    "sweep": ("benchmark.sweep", "a grid of runs (generators x segmenters x datasets x seeds), local or on SLURM"),
 }
 
 
