@@ -61,7 +61,8 @@ class DatasetEntry(Strict):
 
     def data_section(self) -> dict:
         """The keys this entry sets (`demo` sets root: null); unset keys keep the base's."""
-        return self.model_dump(exclude={"label"}, exclude_unset=True)
+        given = self.model_dump(exclude={"label"}, exclude_unset=True)
+        return {k: v for k, v in given.items() if v is not None or k == "root"}
 
 
 def dataset_slug(entry: DatasetEntry, config: RunConfig) -> str:
@@ -236,4 +237,7 @@ def _check_unique(cells: list[Cell], source: str) -> None:
 def grid_yaml(grid: SweepGrid) -> str:
     """The grid as a `bench sweep --config` file (written to the sweep folder as sweep.yaml)."""
     header = "# SIAS-Bench sweep grid (bench sweep --config this.yaml --output <folder>)\n"
-    return header + yaml.safe_dump(grid.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+    raw = grid.model_dump(mode="json", exclude_defaults=True)
+    # a dataset entry keeps `root: null` when it says `demo` (null is also the unset default)
+    raw["datasets"] = [{**d.data_section(), **({"label": d.label} if d.label else {})} for d in grid.datasets]
+    return header + yaml.safe_dump(raw, sort_keys=False)

@@ -93,7 +93,7 @@ class SubmititLauncher:
 
         o = self.options
         executor = submitit.AutoExecutor(folder=self.folder / JOBS_FOLDER / "%j", cluster=self.cluster)
-        params: dict[str, Any] = {"timeout_min": o.time_min, "gpus_per_node": gpus, "tasks_per_node": 1,
+        params: dict[str, Any] = {"timeout_min": o.time_min, "gpus_per_node": gpus or None, "tasks_per_node": 1,
                                   "nodes": 1, "name": job_name, "cpus_per_task": o.cpus_per_job,
                                   "mem_gb": o.mem_gb}
         if self.cluster == "slurm":
