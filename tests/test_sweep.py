@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.errors import BenchError
 from benchmark.sweep.grid import expand, load_grid_file, validate_grid
 from benchmark.sweep.summary import seed_statistics
 
@@ -209,12 +208,31 @@ n=$(ls "$SBATCH_RECORD" | wc -l)
 cp "$1" "$SBATCH_RECORD/$((n + 100)).sh"
 echo "Submitted batch job $((n + 100))"
 """
+FAKE_SACCT = """#!/bin/sh
+# stands in for sacct: every job asked about (-j <id>, arrays of two) is still running
+echo "JobID|State|NodeList"
+while [ $# -gt 0 ]; do
+  if [ "$1" = "-j" ]; then echo "$2|RUNNING|n1"; echo "$2_0|RUNNING|n1"; echo "$2_1|RUNNING|n1"; fi
+  shift
+done
+"""
 
 
-def test_slurm_submission_writes_sbatch_scripts_with_the_options_and_dependencies(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def slurm_watcher():
+    """submitit keeps one sacct watcher per process; start and end with it empty."""
+    from submitit.slurm.slurm import SlurmJob
+
+    SlurmJob.watcher.clear()
+    yield
+    SlurmJob.watcher.clear()
+
+
+def test_slurm_submission_writes_sbatch_scripts_with_the_options_and_dependencies(tmp_path, monkeypatch, capsys,
+                                                                                   slurm_watcher):
     bin_dir, record = tmp_path / "bin", tmp_path / "sbatch-scripts"
     bin_dir.mkdir(), record.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("srun", "#!/bin/sh\nexit 0\n")):
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", "#!/bin/sh\nexit 0\n"), ("sacct", FAKE_SACCT)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -224,14 +242,14 @@ def test_slurm_submission_writes_sbatch_scripts_with_the_options_and_dependencie
                                                                     "setup": ["source /opt/venv/bin/activate"]}})
     assert main(["--quiet", "sweep", "--config", str(grid), "--output", str(out), "--launcher", "slurm",
                  "--partition", "gpu", "--gpus-per-job", "1", "--time", "30", "--array-parallelism", "1",
-                 "--cpus-per-job", "4"]) == 0
+                 "--cpus-per-job", "4", "--mem-gb", "16"]) == 0
     assert "submitted 7 jobs" in capsys.readouterr().out  # 2 generation, 4 cells, the summary
     scripts = [p.read_text() for p in sorted(record.glob("*.sh"), key=lambda p: int(p.stem))]
     assert len(scripts) == 4  # generation array, one cell array per synthetic set, the summary job
     generate, cells_a, cells_b, summary = scripts
     for script in (generate, cells_a, cells_b):
         assert "#SBATCH --partition=gpu" in script and "#SBATCH --gpus-per-node=1" in script
-        assert "#SBATCH --time=30" in script and "#SBATCH --cpus-per-task=4" in script
+        assert "#SBATCH --time=30" in script and "#SBATCH --cpus-per-task=4" in script and "#SBATCH --mem=16GB" in script
         assert "#SBATCH --constraint=a100" in script and "source /opt/venv/bin/activate" in script
         assert re.search(r"#SBATCH --array=0-1%1", script)  # two jobs each, one at a time
         assert f"#SBATCH --output={out}/jobs/%A_%a/" in script  # logs in the sweep folder
@@ -246,20 +264,7 @@ def test_slurm_submission_writes_sbatch_scripts_with_the_options_and_dependencie
     # every cell's resolved configuration is in its folder before any job runs
     config = json.loads((out / "runs/demo/real-only/lfd/seed0/config.json").read_text())
     assert config["segmenter"]["options"]["max_steps"] == 3 and config["generator"]["name"] == "real-only"
-
-
-def test_missing_submitit_names_the_extra(monkeypatch, tmp_path):
-    import builtins
-
-    from benchmark.sweep.launchers import SubmititLauncher
-
-    real_import = builtins.__import__
-
-    def no_submitit(name, *args, **kwargs):
-        if name == "submitit":
-            raise ImportError("No module named 'submitit'", name="submitit")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_submitit)
-    with pytest.raises(BenchError, match=r"sias-bench\[slurm\]"):
-        SubmititLauncher(tmp_path, "slurm", validate_grid(GRID).launcher)
+    # run again while those jobs are queued: refused, nothing submitted twice
+    assert main(["--quiet", "sweep", "--output", str(out)]) == 2
+    assert "still queued or running (100_0, 100_1, 101_0" in capsys.readouterr().err
+    assert len(list(record.glob("*.sh"))) == 4

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 JOBS_FOLDER = "jobs"  # submitit's pickles and logs, one set per job id
 JOBS_FILE = "jobs.jsonl"  # one line per submitted job: kind, name, job id, log files
+# sacct states of a job that is not over: a second submission now would race it on the same folders
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
 
 
 @dataclass
@@ -118,6 +120,18 @@ class SubmititLauncher:
         previous = path.read_text() if path.exists() else ""
         atomic_write_text(path, previous + json.dumps(line) + "\n")
 
+    def active_slurm_jobs(self) -> list[str]:
+        """Job ids of jobs.jsonl that sacct says are not over (one sacct call for all of them)."""
+        path = self.folder / JOBS_FILE
+        if not path.exists():
+            return []
+        from submitit.slurm.slurm import SlurmJob
+
+        ids = [line["job_id"] for line in map(json.loads, path.read_text().splitlines()) if line["cluster"] == "slurm"]
+        jobs = [SlurmJob(self.folder / JOBS_FOLDER / "%j", job_id) for job_id in ids]
+        states = [job.watcher.get_state(job.job_id, mode="force" if i == 0 else "cache") for i, job in enumerate(jobs)]
+        return [job.job_id for job, state in zip(jobs, states) if (state.split() or [""])[0] in ACTIVE_STATES]
+
     # -- running ---------------------------------------------------------------------------------
     def run(self, generations: list[Task], cells: list[Task], summary: Task) -> Outcome:
         if self.cluster == "slurm":
@@ -165,6 +179,11 @@ class SubmititLauncher:
         """Generation jobs as one array; each generation job's cells as an array that starts after
         it succeeded (`afterok`), all cells at once when no generation job was needed; the summary
         job after every cell ended, failed or not (`afterany`)."""
+        active = self.active_slurm_jobs()
+        if active:
+            raise BenchError(f"{self.folder}: jobs of an earlier submission are still queued or running "
+                             f"({', '.join(active[:5])}{' ...' if len(active) > 5 else ''}); wait for them to end "
+                             "(or scancel them), then run the sweep again")
         outcome = Outcome(waited=False)
         gpus = self.options.gpus_per_job
         jobs: dict[str, Any] = {}
