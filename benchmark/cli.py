@@ -391,6 +391,8 @@ def resume_command(args) -> str:
     import shlex
 
     output = getattr(args, "resolved_output", None) or getattr(args, "output", None) or "<run folder>"
+    if args.command == "sweep":  # a sweep always continues what its folder holds
+        return f"bench sweep --output {shlex.quote(str(output))}"
     return f"bench {args.command} --output {shlex.quote(str(output))} --resume"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
+from benchmark.errors import BenchError
 from benchmark.sweep.grid import expand, load_grid_file, validate_grid
 from benchmark.sweep.summary import seed_statistics
 
@@ -268,3 +269,48 @@ def test_slurm_submission_writes_sbatch_scripts_with_the_options_and_dependencie
     assert main(["--quiet", "sweep", "--output", str(out)]) == 2
     assert "still queued or running (100_0, 100_1, 101_0" in capsys.readouterr().err
     assert len(list(record.glob("*.sh"))) == 4
+
+
+# -- failures and interruptions (jobs replaced by stand-ins: this is about the launcher) -------------
+@pytest.fixture
+def stand_in_jobs(monkeypatch):
+    """Generation and cell jobs that only record their call; `fail` maps a folder name part to the
+    exception its job raises."""
+    from benchmark.sweep import runner
+
+    calls, fail = [], {}
+
+    def job(kind):
+        def run(config, folder, cache):
+            calls.append((kind, Path(folder).relative_to(Path(folder).parents[3]).as_posix()))
+            for part, error in fail.items():
+                if part in folder:
+                    raise error
+        return run
+
+    monkeypatch.setattr(runner, "prepare_run_folder", lambda *args: None)
+    monkeypatch.setattr(runner, "generate_synthetic_set", job("generate"))
+    monkeypatch.setattr(runner, "run_cell", job("cell"))
+    return calls, fail
+
+
+def test_a_failed_generation_job_skips_its_cells_and_the_others_go_on(tmp_path, capsys, stand_in_jobs):
+    calls, fail = stand_in_jobs
+    fail["synthetic/demo/cutpaste"] = BenchError("no defects in carpet_like")
+    fail["runs/demo/real-only/lfd"] = RuntimeError("CUDA out of memory")
+    assert main(grid_arguments(tmp_path / "sweep")) == 1
+    assert [c for c in calls if c[0] == "cell"] == [("cell", "demo/real-only/unet/seed0"), ("cell", "demo/real-only/lfd/seed0")]
+    out = capsys.readouterr().out
+    assert "failed: generate demo/cutpaste/seed0: BenchError: no defects in carpet_like" in out
+    assert "failed: demo/cutpaste/unet/seed0: not run: generate demo/cutpaste/seed0 failed" in out
+    assert "failed: demo/real-only/lfd/seed0: RuntimeError: CUDA out of memory" in out
+    assert "4 job(s) failed; fix the cause and run the same command again" in out
+
+
+def test_an_interrupted_sweep_names_the_command_that_continues_it(tmp_path, capsys, stand_in_jobs):
+    from benchmark.run import RunInterrupted
+
+    _, fail = stand_in_jobs
+    fail["runs/demo/cutpaste/unet"] = RunInterrupted("train step 2/3", "SIGTERM")
+    assert main(grid_arguments(tmp_path / "sweep")) == 130
+    assert f"resume with: bench sweep --output {tmp_path / 'sweep'}" in capsys.readouterr().err

@@ -11,6 +11,7 @@ The sweep folder:
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -88,13 +89,14 @@ class Sweep:
         for name, reason in outcome.failed.items():
             print(f"failed: {name}: {reason}", file=stream)
         summary = self.folder / "summary.json"
-        if summary.exists():
-            import json
-
+        rows = json.loads(summary.read_text())["rows"] if summary.exists() else []
+        if rows:
             from benchmark.sweep.summary import summary_table
 
-            print_tables(summary_table(json.loads(summary.read_text())["rows"]), output_console())
+            print_tables(summary_table(rows), output_console())
             print(f"summary: {self.folder / 'summary.md'}; leaderboard: {self.folder / 'leaderboard.md'}", file=stream)
+        else:
+            print("no cell has results yet", file=stream)
         if outcome.failed:
             print(f"{len(outcome.failed)} job(s) failed; fix the cause and run the same command again "
                   "(finished cells are kept)", file=stream)
