@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from benchmark.config import RunConfig, build_config, deep_merge, load_config_file
+from benchmark.config import RunConfig, build_config, deep_merge, load_config_file, read_yaml
 from benchmark.errors import BenchError, describe_errors
 
 GRID_FILE = "sweep.yaml"  # the grid as last launched, in the sweep folder
@@ -168,12 +168,7 @@ def load_grid_file(path: Path | str) -> dict:
     """A grid file's raw mapping; a `base:` given as a path is read as a `--config` file (relative
     to the grid file)."""
     path = Path(path).expanduser()
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise BenchError(f"{path}: cannot read the grid file ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise BenchError(f"{path}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    raw = read_yaml(path, "grid file")
     if not isinstance(raw, dict):
         raise BenchError(f"{path}: a grid file is a mapping (base:, generators:, segmenters:, datasets:, seeds:, "
                          "launcher:)")
