@@ -184,13 +184,23 @@ def test_a_grid_through_submitits_local_executor_runs_in_subprocesses(tmp_path):
 
     grid = {**GRID, "generators": ["cutpaste"], "segmenters": ["unet"]}
     out = tmp_path / "sweep"
-    launcher = SubmititLauncher(out, "local", validate_grid(grid).launcher, slots=[None])
+    # slot 0: the path of a machine with GPUs (the job sees CUDA_VISIBLE_DEVICES=0; none here, so CPU)
+    launcher = SubmititLauncher(out, "local", validate_grid(grid).launcher, slots=[0])
     outcome = sweep_of(grid, out, launcher).launch()
     assert outcome.failed == {} and len(outcome.done) == 2
     assert (out / "runs/demo/cutpaste/unet/seed0/results.json").exists()
     jobs = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
     assert all(Path(j["stdout"]).exists() for j in jobs)  # each job's log in the sweep folder
     assert all(j["job_id"] != str(os.getpid()) for j in jobs)  # a process of its own
+
+
+def test_a_local_gpu_slot_is_the_only_gpu_its_job_sees(tmp_path):
+    from benchmark.sweep.launchers import SubmititLauncher
+
+    launcher = SubmititLauncher(tmp_path, "local", validate_grid(GRID).launcher, slots=[2, 5])
+    executor = launcher.executor(gpus=1, visible_gpus=(5,))
+    assert executor.parameters["gpus_per_node"] == 1 and executor.parameters["visible_gpus"] == (5,)
+    assert executor.parameters["timeout_min"] == 240  # the launcher's time limit, not submitit's 2-minute default
 
 
 def sweep_of(raw: dict, out: Path, launcher):

@@ -90,23 +90,32 @@ class SubmititLauncher:
         self.name = cluster
 
     # -- submitit executors ----------------------------------------------------------------------
-    def executor(self, gpus: int, dependency: str | None = None, job_name: str = "sias-sweep"):
+    def executor(self, gpus: int, dependency: str | None = None, job_name: str = "sias-sweep",
+                 visible_gpus: tuple[int, ...] = ()):
+        """SLURM: submitit's AutoExecutor with the launcher options; local: its LocalExecutor (the
+        AutoExecutor does not pass `visible_gpus` on), the job seeing only `visible_gpus`; debug:
+        its DebugExecutor."""
         import submitit
 
         o = self.options
-        executor = submitit.AutoExecutor(folder=self.folder / JOBS_FOLDER / "%j", cluster=self.cluster)
-        params: dict[str, Any] = {"timeout_min": o.time_min, "gpus_per_node": gpus or None, "tasks_per_node": 1,
-                                  "nodes": 1, "name": job_name, "cpus_per_task": o.cpus_per_job,
-                                  "mem_gb": o.mem_gb}
-        if self.cluster == "slurm":
-            sbatch = dict(o.sbatch)
-            if dependency:
-                sbatch["dependency"] = dependency
-            params.update(slurm_partition=o.partition, slurm_array_parallelism=o.array_parallelism,
-                          slurm_account=o.account, slurm_qos=o.qos, slurm_setup=list(o.setup) or None,
-                          slurm_additional_parameters=sbatch or None)
-        elif self.cluster == "local":
-            params.update(local_setup=list(o.setup) or None)
+        folder = self.folder / JOBS_FOLDER / "%j"
+        if self.cluster == "debug":
+            return submitit.DebugExecutor(folder=folder)
+        if self.cluster == "local":
+            executor = submitit.LocalExecutor(folder=folder)
+            executor.update_parameters(timeout_min=o.time_min, gpus_per_node=gpus, visible_gpus=visible_gpus,
+                                       tasks_per_node=1, nodes=1, setup=list(o.setup))
+            return executor
+        executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
+        sbatch = dict(o.sbatch)
+        if dependency:
+            sbatch["dependency"] = dependency
+        params: dict[str, Any] = {
+            "timeout_min": o.time_min, "gpus_per_node": gpus or None, "tasks_per_node": 1, "nodes": 1,
+            "name": job_name, "cpus_per_task": o.cpus_per_job, "mem_gb": o.mem_gb,
+            "slurm_partition": o.partition, "slurm_array_parallelism": o.array_parallelism,
+            "slurm_account": o.account, "slurm_qos": o.qos, "slurm_setup": list(o.setup) or None,
+            "slurm_additional_parameters": sbatch or None}
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
         return executor
 
@@ -157,9 +166,8 @@ class SubmititLauncher:
         def run_one(task: Task) -> None:
             slot = free.get()
             try:
-                executor = self.executor(gpus=0 if slot is None else 1, job_name=task.name)
-                if self.cluster == "local" and slot is not None:
-                    executor.update_parameters(local_visible_gpus=(slot,))
+                executor = self.executor(gpus=0 if slot is None else 1, job_name=task.name,
+                                         visible_gpus=() if slot is None else (slot,))
                 job = executor.submit(task.fn, *task.args)
                 outcome.submitted[task.name] = str(job.job_id)
                 self.record(task, job)
