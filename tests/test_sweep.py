@@ -194,6 +194,17 @@ def test_a_grid_through_submitits_local_executor_runs_in_subprocesses(tmp_path):
     assert all(j["job_id"] != str(os.getpid()) for j in jobs)  # a process of its own
 
 
+def test_slurm_jobs_are_requeued_with_the_same_call_on_preemption_or_timeout():
+    from submitit.helpers import DelayedSubmission
+
+    from benchmark.sweep.jobs import ResumableJob, run_cell
+
+    job = ResumableJob(run_cell)
+    again = job.checkpoint({"seed": 1}, "/runs/x", "/cache")
+    assert isinstance(again, DelayedSubmission)  # what submitit requeues
+    assert again.function is job and again.args == ({"seed": 1}, "/runs/x", "/cache")
+
+
 def test_a_local_gpu_slot_is_the_only_gpu_its_job_sees(tmp_path):
     from benchmark.sweep.launchers import SubmititLauncher
 

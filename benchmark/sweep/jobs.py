@@ -54,3 +54,21 @@ def _run(config: dict, folder: str, cache: str):
     from benchmark.run import Run
 
     return Run(RunConfig.model_validate(config), Path(folder), quiet=True, cache=Path(cache))
+
+
+class ResumableJob:
+    """A job function as submitit's `Checkpointable`: when SLURM pre-empts the job, or its time
+    limit is near (submitit's USR2 warning), submitit requeues the same call instead of failing
+    it (up to 3 time-outs), and the run continues from its folder's checkpoints. Nothing to save
+    here: the run checkpoints itself (Lightning's last.ckpt, finished stages, written pairs)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def checkpoint(self, *args):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 from benchmark.errors import BenchError, missing_extra
 from benchmark.storage import atomic_write_text
+from benchmark.sweep.jobs import ResumableJob
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class InProcessLauncher:
     name = "local"
 
     def run(self, generations: list[Task], cells: list[Task], summary: Task) -> Outcome:
+        from benchmark.run.interrupt import RunInterrupted
+
         outcome = Outcome()
         for task in [*generations, *cells]:
             if task.after in outcome.failed:
@@ -65,7 +69,10 @@ class InProcessLauncher:
             log.info("sweep: %s", task.name)
             try:
                 task.fn(*task.args)
-            except (BenchError, RuntimeError, ValueError, OSError) as e:  # one job's failure; the rest go on
+            except RunInterrupted:  # Ctrl-C / SIGTERM: the whole sweep stops (its checkpoint is saved)
+                raise
+            except Exception as e:  # one job's failure (bad data, a method's exception); the rest go on
+                log.debug("sweep: %s failed", task.name, exc_info=True)
                 outcome.failed[task.name] = _first_line(e)
                 continue
             outcome.done.append(task.name)
@@ -88,6 +95,7 @@ class SubmititLauncher:
         self.options = options
         self.slots = slots or [None]
         self.name = cluster
+        self._jobs_file_lock = threading.Lock()  # local slots record their jobs from several threads
 
     # -- submitit executors ----------------------------------------------------------------------
     def executor(self, gpus: int, dependency: str | None = None, job_name: str = "sias-sweep",
@@ -120,14 +128,15 @@ class SubmititLauncher:
         return executor
 
     def record(self, task: Task, job) -> None:
-        """Append the job to jobs.jsonl (its id, and where its logs go) and remember it."""
+        """Append the job to jobs.jsonl: its id, and where its logs go."""
         paths = getattr(job, "paths", None)
         line = {"kind": task.kind, "name": task.name, "job_id": str(job.job_id), "cluster": self.cluster,
                 "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "stdout": str(paths.stdout) if paths else None, "stderr": str(paths.stderr) if paths else None}
         path = self.folder / JOBS_FILE
-        previous = path.read_text() if path.exists() else ""
-        atomic_write_text(path, previous + json.dumps(line) + "\n")
+        with self._jobs_file_lock:
+            previous = path.read_text() if path.exists() else ""
+            atomic_write_text(path, previous + json.dumps(line) + "\n")
 
     def active_slurm_jobs(self) -> list[str]:
         """Job ids of jobs.jsonl that sacct says are not over (one sacct call for all of them)."""
@@ -197,7 +206,7 @@ class SubmititLauncher:
         jobs: dict[str, Any] = {}
         executor = self.executor(gpus, job_name="sias-generate")
         with executor.batch():
-            pending = [(t, executor.submit(t.fn, *t.args)) for t in generations]
+            pending = [(t, executor.submit(ResumableJob(t.fn), *t.args)) for t in generations]
         for task, job in pending:
             jobs[task.name] = job
         groups: dict[str | None, list[Task]] = {}
@@ -207,7 +216,7 @@ class SubmititLauncher:
             dependency = f"afterok:{jobs[after].job_id}" if after else None
             executor = self.executor(gpus, dependency, job_name="sias-cell")
             with executor.batch():
-                pending = [(t, executor.submit(t.fn, *t.args)) for t in group]
+                pending = [(t, executor.submit(ResumableJob(t.fn), *t.args)) for t in group]
             for task, job in pending:
                 jobs[task.name] = job
         cell_ids = [str(jobs[t.name].job_id) for t in cells if t.name in jobs]
