@@ -46,9 +46,9 @@ def test_grid_file_with_a_base_run_config_expands_to_one_configuration_per_cell(
     assert unet.config.segmenter.options == {"max_steps": 7}  # the base
     assert lfd.config.segmenter.options == {"max_steps": 2}  # the axis entry over the base
     assert unet.config.seed == 1 and unet.config.generator.name == "cutpaste" and unet.config.data.root is None
-    assert unet.folder == tmp_path / "sweep" / "runs" / "demo" / "cutpaste" / "unet" / "seed1"
+    assert unet.folder == tmp_path / "sweep" / "runs" / "demo" / "cutpaste-unet-seed1"
     assert unet.generation is lfd.generation  # both segmenters consume one synthetic set
-    assert unet.generation.folder == tmp_path / "sweep" / "synthetic" / "demo" / "cutpaste" / "seed1"
+    assert unet.generation.folder == tmp_path / "sweep" / "synthetic" / "demo" / "cutpaste-seed1"
 
 
 @pytest.mark.parametrize("grid, message", [
@@ -132,13 +132,14 @@ def grid_arguments(out: Path) -> list[str]:
 
 
 def check_finished_grid(out: Path) -> None:
-    cells = sorted(out.glob("runs/demo/*/*/seed0"))
-    assert [c.relative_to(out / "runs/demo").as_posix() for c in cells] == [
-        "cutpaste/lfd/seed0", "cutpaste/unet/seed0", "real-only/lfd/seed0", "real-only/unet/seed0"]
+    cells = sorted(out.glob("runs/demo/*"))
+    assert [c.name for c in cells] == ["cutpaste-lfd-seed0", "cutpaste-unet-seed0", "real-only-lfd-seed0",
+                                       "real-only-unet-seed0"]
     for cell in cells:
         assert (cell / "results.json").exists() and (cell / "config.json").exists()
         # the cell reused the set its generation job made: same cache folder, nothing generated in the cell
-        made = (out / "synthetic" / "demo" / cell.parent.parent.name / "seed0" / "synthetic").resolve()
+        generator = json.loads((cell / "config.json").read_text())["generator"]["name"]
+        made = (out / "synthetic" / "demo" / f"{generator}-seed0" / "synthetic").resolve()
         assert (cell / "synthetic").resolve() == made
         assert json.loads((cell / "state.json").read_text())["generate"]["seconds"] < 1.0
     rows = json.loads((out / "summary.json").read_text())["rows"]
@@ -153,8 +154,8 @@ def test_grid_runs_locally_then_a_rerun_skips_done_cells_and_finishes_an_unfinis
     assert main(grid_arguments(out)) == 0
     check_finished_grid(out)
     capsys.readouterr()
-    kept = out / "runs/demo/cutpaste/unet/seed0/results.json"
-    redo = out / "runs/demo/real-only/lfd/seed0/results.json"
+    kept = out / "runs/demo/cutpaste-unet-seed0/results.json"
+    redo = out / "runs/demo/real-only-lfd-seed0/results.json"
     before = kept.stat().st_mtime_ns
     redo.unlink()  # an unfinished cell: results.json missing
     assert main(["--quiet", "sweep", "--output", str(out)]) == 0  # the folder's sweep.yaml: the same grid
@@ -188,7 +189,7 @@ def test_a_grid_through_submitits_local_executor_runs_in_subprocesses(tmp_path):
     launcher = SubmititLauncher(out, "local", validate_grid(grid).launcher, slots=[0])
     outcome = sweep_of(grid, out, launcher).launch()
     assert outcome.failed == {} and len(outcome.done) == 2
-    assert (out / "runs/demo/cutpaste/unet/seed0/results.json").exists()
+    assert (out / "runs/demo/cutpaste-unet-seed0/results.json").exists()
     jobs = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
     assert all(Path(j["stdout"]).exists() for j in jobs)  # each job's log in the sweep folder
     assert all(j["job_id"] != str(os.getpid()) for j in jobs)  # a process of its own
@@ -284,7 +285,7 @@ def test_slurm_submission_writes_sbatch_scripts_with_the_options_and_dependencie
         ("generate", "100_0"), ("generate", "100_1"), ("cell", "101_0"), ("cell", "101_1"), ("cell", "102_0"),
         ("cell", "102_1"), ("summary", "103")]
     # every cell's resolved configuration is in its folder before any job runs
-    config = json.loads((out / "runs/demo/real-only/lfd/seed0/config.json").read_text())
+    config = json.loads((out / "runs/demo/real-only-lfd-seed0/config.json").read_text())
     assert config["segmenter"]["options"]["max_steps"] == 3 and config["generator"]["name"] == "real-only"
     # run again while those jobs are queued: refused, nothing submitted twice
     assert main(["--quiet", "sweep", "--output", str(out)]) == 2
@@ -303,7 +304,7 @@ def stand_in_jobs(monkeypatch):
 
     def job(kind):
         def run(config, folder, cache):
-            calls.append((kind, Path(folder).relative_to(Path(folder).parents[3]).as_posix()))
+            calls.append((kind, Path(folder).relative_to(Path(folder).parents[2]).as_posix()))
             for part, error in fail.items():
                 if part in folder:
                     raise error
@@ -318,9 +319,10 @@ def stand_in_jobs(monkeypatch):
 def test_a_failed_generation_job_skips_its_cells_and_the_others_go_on(tmp_path, capsys, stand_in_jobs):
     calls, fail = stand_in_jobs
     fail["synthetic/demo/cutpaste"] = BenchError("no defects in carpet_like")
-    fail["runs/demo/real-only/lfd"] = RuntimeError("CUDA out of memory")
+    fail["runs/demo/real-only-lfd"] = RuntimeError("CUDA out of memory")
     assert main(grid_arguments(tmp_path / "sweep")) == 1
-    assert [c for c in calls if c[0] == "cell"] == [("cell", "demo/real-only/unet/seed0"), ("cell", "demo/real-only/lfd/seed0")]
+    assert [c for c in calls if c[0] == "cell"] == [("cell", "runs/demo/real-only-unet-seed0"),
+                                                     ("cell", "runs/demo/real-only-lfd-seed0")]
     out = capsys.readouterr().out
     assert "failed: generate demo/cutpaste/seed0: BenchError: no defects in carpet_like" in out
     assert "failed: demo/cutpaste/unet/seed0: not run: generate demo/cutpaste/seed0 failed" in out
@@ -332,6 +334,6 @@ def test_an_interrupted_sweep_names_the_command_that_continues_it(tmp_path, caps
     from benchmark.run import RunInterrupted
 
     _, fail = stand_in_jobs
-    fail["runs/demo/cutpaste/unet"] = RunInterrupted("train step 2/3", "SIGTERM")
+    fail["runs/demo/cutpaste-unet"] = RunInterrupted("train step 2/3", "SIGTERM")
     assert main(grid_arguments(tmp_path / "sweep")) == 130
     assert f"resume with: bench sweep --output {tmp_path / 'sweep'}" in capsys.readouterr().err

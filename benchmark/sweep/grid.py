@@ -209,10 +209,10 @@ def expand(grid: SweepGrid, output: Path, source: str = "the sweep") -> tuple[li
                     data = dataset_slug(dataset, config)
                     if generation is None:  # the first segmenter's configuration; the set does not depend on it
                         generation = GenerationJob(data, generator.slug, seed, config,
-                                                   output / "synthetic" / data / generator.slug / f"seed{seed}")
+                                                   output / "synthetic" / data / f"{generator.slug}-seed{seed}")
                         generations.append(generation)
                     cells.append(Cell(data, generator.slug, segmenter.slug, seed, config,
-                                      output / "runs" / data / generator.slug / segmenter.slug / f"seed{seed}",
+                                      output / "runs" / data / f"{generator.slug}-{segmenter.slug}-seed{seed}",
                                       generation))
     _check_unique(cells, source)
     return generations, cells

@@ -3,8 +3,8 @@ into the sweep folder, skip what is done, hand the rest to a launcher, report.
 
 The sweep folder:
   sweep.yaml                                    the grid as last launched (`bench sweep --output DIR` continues it)
-  synthetic/<dataset>/<generator>/seed<k>/      one `bench generate` run folder per synthetic set
-  runs/<dataset>/<generator>/<segmenter>/seed<k>/  one `bench run` folder per cell (config.json written first)
+  synthetic/<dataset>/<generator>-seed<k>/      one `bench generate` run folder per synthetic set
+  runs/<dataset>/<generator>-<segmenter>-seed<k>/  one `bench run` folder per cell (config.json written first)
   jobs/, jobs.jsonl                             submitit launchers: job pickles and logs, one line per job id
   summary.md, summary.csv, summary.json, results/, leaderboard.md   (benchmark.sweep.summary)
 """
