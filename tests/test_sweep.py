@@ -337,3 +337,17 @@ def test_an_interrupted_sweep_names_the_command_that_continues_it(tmp_path, caps
     fail["runs/demo/cutpaste-unet"] = RunInterrupted("train step 2/3", "SIGTERM")
     assert main(grid_arguments(tmp_path / "sweep")) == 130
     assert f"resume with: bench sweep --output {tmp_path / 'sweep'}" in capsys.readouterr().err
+
+
+def test_the_grid_file_in_docs_sweep_md_is_valid(tmp_path):
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "sweep.md").read_text()
+    block = re.search(r"```yaml\n# grid.yaml\n(.*?)```", text, re.S).group(1)
+    grid = validate_grid(yaml.safe_load(block), "docs/sweep.md")
+    generations, cells = expand(grid, tmp_path)
+    assert len(cells) == 2 * 3 * 2 * 3 and len(generations) == 2 * 3 * 3
+    assert grid.launcher.name == "slurm" and grid.launcher.sbatch == {"constraint": "a100"}
+    lfd = next(c for c in cells if c.segmenter == "lfd")
+    assert lfd.config.segmenter.options == {"max_steps": 200}  # the entry over the base's 400
+    assert {c.dataset for c in cells} == {"demo", "mvtec_ad"}

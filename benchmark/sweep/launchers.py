@@ -250,7 +250,8 @@ def visible_gpus() -> list[int]:
 
 def local_launcher(sweep_folder: Path, options):
     """`--launcher local`: more than one visible GPU -> one job per GPU at a time (submitit's
-    LocalExecutor, each job sees one GPU); otherwise each job in turn in this process."""
+    LocalExecutor, each job sees one GPU); otherwise each job in turn in this process.
+    Not yet run on a machine with several GPUs: tested on CPU with one slot (docs/sweep.md)."""
     gpus = visible_gpus()
     if len(gpus) > 1:
         return SubmititLauncher(sweep_folder, "local", options, slots=gpus)
