@@ -121,6 +121,9 @@ def test_seed_mean_results_average_each_category_then_the_mean(tmp_path):
     assert mean_results["run"]["seeds"] == [0, 1]
     assert "0.55" not in (tmp_path / "summary.md").read_text() and "55.00 ± 35.36" in (tmp_path / "summary.md").read_text()
     assert "Sweep leaderboard" in (tmp_path / "leaderboard.md").read_text()
+    (tmp_path / "results" / "demo-draem-unet.json").write_text("{}")  # a row of an earlier, larger grid
+    write_summary(str(tmp_path), cells)
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["demo-cutpaste-unet.json"]
 
 
 # -- the grid run end to end ------------------------------------------------------------------------

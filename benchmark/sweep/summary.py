@@ -97,6 +97,10 @@ def write_summary(sweep_folder: str, cells: list[dict]) -> str:
         mean_results = seed_mean_results([r for _, r in found], row["seeds"])
         atomic_write_text(results_dir / f"{dataset}-{generator}-{segmenter}.json",
                           json.dumps(json_safe(mean_results), indent=2, allow_nan=False))
+    written = {f"{r['dataset']}-{r['generator']}-{r['segmenter']}.json" for r in rows}
+    for stale in results_dir.glob("*.json") if results_dir.exists() else []:
+        if stale.name not in written:  # a row of an earlier grid: not in this summary nor its leaderboard
+            stale.unlink()
     summary = {"rows": rows, "missing": [c["folder"] for c in missing]}
     atomic_write_text(folder / "summary.json", json.dumps(json_safe(summary), indent=2))
     atomic_write_text(folder / "summary.csv", summary_csv(rows))
