@@ -354,3 +354,11 @@ def test_the_grid_file_in_docs_sweep_md_is_valid(tmp_path):
     lfd = next(c for c in cells if c.segmenter == "lfd")
     assert lfd.config.segmenter.options == {"max_steps": 200}  # the entry over the base's 400
     assert {c.dataset for c in cells} == {"demo", "mvtec_ad"}
+
+
+def test_a_relative_dataset_folder_is_taken_from_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = validate_grid({"generators": ["cutpaste"], "segmenters": ["unet"], "datasets": ["visa:data/visa"]})
+    (cell,) = expand(grid, tmp_path / "sweep")[1]
+    assert cell.config.data.root == str(tmp_path / "data" / "visa") and cell.config.data.layout == "visa"
+    assert cell.folder == tmp_path / "sweep" / "runs" / "visa" / "cutpaste-unet-seed0"

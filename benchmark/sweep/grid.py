@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from benchmark.config import RunConfig, build_config, deep_merge, load_config_file, read_yaml
+from benchmark.config import LAYOUTS, RunConfig, build_config, deep_merge, load_config_file, read_yaml
 from benchmark.errors import BenchError, describe_errors
 
 GRID_FILE = "sweep.yaml"  # the grid as last launched, in the sweep folder
@@ -114,8 +114,6 @@ class SweepGrid(Strict):
 
 def parse_dataset(text: str) -> dict:
     """`demo`, a dataset folder, or `<layout>:<folder>` (e.g. `visa:/data/visa`) as a DatasetEntry's fields."""
-    from benchmark.config import LAYOUTS
-
     if text == "demo":
         return {"root": None}
     layout, sep, root = text.partition(":")
@@ -201,6 +199,9 @@ def expand(grid: SweepGrid, output: Path, source: str = "the sweep") -> tuple[li
                         "segmenter": segmenter.model_dump(exclude={"label"}),
                         "seed": seed,
                     })
+                    root = (settings.get("data") or {}).get("root")
+                    if root is not None:  # as `bench run` reads it (from the current folder), for jobs started elsewhere
+                        settings["data"]["root"] = str(Path(root).expanduser().resolve())
                     try:
                         config = build_config(settings.get("profile") or "smoke", [settings])
                     except BenchError as e:
