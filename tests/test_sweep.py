@@ -215,7 +215,7 @@ def test_a_local_gpu_slot_is_the_only_gpu_its_job_sees(tmp_path):
     launcher = SubmititLauncher(tmp_path, "local", validate_grid(GRID).launcher, slots=[2, 5])
     executor = launcher.executor(gpus=1, visible_gpus=(5,))
     assert executor.parameters["gpus_per_node"] == 1 and executor.parameters["visible_gpus"] == (5,)
-    assert executor.parameters["timeout_min"] == 240  # the launcher's time limit, not submitit's 2-minute default
+    assert executor.parameters["timeout_min"] >= 24 * 60  # no real limit, not submitit's 2-minute default
 
 
 def sweep_of(raw: dict, out: Path, launcher):

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     launcher.add_argument("--gpus-per-job", type=int, help="slurm: GPUs per job (default 1)")
     launcher.add_argument("--cpus-per-job", type=int, help="slurm: CPUs per job")
     launcher.add_argument("--mem-gb", type=float, help="slurm: memory per job")
-    launcher.add_argument("--time", dest="time_min", type=int, metavar="MINUTES", help="slurm: time limit per job (default 240)")
+    launcher.add_argument("--time", dest="time_min", type=int, metavar="MINUTES",
+                          help="time limit per job (slurm: default 240; local: none)")
     launcher.add_argument("--array-parallelism", type=int, metavar="N",
                           help="slurm: at most N jobs of one array at once (default 16)")
     launcher.add_argument("--account", help="slurm: account")

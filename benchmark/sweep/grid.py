@@ -84,7 +84,7 @@ class LauncherOptions(Strict):
     gpus_per_job: int = Field(1, ge=0)
     cpus_per_job: int | None = Field(None, ge=1)
     mem_gb: float | None = Field(None, gt=0)
-    time_min: int = Field(240, ge=1)  # sbatch --time, per job
+    time_min: int | None = Field(None, ge=1)  # per job; unset: 240 on SLURM, none for local jobs
     array_parallelism: int = Field(16, ge=1)  # at most this many jobs of one array run at once (sbatch --array %N)
     account: str | None = None
     qos: str | None = None

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 JOBS_FOLDER = "jobs"  # submitit's pickles and logs, one set per job id
 JOBS_FILE = "jobs.jsonl"  # one line per submitted job: kind, name, job id, log files
+SLURM_TIME_LIMIT_MIN = 240  # a SLURM job's time limit unless --time says otherwise
+LOCAL_TIME_LIMIT_MIN = 7 * 24 * 60  # local jobs: no real limit (submitit's LocalExecutor would stop them after 2 min)
 # sacct states of a job that is not over: a second submission now would race it on the same folders
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
 
@@ -111,7 +113,8 @@ class SubmititLauncher:
             return submitit.DebugExecutor(folder=folder)
         if self.cluster == "local":
             executor = submitit.LocalExecutor(folder=folder)
-            executor.update_parameters(timeout_min=o.time_min, gpus_per_node=gpus, visible_gpus=visible_gpus,
+            executor.update_parameters(timeout_min=o.time_min or LOCAL_TIME_LIMIT_MIN, gpus_per_node=gpus,
+                                       visible_gpus=visible_gpus,
                                        tasks_per_node=1, nodes=1, setup=list(o.setup))
             return executor
         executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
@@ -119,7 +122,7 @@ class SubmititLauncher:
         if dependency:
             sbatch["dependency"] = dependency
         params: dict[str, Any] = {
-            "timeout_min": o.time_min, "gpus_per_node": gpus or None, "tasks_per_node": 1, "nodes": 1,
+            "timeout_min": o.time_min or SLURM_TIME_LIMIT_MIN, "gpus_per_node": gpus or None, "tasks_per_node": 1, "nodes": 1,
             "name": job_name, "cpus_per_task": o.cpus_per_job, "mem_gb": o.mem_gb,
             "slurm_partition": o.partition, "slurm_array_parallelism": o.array_parallelism,
             "slurm_account": o.account, "slurm_qos": o.qos, "slurm_setup": list(o.setup) or None,
