@@ -48,6 +48,7 @@ def test_grid_file_with_a_base_run_config_expands_to_one_configuration_per_cell(
     assert unet.config.seed == 1 and unet.config.generator.name == "cutpaste" and unet.config.data.root is None
     assert unet.folder == tmp_path / "sweep" / "runs" / "demo" / "cutpaste-unet-seed1"
     assert unet.generation is lfd.generation  # both segmenters consume one synthetic set
+    assert unet.generation.config.segmenter.options == {}  # segmenter options do not touch the set's folder
     assert unet.generation.folder == tmp_path / "sweep" / "synthetic" / "demo" / "cutpaste-seed1"
 
 
@@ -216,6 +217,18 @@ def test_a_local_gpu_slot_is_the_only_gpu_its_job_sees(tmp_path):
     executor = launcher.executor(gpus=1, visible_gpus=(5,))
     assert executor.parameters["gpus_per_node"] == 1 and executor.parameters["visible_gpus"] == (5,)
     assert executor.parameters["timeout_min"] >= 24 * 60  # no real limit, not submitit's 2-minute default
+
+
+def test_a_cell_folder_holding_another_configuration_is_refused_before_anything_runs(tmp_path):
+    grid = {**GRID, "generators": ["cutpaste"], "segmenters": ["unet"]}
+    out = tmp_path / "sweep"
+    sweep = sweep_of(grid, out, launcher=None)
+    sweep.prepare(*sweep.tasks()[:2])
+    assert json.loads((out / "runs/demo/cutpaste-unet-seed0/config.json").read_text())["segmenter"]["options"]["max_steps"] == 3
+    changed = {**grid, "base": {**TINY_BASE, "segmenter": {"options": {"max_steps": 5, "batch_size": 4}}}}
+    sweep = sweep_of(changed, out, launcher=None)
+    with pytest.raises(BenchError, match=r"cutpaste-unet-seed0.*segmenter.options.max_steps.*delete that folder"):
+        sweep.prepare(*sweep.tasks()[:2])
 
 
 def sweep_of(raw: dict, out: Path, launcher):

@@ -25,16 +25,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from benchmark.config import LAYOUTS, RunConfig, build_config, deep_merge, load_config_file, read_yaml
+from benchmark.config import (LAYOUTS, ComponentConfig, RunConfig, Strict, build_config, deep_merge, load_config_file,
+                              read_yaml)
 from benchmark.errors import BenchError, describe_errors
 
 GRID_FILE = "sweep.yaml"  # the grid as last launched, in the sweep folder
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ComponentEntry(Strict):
@@ -208,8 +205,11 @@ def expand(grid: SweepGrid, output: Path, source: str = "the sweep") -> tuple[li
                         where = f"{generator.slug}/{segmenter.slug}/seed{seed} on {dataset.label or dataset.root or 'the base data'}"
                         raise BenchError(f"{source}, cell {where}: {e}") from None
                     data = dataset_slug(dataset, config)
-                    if generation is None:  # the first segmenter's configuration; the set does not depend on it
-                        generation = GenerationJob(data, generator.slug, seed, config,
+                    if generation is None:
+                        # the set does not depend on the segmenter: its options stay out of the generation
+                        # folder's config.json, so changing them never invalidates a synthetic set
+                        neutral = config.model_copy(update={"segmenter": ComponentConfig(name=config.segmenter.name)})
+                        generation = GenerationJob(data, generator.slug, seed, neutral,
                                                    output / "synthetic" / data / f"{generator.slug}-seed{seed}")
                         generations.append(generation)
                     cells.append(Cell(data, generator.slug, segmenter.slug, seed, config,

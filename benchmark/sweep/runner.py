@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from benchmark.errors import BenchError
 from benchmark.storage import atomic_write_text
 from benchmark.sweep.grid import GRID_FILE, Cell, GenerationJob, SweepGrid, grid_yaml
 from benchmark.sweep.jobs import (cell_is_done, generate_synthetic_set, generation_is_done, prepare_run_folder,
@@ -64,7 +65,11 @@ class Sweep:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.folder / GRID_FILE, grid_yaml(self.grid))
         for task in [*generations, *cells]:
-            prepare_run_folder(*task.args)
+            try:
+                prepare_run_folder(*task.args)
+            except BenchError as e:
+                raise BenchError(f"{e} (in a sweep: delete that folder to redo it with the grid's configuration, "
+                                 "or give the sweep another --output)") from None
 
     def launch(self) -> Outcome:
         generations, cells, summary = self.tasks()
