@@ -53,7 +53,8 @@ def test_grid_file_with_a_base_run_config_expands_to_one_configuration_per_cell(
 
 
 @pytest.mark.parametrize("grid, message", [
-    ({"generators": ["cutpast"], "segmenters": ["unet"]}, "did you mean 'cutpaste'"),
+    ({"generators": ["cutpast"], "segmenters": ["unet"], "datasets": ["demo"]},
+     "cell cutpast/unet/seed0 on demo: unknown generator 'cutpast' (did you mean 'cutpaste'?)"),
     ({"generators": ["cutpaste"], "segmenters": ["unet"], "seedz": [1]}, "seedz"),
     ({"generators": ["cutpaste", "cutpaste"], "segmenters": ["unet"]}, "label"),
     ({"generators": ["cutpaste"], "segmenters": ["unet"], "base": {"data": {"image_sizee": 64}}}, "image_size"),

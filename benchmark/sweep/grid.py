@@ -202,7 +202,8 @@ def expand(grid: SweepGrid, output: Path, source: str = "the sweep") -> tuple[li
                     try:
                         config = build_config(settings.get("profile") or "smoke", [settings])
                     except BenchError as e:
-                        where = f"{generator.slug}/{segmenter.slug}/seed{seed} on {dataset.label or dataset.root or 'the base data'}"
+                        named = dataset.label or dataset.root or ("demo" if "root" in dataset.model_fields_set else "the base data")
+                        where = f"{generator.slug}/{segmenter.slug}/seed{seed} on {named}"
                         raise BenchError(f"{source}, cell {where}: {e}") from None
                     data = dataset_slug(dataset, config)
                     if generation is None:
