@@ -185,17 +185,17 @@ def test_the_same_grid_through_submitits_debug_executor(tmp_path, one_thread):
 
 
 @pytest.mark.slow
-def test_a_grid_through_submitits_local_executor_runs_in_subprocesses(tmp_path):
+def test_the_same_grid_through_submitits_local_executor_in_subprocesses(tmp_path):
     from benchmark.sweep.launchers import SubmititLauncher
 
-    grid = {**GRID, "generators": ["cutpaste"], "segmenters": ["unet"]}
     out = tmp_path / "sweep"
     # slot 0: the path of a machine with GPUs (the job sees CUDA_VISIBLE_DEVICES=0; none here, so CPU)
-    launcher = SubmititLauncher(out, "local", validate_grid(grid).launcher, slots=[0])
-    outcome = sweep_of(grid, out, launcher).launch()
-    assert outcome.failed == {} and len(outcome.done) == 2
-    assert (out / "runs/demo/cutpaste-unet-seed0/results.json").exists()
+    launcher = SubmititLauncher(out, "local", validate_grid(GRID).launcher, slots=[0])
+    outcome = sweep_of(GRID, out, launcher).launch()
+    assert outcome.failed == {} and len(outcome.done) == 2 + 4
+    check_finished_grid(out)
     jobs = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
+    assert [j["kind"] for j in jobs] == ["generate"] * 2 + ["cell"] * 4
     assert all(Path(j["stdout"]).exists() for j in jobs)  # each job's log in the sweep folder
     assert all(j["job_id"] != str(os.getpid()) for j in jobs)  # a process of its own
 
