@@ -274,6 +274,7 @@ DELEGATED = {  # name -> (module with add_arguments(parser) and run(args), help)
     "compare": ("benchmark.compare", "diff two results.json per category; non-zero exit on regression"),
     "leaderboard": ("benchmark.leaderboard", "render leaderboards from reported and reproduced results"),
     "predict": ("benchmark.predict", "apply a run's trained segmenter to new images: maps, masks, overlays"),
+    "sweep": ("benchmark.sweep", "a grid of runs (generators x segmenters x datasets x seeds), local or on SLURM"),
 }
 
 
@@ -390,6 +391,8 @@ def resume_command(args) -> str:
     import shlex
 
     output = getattr(args, "resolved_output", None) or getattr(args, "output", None) or "<run folder>"
+    if args.command == "sweep":  # a sweep always continues what its folder holds
+        return f"bench sweep --output {shlex.quote(str(output))}"
     return f"bench {args.command} --output {shlex.quote(str(output))} --resume"
 
 

@@ -99,19 +99,24 @@ def parse_override(text: str) -> dict:
     return value
 
 
+def read_yaml(path: Path, what: str):
+    """A YAML file's contents; an unreadable file or a YAML error is one line naming the file."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise BenchError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise BenchError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
+
+
 def load_config_file(path: Path | str) -> dict:
     """A `--config` file: YAML (so also a run folder's config.json) with RunConfig's schema, any
     subset of its keys. Checked on its own here, so a mistake names the file and the key even when
     flags are given too."""
     path = Path(path).expanduser()
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise BenchError(f"{path}: cannot read the config file ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise BenchError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
+    raw = read_yaml(path, "config file")
     if raw is None:
         return {}
     if not isinstance(raw, dict):
