@@ -113,7 +113,9 @@ class RunContext:
 
         t = self.cfg.trainer
         return L.Trainer(
-            accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+            accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+            # one process: no DDP wrapper (a 1-process DDP would still shard and wrap for nothing)
+            strategy=t.strategy if self.ranks.distributed else "auto",
             precision=self.resolved_precision(), max_steps=max_steps if max_steps is not None else -1,
             max_epochs=-1 if max_steps is not None else None,
             deterministic=self.resolved_determinism()["lightning"], logger=logger, enable_progress_bar=False,
