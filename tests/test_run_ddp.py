@@ -119,10 +119,11 @@ def test_sharded_evaluation_equals_scoring_all_maps_in_one_process(one_and_two, 
 
 def test_a_rank_killed_mid_generation_resumes_to_the_full_set(tmp_path):
     args = ["--set", "generator.options.pairs_per_type=3", "--set", "generator.options.batch_size=1",
-            "--set", "segmenter.options.max_steps=1", "--no-predictions"]
+            "--set", "segmenter.options.max_steps=1"]
     run, cache = tmp_path / "run", tmp_path / "cache"
     this_file = [sys.executable, str(Path(__file__).resolve())]
-    killed = bench_process(["run", "--output", str(run), *TINY, *TWO, *args], cache, this_file, {KILL_AFTER: "2"})
+    killed = bench_process(["run", "--output", str(run), "--no-predictions", *TINY, *TWO, *args], cache, this_file,
+                           {KILL_AFTER: "2"})
     assert killed.returncode != 0
     state = json.loads((run / "state.json").read_text())
     assert not state.get("generate", {}).get("done", False)
@@ -131,7 +132,7 @@ def test_a_rank_killed_mid_generation_resumes_to_the_full_set(tmp_path):
     assert shard.exists() and len(shard.read_text().splitlines()) == 2  # rank 1 died after its 2nd pair
     assert not (synthetic / "manifest.jsonl").exists()
 
-    resumed = bench_process(["run", "--output", str(run), "--resume", *TINY, *TWO, *args], cache)
+    resumed = bench_process(["run", "--output", str(run), "--resume", "--no-predictions", *TINY, *TWO, *args], cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # the reference: the same set made in one process, uninterrupted
     straight = tmp_path / "straight"
