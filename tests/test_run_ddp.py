@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.results import flat_metrics as metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "64", "--categories", "carpet_like,pill", "--no-wandb", "--set", "trainer.accelerator=cpu",
         "--set", "segmenter.options.batch_size=4", "--set", "generator.options.pairs_per_type=2"]
@@ -51,16 +53,6 @@ def pairs(run: Path) -> dict[str, tuple[bytes, bytes]]:
     return {r["id"]: ((root / r["image"]).read_bytes(), (root / r["mask"]).read_bytes()) for r in records}
 
 
-def metrics(entry: dict, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for key, value in entry.items():
-        if isinstance(value, dict):
-            out.update(metrics(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)):
-            out[prefix + key] = float(value)
-    return out
-
-
 def close(a: float, b: float, tolerance: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tolerance
 
@@ -73,7 +65,8 @@ def one_and_two(tmp_path_factory):
     for n, extra in ((1, []), (2, TWO)):
         run = base / f"run{n}"
         done = bench_process(["run", "--output", str(run), "--format", "csv", "--set",
-                              "segmenter.options.max_steps=40", *TINY, *extra], base / f"cache{n}")
+                              "segmenter.options.max_steps=40", "--segmenter", "lfd", *TINY, *extra],
+                             base / f"cache{n}")
         assert done.returncode == 0, done.stderr[-3000:]
         out[n] = (run, done.stdout)
     return out
@@ -118,12 +111,12 @@ def test_sharded_evaluation_equals_scoring_all_maps_in_one_process(one_and_two, 
 
 
 def test_a_rank_killed_mid_generation_resumes_to_the_full_set(tmp_path):
-    args = ["--set", "generator.options.pairs_per_type=3", "--set", "generator.options.batch_size=1",
-            "--set", "segmenter.options.max_steps=1"]
+    # `bench generate`: the stages of `bench run` up to the synthetic set (the fit and evaluation
+    # after it are the first test's)
+    args = ["--set", "generator.options.pairs_per_type=3", "--set", "generator.options.batch_size=1"]
     run, cache = tmp_path / "run", tmp_path / "cache"
     this_file = [sys.executable, str(Path(__file__).resolve())]
-    killed = bench_process(["run", "--output", str(run), "--no-predictions", *TINY, *TWO, *args], cache, this_file,
-                           {KILL_AFTER: "2"})
+    killed = bench_process(["generate", "--output", str(run), *TINY, *TWO, *args], cache, this_file, {KILL_AFTER: "2"})
     assert killed.returncode != 0
     state = json.loads((run / "state.json").read_text())
     assert not state.get("generate", {}).get("done", False)
@@ -132,7 +125,7 @@ def test_a_rank_killed_mid_generation_resumes_to_the_full_set(tmp_path):
     assert shard.exists() and len(shard.read_text().splitlines()) == 2  # rank 1 died after its 2nd pair
     assert not (synthetic / "manifest.jsonl").exists()
 
-    resumed = bench_process(["run", "--output", str(run), "--resume", "--no-predictions", *TINY, *TWO, *args], cache)
+    resumed = bench_process(["generate", "--output", str(run), "--resume", *TINY, *TWO, *args], cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # the reference: the same set made in one process, uninterrupted
     straight = tmp_path / "straight"
@@ -140,7 +133,8 @@ def test_a_rank_killed_mid_generation_resumes_to_the_full_set(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     expected = pairs(straight)
     assert len(expected) == 18 and pairs(run) == expected
-    assert json.loads((run / "state.json").read_text())["report"]["done"]
+    assert json.loads((run / "state.json").read_text())["generate"]["done"]
+    assert resumed.stdout.count("synthetic set:") == 1  # rank 1 prints nothing
 
 
 def kill_rank1_after(n: int) -> None:
