@@ -67,8 +67,9 @@ class Run:
         ctx = self.ctx
         # first: on N devices this starts the other N-1 processes, which run this command too
         ctx.ranks = launch_ranks(ctx.cfg.trainer)
-        if not ctx.ranks.is_zero:
-            ctx.progress = RunProgress(quiet=True)  # one display: rank zero's
+        if not ctx.ranks.is_zero:  # one display and one log: rank zero's (warnings still show)
+            ctx.progress = RunProgress(quiet=True)
+            logging.disable(logging.INFO)
         ctx.ranks.on_zero(lambda: self._claim(resume, overwrite))
         stages = [cls() for cls in STAGES]
         stages = stages[: [s.name for s in stages].index(until) + 1]
