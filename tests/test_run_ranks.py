@@ -8,6 +8,8 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -41,6 +43,7 @@ def rank_process(rank: int, port: int, out: str) -> None:
     Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
 
 
+@pytest.mark.slow  # two processes that import torch: 39 s on this busy machine (13 s of CPU)
 def test_two_ranks_share_rank_zeros_values_and_stop_together_on_its_bad_input(tmp_path):
     import torch.multiprocessing as mp
 
