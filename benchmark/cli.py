@@ -176,6 +176,8 @@ def cmd_run(args) -> int:
         return print_config(args)
     run, output = make_run(args, None, save_predictions=args.save_predictions)
     results = run.execute(resume=args.resume, overwrite=args.overwrite)
+    if not run.is_global_zero:  # a multi-device run's other ranks: rank zero prints the table
+        return 0
     print_results(results, args.format, quiet=args.quiet)
     print(f"results: {output / 'results.json'}", file=sys.stdout if args.format == "table" else sys.stderr)
     return 0
@@ -201,7 +203,8 @@ def cmd_generate(args) -> int:
         return print_config(args)
     run, output = make_run(args, "generate", generator_checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     run.execute(resume=args.resume, overwrite=args.overwrite, until="generate")
-    print(f"synthetic set: {output / 'synthetic'}")
+    if run.is_global_zero:
+        print(f"synthetic set: {output / 'synthetic'}")
     return 0
 
 

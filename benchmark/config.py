@@ -47,10 +47,13 @@ class TrainerConfig(Strict):
     devices: int | str = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    # Lightning's precision names; None: "32-true" on CPU, "16-mixed" on GPU (results.json records which)
+    # Lightning's precision names; None: per profile and device, benchmark/run/gpu_policy.py
+    # (32-true on CPU; on CUDA smoke 32-true, paper 16-mixed); results.json records which
     precision: Optional[Literal["64-true", "32-true", "16-true", "16-mixed", "bf16-true", "bf16-mixed"]] = None
     num_workers: int = 0
-    deterministic: bool = True
+    # True (strict), "warn" (warn_only) or False; None: strict on CPU, "warn" on CUDA (bilinear
+    # upsampling has no deterministic CUDA backward); results.json records which and why
+    deterministic: Optional[Literal["warn"] | bool] = None
 
 
 class ComponentConfig(Strict):

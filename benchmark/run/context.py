@@ -14,6 +14,7 @@ from benchmark.config import RunConfig
 from benchmark.progress import RunProgress
 from benchmark.run.folder import RunFolder
 from benchmark.run.interrupt import StopRequest
+from benchmark.run.ranks import RunRanks
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class RunContext:
     segmenter_options: Any
     generator_checkpoint: Path | None = None
     save_predictions: bool = True  # <run>/predictions: not part of the config (it changes no number)
+    ranks: RunRanks = field(default_factory=RunRanks)  # set by Run.execute once the processes are up
     # produced by the stages
     split: Any = None
     synthetic: Any = None
@@ -92,25 +94,31 @@ class RunContext:
         return d
 
     def resolved_precision(self) -> str:
-        import torch
+        from benchmark.run.gpu_policy import resolved_precision
 
-        return self.cfg.trainer.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
+        return resolved_precision(self.cfg)
+
+    def resolved_determinism(self) -> dict:
+        from benchmark.run.gpu_policy import resolved_determinism
+
+        return resolved_determinism(self.cfg)
 
     # -- Lightning plumbing --------------------------------------------------------------------
-    def trainer(self, max_steps=None, callbacks=(), logger=False, devices_for: str = "fit"):
+    def trainer(self, max_steps=None, callbacks=(), logger=False):
+        """A Trainer with the run's settings. On N devices every stage uses all of them: fit is
+        data-parallel, generation and evaluation each predict a shard (docs/scale.md)."""
         import lightning as L
 
         from benchmark.progress import ProgressCallback
 
         t = self.cfg.trainer
-        # evaluation gathers maps in one process; fit and generate use every device
-        devices = 1 if devices_for == "evaluate" else t.devices
         return L.Trainer(
-            accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes,
-            strategy=t.strategy if devices_for != "evaluate" else "auto",
+            accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+            # one process: no DDP wrapper (a 1-process DDP would still shard and wrap for nothing)
+            strategy=t.strategy if self.ranks.distributed else "auto",
             precision=self.resolved_precision(), max_steps=max_steps if max_steps is not None else -1,
             max_epochs=-1 if max_steps is not None else None,
-            deterministic=t.deterministic, logger=logger, enable_progress_bar=False,
+            deterministic=self.resolved_determinism()["lightning"], logger=logger, enable_progress_bar=False,
             enable_model_summary=False, enable_checkpointing=any(
                 type(c).__name__ == "ModelCheckpoint" for c in callbacks),
             # progress first: a stop requested during a batch is reported with that batch counted
@@ -130,7 +138,7 @@ class RunContext:
         periodic = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
                                    every_n_train_steps=checkpoint_every(max_steps))
         trainer = self.trainer(max_steps=max_steps, callbacks=[StopAtBatchEnd(self.stop, last), periodic],
-                               logger=logger, devices_for="fit")
+                               logger=logger)
         with self.progress.stage(*progress):
             trainer.fit(module, ckpt_path=str(last) if last.exists() else None, weights_only=True, **fit_kwargs)
         return trainer

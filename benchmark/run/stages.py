@@ -30,7 +30,8 @@ class Stage:
 
 # -- data and split --------------------------------------------------------------------------------
 class DataStage(Stage):
-    """Reads the dataset (or makes the demo), checks it, and writes the few-shot split."""
+    """Reads the dataset (or makes the demo), checks it, and writes the few-shot split (on rank
+    zero; the other ranks read the split once it is written)."""
 
     name = "data"
 
@@ -43,6 +44,11 @@ class DataStage(Stage):
         return super().is_done(ctx) and (ctx.folder.root / "split.json").exists()
 
     def run(self, ctx: RunContext) -> None:
+        ctx.ranks.on_zero(lambda: self.make_split(ctx))
+        if not ctx.ranks.is_zero:
+            self.load(ctx)
+
+    def make_split(self, ctx: RunContext) -> None:
         from benchmark.data.layouts import read_dataset
         from benchmark.data.split import few_shot_split
 
@@ -107,7 +113,11 @@ def synthetic_key(ctx: RunContext) -> str:
 
 class GenerateStage(Stage):
     """Fits the generator (when it learns; resumable from its Lightning checkpoint) and writes the
-    synthetic set to the cache, skipping pairs already there; links it into the run folder."""
+    synthetic set to the cache, skipping pairs already there; links it into the run folder.
+
+    On N ranks: the fit is data-parallel, each rank writes the pairs of its shard of the pending
+    requests to its own manifest shard, and rank zero merges the shards after a barrier (no shard
+    is removed while another rank may still read it)."""
 
     name = "generate"
 
@@ -122,33 +132,44 @@ class GenerateStage(Stage):
         generator = ctx.generator_cls(ctx.generator_options, ctx.cfg.data.image_size)
         generator.setup_split(ctx.split)
         requests = generator.plan(ctx.split, ctx.cfg.seed)
-        pending = synthetic.pending(requests)
+        # rank zero reads the set, so every rank predicts the same list (its sampler shards it)
+        pending_ids = set(ctx.ranks.broadcast([r.id for r in synthetic.pending(requests)]
+                                              if ctx.ranks.is_zero else None))
+        pending = [r for r in requests if r.id in pending_ids]
         ctx.synthetic = synthetic
         if not pending:
-            link_synthetic(ctx)
+            ctx.ranks.on_zero(lambda: link_synthetic(ctx))
             return
-        synthetic.write_meta({
-            "generator": ctx.cfg.generator.name, "key": key, "config": ctx.resolved_config()["generator"],
-            "code_version": getattr(ctx.generator_cls, "code_version", 1),
-            "image_size": ctx.cfg.data.image_size, "seed": ctx.cfg.seed, "versions": package_versions(),
-            "requests": len(requests),
-        })
+        if ctx.ranks.is_zero:
+            synthetic.write_meta({
+                "generator": ctx.cfg.generator.name, "key": key, "config": ctx.resolved_config()["generator"],
+                "code_version": getattr(ctx.generator_cls, "code_version", 1),
+                "image_size": ctx.cfg.data.image_size, "seed": ctx.cfg.seed, "versions": package_versions(),
+                "requests": len(requests),
+            })
         if ctx.generator_cls.trainable:
             fit_generator(ctx, generator, synthetic.root / "generator.pt")
         from benchmark.run.interrupt import StopAtBatchEnd
 
         trainer = ctx.trainer(callbacks=[SyntheticSetWriter(synthetic, ctx.cfg.generator.name),
-                                         StopAtBatchEnd(ctx.stop)], devices_for="generate")
+                                         StopAtBatchEnd(ctx.stop)])
         loader = DataLoader(pending, batch_size=ctx.generator_options.batch_size, collate_fn=collate_requests)
-        with ctx.progress.stage("generate", len(pending)):
+        with ctx.progress.stage("generate", ctx.ranks.share(len(pending))):
             trainer.predict(generator, dataloaders=loader, return_predictions=False)
-        if trainer.is_global_zero:
-            synthetic.merge_manifests()
-        missing = {r.id for r in requests} - synthetic.done_ids()
-        if missing:
-            raise BenchError(f"{synthetic.root}: {len(missing)} requested pairs were not written "
-                             f"(e.g. {sorted(missing)[0]}); run again with --resume")
-        link_synthetic(ctx)
+        ctx.ranks.barrier()  # every rank's shard is written
+        ctx.ranks.on_zero(lambda: finish_synthetic(ctx, requests))
+
+
+def finish_synthetic(ctx: RunContext, requests) -> None:
+    """Rank zero, after every rank wrote its pairs: merge the manifest shards, check that no pair
+    is missing, link the set into the run folder."""
+    synthetic = ctx.synthetic
+    synthetic.merge_manifests()
+    missing = {r.id for r in requests} - synthetic.done_ids()
+    if missing:
+        raise BenchError(f"{synthetic.root}: {len(missing)} requested pairs were not written "
+                         f"(e.g. {sorted(missing)[0]}); run again with --resume")
+    link_synthetic(ctx)
 
 
 def fit_generator(ctx: RunContext, generator, trained: Path) -> None:
@@ -158,7 +179,7 @@ def fit_generator(ctx: RunContext, generator, trained: Path) -> None:
     if ctx.generator_checkpoint is not None:
         generator.load_trained(ctx.generator_checkpoint)
         return
-    if trained.exists():
+    if ctx.ranks.broadcast(trained.exists() if ctx.ranks.is_zero else None):
         generator.load_trained(trained)
         return
     steps = getattr(generator.options, "train_steps", None)
@@ -193,18 +214,18 @@ class TrainStage(Stage):
             tag = group or "unified"
             final = ctx.folder.root / "segmenter" / f"{tag}.pt"
             model = ctx.segmenter_cls(ctx.segmenter_options)
-            if final.exists():
+            if ctx.ranks.broadcast(final.exists() if ctx.ranks.is_zero else None):
                 model.load_state_dict(load_weights(final))
                 ctx.models[group] = model
                 continue
-            single_process = ctx.cfg.trainer.devices in (1, "1") and ctx.cfg.trainer.num_nodes == 1
+            # on N ranks Lightning shards the loader with a DistributedSampler (resumable per epoch)
             data = SegmentationDataModule(training_items(ctx.split, ctx.synthetic, group), ctx.cfg.data.image_size,
                                           ctx.segmenter_options.batch_size, ctx.cfg.seed,
-                                          ctx.cfg.trainer.num_workers, resumable=single_process)
+                                          ctx.cfg.trainer.num_workers, resumable=not ctx.ranks.distributed)
             steps = ctx.segmenter_options.max_steps
             trainer = ctx.fit(model, ctx.folder.root / "checkpoints" / tag, steps, ("train", steps, tag),
                               logger=ctx.wandb_logger(), datamodule=data)
-            if trainer.is_global_zero:
+            if trainer.is_global_zero:  # DDP left the same weights on every rank
                 atomic_torch_save(model.state_dict(), final)
             ctx.models[group] = model
 
@@ -219,7 +240,8 @@ EVALUATED_AS = "evaluated_as"
 
 class EvaluateStage(Stage):
     """Per category: predict the held-out defects and test normals, feed the metric engine;
-    finished categories are kept in evaluation.json."""
+    finished categories are kept in evaluation.json. On N ranks each predicts a shard of the
+    images and the engine's states are gathered before `compute` (torchmetrics' sync)."""
 
     name = "evaluate"
 
@@ -231,7 +253,8 @@ class EvaluateStage(Stage):
         from benchmark.segmentation_data import SegmentationDataset, evaluation_items
 
         path = ctx.folder.root / "evaluation.json"
-        done = json.loads(path.read_text()) if path.exists() else {}
+        done = ctx.ranks.broadcast((json.loads(path.read_text()) if path.exists() else {})
+                                   if ctx.ranks.is_zero else None)
         for name in sorted(ctx.split.categories):
             if name in done:
                 continue
@@ -245,11 +268,13 @@ class EvaluateStage(Stage):
                 from benchmark.predictions import PredictionWriter
 
                 callbacks.append(PredictionWriter(ctx.folder.root / "predictions"))
-            trainer = ctx.trainer(callbacks=callbacks, devices_for="evaluate")
-            with ctx.progress.stage("evaluate", len(loader), name):
+            trainer = ctx.trainer(callbacks=callbacks)
+            batches = -(-ctx.ranks.share(len(loader.dataset)) // loader.batch_size)
+            with ctx.progress.stage("evaluate", batches, name):
                 trainer.predict(model, dataloaders=loader, return_predictions=False)
-            done[name] = {**collector.compute(), EVALUATED_AS: collector.provenance()}
-            atomic_write_text(path, json.dumps(done, indent=2))
+            done[name] = {**collector.compute(), EVALUATED_AS: collector.provenance(ctx.ranks)}
+            if ctx.ranks.is_zero:
+                atomic_write_text(path, json.dumps(done, indent=2))
         ctx.per_category = done
 
     def load(self, ctx: RunContext) -> None:
@@ -261,11 +286,15 @@ class EvaluateStage(Stage):
 
 # -- report ----------------------------------------------------------------------------------------
 class ReportStage(Stage):
-    """results.json, metrics.csv, samples.png, per_category.png, and the W&B run."""
+    """results.json, metrics.csv, samples.png, per_category.png, and the W&B run (rank zero)."""
 
     name = "report"
 
     def run(self, ctx: RunContext) -> None:
+        if ctx.ranks.is_zero:
+            self.write(ctx)
+
+    def write(self, ctx: RunContext) -> None:
         from benchmark import report
         from benchmark.results import build_results
 
@@ -277,6 +306,8 @@ class ReportStage(Stage):
             timings={k: v for k, v in ctx.folder.timings().items() if k != self.name},
             evaluation=evaluation_provenance(ctx),
             precision=ctx.resolved_precision(), **source_revision(),
+            determinism={k: v for k, v in ctx.resolved_determinism().items() if k != "lightning"},
+            world_size=ctx.ranks.world_size,
             synthetic_set=str(ctx.synthetic.root), synthetic_pairs=len(ctx.synthetic),
         )
         report.write_results(results, root)
@@ -289,7 +320,8 @@ class ReportStage(Stage):
         ctx.results = results
 
     def load(self, ctx: RunContext) -> None:
-        ctx.results = json.loads((ctx.folder.root / "results.json").read_text())
+        if ctx.ranks.is_zero:
+            ctx.results = json.loads((ctx.folder.root / "results.json").read_text())
 
     def is_done(self, ctx: RunContext) -> bool:
         return super().is_done(ctx) and (ctx.folder.root / "results.json").exists()
