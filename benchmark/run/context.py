@@ -135,6 +135,17 @@ class RunContext:
             trainer.fit(module, ckpt_path=str(last) if last.exists() else None, weights_only=True, **fit_kwargs)
         return trainer
 
+    def drop_fit_checkpoints(self, checkpoint_dir: Path) -> None:
+        """After a fit's final weights are saved (`segmenter/<group>.pt`, `generator.pt`): its
+        Lightning checkpoints only serve to resume the fit mid-way, so they go; the run folder
+        keeps one copy of each model's weights (issue 18: two copies made a smoke folder ~220 MB)."""
+        import shutil
+
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        parent = checkpoint_dir.parent
+        if parent.name == "checkpoints" and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
     def wandb_logger(self):
         if not self.cfg.wandb:
             return False

@@ -162,9 +162,11 @@ def fit_generator(ctx: RunContext, generator, trained: Path) -> None:
         generator.load_trained(trained)
         return
     steps = getattr(generator.options, "train_steps", None)
-    trainer = ctx.fit(generator, ctx.folder.root / "checkpoints" / "generator", steps, ("fit-gen", steps))
+    checkpoints = ctx.folder.root / "checkpoints" / "generator"
+    trainer = ctx.fit(generator, checkpoints, steps, ("fit-gen", steps))
     if trainer.is_global_zero:
         generator.save_trained(trained)
+        ctx.drop_fit_checkpoints(checkpoints)
 
 
 def link_synthetic(ctx: RunContext) -> None:
@@ -176,7 +178,7 @@ def link_synthetic(ctx: RunContext) -> None:
 # -- segmenter training ----------------------------------------------------------------------------
 class TrainStage(Stage):
     """One segmenter (unified) or one per category; each fit resumes from its Lightning checkpoint
-    and ends in `segmenter/<group>.pt`."""
+    and ends in `segmenter/<group>.pt`, the one copy of its weights kept (the checkpoint goes)."""
 
     name = "train"
 
@@ -196,16 +198,19 @@ class TrainStage(Stage):
             if final.exists():
                 model.load_state_dict(load_weights(final))
                 ctx.models[group] = model
+                ctx.drop_fit_checkpoints(ctx.folder.root / "checkpoints" / tag)  # left by a kill after the save
                 continue
             single_process = ctx.cfg.trainer.devices in (1, "1") and ctx.cfg.trainer.num_nodes == 1
             data = SegmentationDataModule(training_items(ctx.split, ctx.synthetic, group), ctx.cfg.data.image_size,
                                           ctx.segmenter_options.batch_size, ctx.cfg.seed,
                                           ctx.cfg.trainer.num_workers, resumable=single_process)
             steps = ctx.segmenter_options.max_steps
-            trainer = ctx.fit(model, ctx.folder.root / "checkpoints" / tag, steps, ("train", steps, tag),
+            checkpoints = ctx.folder.root / "checkpoints" / tag
+            trainer = ctx.fit(model, checkpoints, steps, ("train", steps, tag),
                               logger=ctx.wandb_logger(), datamodule=data)
             if trainer.is_global_zero:
                 atomic_torch_save(model.state_dict(), final)
+                ctx.drop_fit_checkpoints(checkpoints)
             ctx.models[group] = model
 
     def load(self, ctx: RunContext) -> None:
