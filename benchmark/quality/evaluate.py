@@ -117,8 +117,10 @@ def _defect(group: DefectGroup, nets, distance: LPIPSDistance, opts) -> tuple[di
             cache[key] = distance.pairwise(image_loader(sub, opts.image_size), len(sub))
         return cache[key][which]
 
-    ic = intra_cluster_lpips(glob[:, centre_cols], lambda m: pairwise(m, 0), opts.cluster_cap, opts.seed)
-    ic_a = intra_cluster_lpips(region[:, centre_cols], lambda m: pairwise(m, 1), opts.cluster_cap, opts.seed)
+    ic = intra_cluster_lpips(glob[:, centre_cols], lambda m: pairwise(m, 0), opts.cluster_cap, opts.seed,
+                             opts.small_clusters)
+    ic_a = intra_cluster_lpips(region[:, centre_cols], lambda m: pairwise(m, 1), opts.cluster_cap, opts.seed,
+                               opts.small_clusters)
     is_ = inception_score(gen_logits, opts.is_splits, opts.seed)
     kid = kernel_inception_distance(ref_pool, gen_pool, opts.kid_subsets, opts.kid_subset_size, opts.seed)
     metrics = {
@@ -189,25 +191,28 @@ def wandb_metrics(report: dict) -> dict[str, float]:
     return out
 
 
-def quality_table(report: dict):
-    """A rich table: categories (and their defect types) x metrics; the title says when the
-    numbers are not comparable."""
-    from rich.table import Table
+QUALITY_COLUMNS = {"is": "IS", "fid": "FID", "kid_mean": "KID", "lpips_nearest_real": "LPIPS-real",
+                   "ic_lpips": "IC-LPIPS", "ic_lpips_anomaly": "IC-LPIPS(a)"}
 
-    title = "generation quality" + ("" if report["comparable"] else " (random-test features: NOT COMPARABLE)")
-    table = Table(title=title)
-    table.add_column("category / defect")
-    headers = {"is": "IS", "fid": "FID", "kid_mean": "KID", "lpips_nearest_real": "LPIPS-real",
-               "ic_lpips": "IC-LPIPS", "ic_lpips_anomaly": "IC-LPIPS(a)"}
-    for h in headers.values():
-        table.add_column(h, justify="right")
+
+def quality_title(report: dict) -> str:
+    """The table title; says when the numbers are not comparable."""
+    return "generation quality" + ("" if report["comparable"] else " (random-test features: NOT COMPARABLE)")
+
+
+def quality_metric_table(report: dict):
+    """Categories (each followed by its defect types) and the mean x metrics, as a MetricTable
+    (fits the terminal; also Markdown)."""
+    from benchmark.tables import Column, MetricTable
 
     def cells(m):
-        return [("-" if m.get(k) is None else f"{m[k]:.4g}") for k in headers]
+        return {k: "-" if m.get(k) is None else f"{m[k]:.4g}" for k in QUALITY_COLUMNS}
 
+    rows = []
     for name, cat in report["categories"].items():
-        table.add_row(name, *cells(cat["metrics"]), style="bold")
-        for defect, entry in cat["defects"].items():
-            table.add_row(f"  {defect}", *cells(entry["metrics"]))
-    table.add_row("mean", *cells(report["mean"]), style="bold")
-    return table
+        rows.append((name, cells(cat["metrics"])))
+        rows.extend((f"  {defect}", cells(entry["metrics"])) for defect, entry in cat["defects"].items())
+    rows.append(("mean", cells(report["mean"])))
+    columns = [Column(k, h, "quality") for k, h in QUALITY_COLUMNS.items()]
+    return MetricTable(quality_title(report), "category / defect", columns, rows,
+                       bold={*report["categories"], "mean"})

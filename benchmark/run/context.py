@@ -79,6 +79,7 @@ class RunContext:
     # produced by the stages
     split: Any = None
     synthetic: Any = None
+    quality: dict | None = None  # the generation-quality report (quality.enabled)
     models: dict = field(default_factory=dict)
     per_category: dict = field(default_factory=dict)
     results: dict | None = None

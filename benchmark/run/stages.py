@@ -16,6 +16,14 @@ from benchmark.storage import atomic_torch_save, atomic_write_text, config_diges
 class Stage:
     name: str
 
+    def enabled(self, ctx: RunContext) -> bool:
+        """False: the configuration leaves this stage out (it is skipped, not recorded)."""
+        return True
+
+    def preflight(self, ctx: RunContext) -> None:
+        """Checks of what the stage needs from outside the run (e.g. weight files), made before
+        the run's first stage, so a missing file answers in seconds, not after hours of training."""
+
     def is_done(self, ctx: RunContext) -> bool:
         return ctx.folder.is_done(self.name)
 
@@ -175,6 +183,38 @@ def link_synthetic(ctx: RunContext) -> None:
         link.symlink_to(ctx.synthetic.root.resolve(), target_is_directory=True)
 
 
+# -- generation quality ----------------------------------------------------------------------------
+class QualityStage(Stage):
+    """With `quality.enabled`: IS, FID, KID, LPIPS and IC-LPIPS of the synthetic set against the
+    split's real anomalies (docs/quality.md), written to quality.json; the report adds them to
+    results.json under `quality`. Weight files are checked before the run starts."""
+
+    name = "quality"
+
+    def enabled(self, ctx: RunContext) -> bool:
+        return ctx.cfg.quality.enabled
+
+    def preflight(self, ctx: RunContext) -> None:
+        from benchmark.quality.networks import RUN_HINTS, weight_files
+
+        q = ctx.cfg.quality
+        weight_files(q.features, q.lpips_net, q.weights, RUN_HINTS)
+
+    def is_done(self, ctx: RunContext) -> bool:
+        return super().is_done(ctx) and (ctx.folder.root / "quality.json").exists()
+
+    def load(self, ctx: RunContext) -> None:
+        ctx.quality = json.loads((ctx.folder.root / "quality.json").read_text())
+
+    def run(self, ctx: RunContext) -> None:
+        from benchmark.quality.evaluate import evaluate_synthetic_set, write_report
+
+        with ctx.progress.stage("quality", None):
+            report = evaluate_synthetic_set(ctx.synthetic.root, ctx.split, ctx.cfg.quality)
+        write_report(report, ctx.folder.root / "quality.json")
+        ctx.quality = report
+
+
 # -- segmenter training ----------------------------------------------------------------------------
 class TrainStage(Stage):
     """One segmenter (unified) or one per category; each fit resumes from its Lightning checkpoint
@@ -284,6 +324,8 @@ class ReportStage(Stage):
             precision=ctx.resolved_precision(), **source_revision(),
             synthetic_set=str(ctx.synthetic.root), synthetic_pairs=len(ctx.synthetic),
         )
+        if ctx.quality is not None:
+            results["quality"] = ctx.quality
         report.write_results(results, root)
         report.sample_grid(ctx.synthetic, ctx.split, root / "samples.png", ctx.cfg.data.image_size)
         report.category_bars(results, root / "per_category.png")
@@ -314,4 +356,4 @@ def evaluation_provenance(ctx: RunContext) -> dict:
             "categories": per_category}
 
 
-STAGES: tuple[type[Stage], ...] = (DataStage, GenerateStage, TrainStage, EvaluateStage, ReportStage)
+STAGES: tuple[type[Stage], ...] = (DataStage, GenerateStage, QualityStage, TrainStage, EvaluateStage, ReportStage)
