@@ -209,8 +209,10 @@ class QualityStage(Stage):
     def run(self, ctx: RunContext) -> None:
         from benchmark.quality.evaluate import evaluate_synthetic_set, write_report
 
-        with ctx.progress.stage("quality", None):
-            report = evaluate_synthetic_set(ctx.synthetic.root, ctx.split, ctx.cfg.quality)
+        types = {(r["category"], r["defect"]) for r in ctx.synthetic.records()}
+        with ctx.progress.stage("quality", len(types)):
+            report = evaluate_synthetic_set(ctx.synthetic.root, ctx.split, ctx.cfg.quality,
+                                            on_defect=lambda category, defect: ctx.progress.advance(1))
         write_report(report, ctx.folder.root / "quality.json")
         ctx.quality = report
 
