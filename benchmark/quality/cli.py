@@ -18,8 +18,7 @@ LAYOUT_CHOICES = ["mvtec", "visa", "btad", "mvtec3d", "loco", "folder"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from benchmark.quality.options import DEFAULT_CLUSTER_CAP
-    from benchmark.quality.networks import WEIGHTS_ENV
+    from benchmark.quality.options import DEFAULT_CLUSTER_CAP, WEIGHTS_ENV  # a leaf: no torch at parser build
 
     p.add_argument("--synthetic", required=True, help="a synthetic set folder, or a run folder (uses its synthetic/ and split.json)")
     p.add_argument("--real", default=None, help="real dataset root (default: the run folder's split, else the demo dataset)")

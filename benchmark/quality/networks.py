@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from benchmark.errors import BenchError, missing_extra
+from benchmark.quality.options import WEIGHTS_ENV
 
-WEIGHTS_ENV = "SIAS_BENCH_QUALITY_WEIGHTS"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 TRUNK_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 LPIPS_NETS = tuple(TRUNK_FILES)
@@ -72,9 +72,9 @@ def weights_folder(option: str | Path | None) -> Path | None:
 
 # How the user gives the weights folder / picks the random-test backend, in the words of the
 # command that failed: `bench quality` flags, or `bench run` config keys.
-CLI_HINTS = {"weights": "--weights <folder>", "random": "--features random-test"}
+CLI_HINTS = {"weights": "--weights <folder>", "random": "use --features random-test (not comparable)"}
 RUN_HINTS = {"weights": "--set quality.weights=<folder>",
-             "random": "--set quality.features=random-test, or --set quality.enabled=false"}
+             "random": "use --set quality.features=random-test (not comparable), or --set quality.enabled=false"}
 
 
 def load_feature_networks(backend: str = "inception", lpips_net: str = "vgg",
@@ -118,11 +118,11 @@ def _required(folder: Path | None, name: str, what: str, hints: dict[str, str]) 
     if folder is None:
         raise MissingWeightsError(
             f"no weights folder for the quality metrics: put {name} ({what}) in a folder and pass "
-            f"{hints['weights']} or set {WEIGHTS_ENV}; or use {hints['random']} (not comparable)")
+            f"{hints['weights']} or set {WEIGHTS_ENV}; or {hints['random']}")
     path = folder / name
     if not path.is_file():
         raise MissingWeightsError(f"{path}: weight file missing ({what}); put {name} in {folder} "
-                                  f"(nothing is downloaded), or use {hints['random']} (not comparable)")
+                                  f"(nothing is downloaded), or {hints['random']}")
     return path
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+WEIGHTS_ENV = "SIAS_BENCH_QUALITY_WEIGHTS"  # the weights folder when no option names one
 # the metrics of a quality report (docs/quality.md), per defect type, category and mean
 METRICS = ("is", "is_std", "fid", "kid_mean", "kid_std", "lpips_nearest_real", "ic_lpips", "ic_lpips_anomaly")
 DEFAULT_CLUSTER_CAP = 140  # images per IC-LPIPS cluster, as SeaS's evaluation code: see benchmark/quality/ic_lpips.py
