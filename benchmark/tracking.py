@@ -96,7 +96,7 @@ def log_results(logger, results: dict, run_dir: Path) -> None:
             payload[f"plots/{file.stem}"] = wandb.Image(str(file))
     experiment.log(payload)
     summary = {"results": results["mean"], "config_hash": results["run"]["config_hash"]}
-    if results.get("quality"):  # read back by the leaderboard (benchmark.leaderboard.reproduced)
+    if results.get("quality"):  # means and per-category numbers, for the W&B runs table
         quality = results["quality"]
         summary["quality"] = {"comparable": quality["comparable"], "features": quality["features"],
                               "mean": quality["mean"],
