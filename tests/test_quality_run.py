@@ -177,3 +177,11 @@ def test_a_bad_reported_quality_file_is_one_line_naming_the_file(tmp_path, chang
     with pytest.raises(BenchError, match=message) as caught:
         load_reported_quality(tmp_path)
     assert str(caught.value).startswith(str(tmp_path / "bad.yaml")) and "\n" not in str(caught.value)
+
+
+def test_measuring_quality_changes_no_segmentation_number(quality_run, tmp_path):
+    out = tmp_path / "without"
+    assert bench("run", "--output", str(out), *TINY) == 0
+    without = json.loads((out / "results.json").read_text())
+    with_quality = json.loads((quality_run / "results.json").read_text())
+    assert "quality" not in without and with_quality["categories"] == without["categories"]
