@@ -187,15 +187,25 @@ def print_results(results: dict, fmt: str, quiet: bool = False, console=None) ->
     """The final table: rich tables that fit the terminal, or md / csv / json on stdout."""
     from benchmark.report import json_safe, results_table
 
+    quality = results.get("quality")  # a second table: generation quality (quality.enabled)
     if fmt == "json":
         sys.stdout.write(json.dumps(json_safe(results), indent=2) + "\n")
-    elif fmt in ("md", "csv"):
+    elif fmt in ("md", "csv"):  # csv: the segmentation table only (one header per file)
         table = results_table(results)
         sys.stdout.write(table.markdown() if fmt == "md" else table.csv())
+        if fmt == "md" and quality:
+            from benchmark.quality.evaluate import quality_metric_table, quality_title
+
+            sys.stdout.write(f"\n**{quality_title(quality)}**\n\n{quality_metric_table(quality).markdown()}")
     elif not quiet:
         from benchmark.tables import output_console, print_tables
 
-        print_tables(results_table(results), console or output_console())
+        console = console or output_console()
+        print_tables(results_table(results), console)
+        if quality:
+            from benchmark.quality.evaluate import quality_metric_table
+
+            print_tables(quality_metric_table(quality), console)
 
 
 def cmd_generate(args) -> int:
@@ -278,6 +288,7 @@ DELEGATED = {  # name -> (module with add_arguments(parser) and run(args), help)
     "leaderboard": ("benchmark.leaderboard", "render leaderboards from reported and reproduced results"),
     "predict": ("benchmark.predict", "apply a run's trained segmenter to new images: maps, masks, overlays"),
     "sweep": ("benchmark.sweep", "a grid of runs (generators x segmenters x datasets x seeds), local or on SLURM"),
+    "quality": ("benchmark.quality.cli", "generation quality of a synthetic set: IS, FID, KID, LPIPS, IC-LPIPS"),
 }
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from benchmark.errors import BenchError, describe_errors
 from benchmark.metrics.options import MetricOptions
+from benchmark.quality.options import QualityOptions
 from benchmark.registry import GENERATORS, SEGMENTERS
 
 LAYOUTS = ("mvtec", "visa", "btad", "mvtec3d", "loco", "folder")
@@ -70,6 +71,9 @@ class RunConfig(Strict):
     segmenter: ComponentConfig = ComponentConfig(name="unet")
     training: Literal["unified", "per-category"] = "unified"
     metrics: MetricOptions = MetricOptions()
+    # generation quality of the synthetic set (docs/quality.md), against the real anomalies the
+    # generator was given (the split's training ones), computed after generation
+    quality: QualityOptions = QualityOptions(reference="train")
     trainer: TrainerConfig = TrainerConfig()
     wandb: bool = True
     wandb_project: str = "sias-bench"
@@ -80,7 +84,7 @@ class RunConfig(Strict):
 
 PROFILES: dict[str, dict] = {
     "smoke": {"data": {"image_size": 128}, "trainer": {"accelerator": "auto", "devices": 1}},
-    "paper": {"data": {"image_size": 256}},
+    "paper": {"data": {"image_size": 256}, "quality": {"enabled": True}},
 }
 
 

@@ -4,7 +4,8 @@
      "config": {...resolved}, "categories": {"<cat>":
      {"image": {auroc, ap, f1_max}, "pixel": {auroc, ap, f1_max, pro, iou, ...}, "miou", "acc", ...}},
      "mean": {same keys}, "timings": {stage: seconds},
-     "evaluation": {metric_options, image_size: [H, W], categories: {"<cat>": {mode, image_sizes}}}}
+     "evaluation": {metric_options, image_size: [H, W], categories: {"<cat>": {mode, image_sizes}}},
+     "quality": {...}}   (with quality.enabled: the generation-quality report, docs/quality.md)
 
 `run.precision` is the Lightning precision the run resolved and `run.determinism` its determinism
 mode with the reason (unset in the configuration: per profile and device, benchmark/run/gpu_policy.py);

@@ -258,7 +258,7 @@ def test_readme_is_idempotent_and_the_committed_one_is_current(tmp_path):
     assert command.run(args_for("--dir", str(board_dir), "--readme", str(readme))) == 0
     assert readme.read_bytes() == first
     committed = command.REPO_README
-    current = command.readme_text(layout.build(command.load_rows(args_for())), committed)
+    current = command.readme_text(command.build_board(args_for()), committed)
     assert committed.read_text() == current, "leaderboards/README.md is stale: run `bench leaderboard --readme`"
     assert "](../benchmark/leaderboard/data/results/smoke-cutpaste-unet.json)" in current
     with pytest.raises(BenchError, match="--readme"):

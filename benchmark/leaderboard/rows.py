@@ -1,7 +1,7 @@
 """The leaf of the leaderboard package: `Row`, the canonical ids rows are keyed by, display names.
 
 Every other module of the package imports from here; this one imports nothing of the package, so
-the arrows point one way: rows <- protocol, reproduced, reported <- layout <- render <- command.
+the arrows point one way: rows <- protocol, reproduced, reported, quality <- layout <- render <- command.
 """
 
 from __future__ import annotations

@@ -72,8 +72,11 @@ class Run:
             logging.disable(logging.INFO)
         ctx.ranks.on_zero(lambda: self._claim(resume, overwrite))
         stages = [cls() for cls in STAGES]
-        stages = stages[: [s.name for s in stages].index(until) + 1]
+        stages = [s for s in stages[: [s.name for s in stages].index(until) + 1] if s.enabled(ctx)]
         try:
+            for stage in stages:  # before any work: a missing weight file must not cost hours of training
+                if not stage.is_done(ctx):
+                    stage.preflight(ctx)
             with ctx.stop, ctx.progress:
                 for stage in stages:
                     ctx.stop.check(f"before {stage.name}")

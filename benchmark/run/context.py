@@ -81,6 +81,7 @@ class RunContext:
     # produced by the stages
     split: Any = None
     synthetic: Any = None
+    quality: dict | None = None  # the generation-quality report (quality.enabled)
     models: dict = field(default_factory=dict)
     per_category: dict = field(default_factory=dict)
     results: dict | None = None
@@ -142,6 +143,17 @@ class RunContext:
         with self.progress.stage(*progress):
             trainer.fit(module, ckpt_path=str(last) if last.exists() else None, weights_only=True, **fit_kwargs)
         return trainer
+
+    def drop_fit_checkpoints(self, checkpoint_dir: Path) -> None:
+        """After a fit's final weights are saved (`segmenter/<group>.pt`, `generator.pt`): its
+        Lightning checkpoints only serve to resume the fit mid-way, so they go; the run folder
+        keeps one copy of each model's weights (issue 18: two copies made a smoke folder ~220 MB)."""
+        import shutil
+
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        parent = checkpoint_dir.parent
+        if parent.name == "checkpoints" and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
 
     def wandb_logger(self):
         if not self.cfg.wandb:

@@ -16,6 +16,14 @@ from benchmark.storage import atomic_torch_save, atomic_write_text, config_diges
 class Stage:
     name: str
 
+    def enabled(self, ctx: RunContext) -> bool:
+        """False: the configuration leaves this stage out (it is skipped, not recorded)."""
+        return True
+
+    def preflight(self, ctx: RunContext) -> None:
+        """Checks of what the stage needs from outside the run (e.g. weight files), made before
+        the run's first stage, so a missing file answers in seconds, not after hours of training."""
+
     def is_done(self, ctx: RunContext) -> bool:
         return ctx.folder.is_done(self.name)
 
@@ -183,9 +191,11 @@ def fit_generator(ctx: RunContext, generator, trained: Path) -> None:
         generator.load_trained(trained)
         return
     steps = getattr(generator.options, "train_steps", None)
-    trainer = ctx.fit(generator, ctx.folder.root / "checkpoints" / "generator", steps, ("fit-gen", steps))
+    checkpoints = ctx.folder.root / "checkpoints" / "generator"
+    trainer = ctx.fit(generator, checkpoints, steps, ("fit-gen", steps))
     if trainer.is_global_zero:
         generator.save_trained(trained)
+        ctx.drop_fit_checkpoints(checkpoints)
 
 
 def link_synthetic(ctx: RunContext) -> None:
@@ -194,10 +204,44 @@ def link_synthetic(ctx: RunContext) -> None:
         link.symlink_to(ctx.synthetic.root.resolve(), target_is_directory=True)
 
 
+# -- generation quality ----------------------------------------------------------------------------
+class QualityStage(Stage):
+    """With `quality.enabled`: IS, FID, KID, LPIPS and IC-LPIPS of the synthetic set against the
+    split's real anomalies (docs/quality.md), written to quality.json; the report adds them to
+    results.json under `quality`. Weight files are checked before the run starts."""
+
+    name = "quality"
+
+    def enabled(self, ctx: RunContext) -> bool:
+        return ctx.cfg.quality.enabled
+
+    def preflight(self, ctx: RunContext) -> None:
+        from benchmark.quality.networks import RUN_HINTS, weight_files
+
+        q = ctx.cfg.quality
+        weight_files(q.features, q.lpips_net, q.weights, RUN_HINTS)
+
+    def is_done(self, ctx: RunContext) -> bool:
+        return super().is_done(ctx) and (ctx.folder.root / "quality.json").exists()
+
+    def load(self, ctx: RunContext) -> None:
+        ctx.quality = json.loads((ctx.folder.root / "quality.json").read_text())
+
+    def run(self, ctx: RunContext) -> None:
+        from benchmark.quality.evaluate import evaluate_synthetic_set, write_report
+
+        types = {(r["category"], r["defect"]) for r in ctx.synthetic.records()}
+        with ctx.progress.stage("quality", len(types)):
+            report = evaluate_synthetic_set(ctx.synthetic.root, ctx.split, ctx.cfg.quality,
+                                            on_defect=lambda category, defect: ctx.progress.advance(1))
+        write_report(report, ctx.folder.root / "quality.json")
+        ctx.quality = report
+
+
 # -- segmenter training ----------------------------------------------------------------------------
 class TrainStage(Stage):
     """One segmenter (unified) or one per category; each fit resumes from its Lightning checkpoint
-    and ends in `segmenter/<group>.pt`."""
+    and ends in `segmenter/<group>.pt`, the one copy of its weights kept (the checkpoint goes)."""
 
     name = "train"
 
@@ -217,16 +261,19 @@ class TrainStage(Stage):
             if ctx.ranks.broadcast(final.exists() if ctx.ranks.is_zero else None):
                 model.load_state_dict(load_weights(final))
                 ctx.models[group] = model
+                ctx.drop_fit_checkpoints(ctx.folder.root / "checkpoints" / tag)  # left by a kill after the save
                 continue
             # on N ranks Lightning shards the loader with a DistributedSampler (resumable per epoch)
             data = SegmentationDataModule(training_items(ctx.split, ctx.synthetic, group), ctx.cfg.data.image_size,
                                           ctx.segmenter_options.batch_size, ctx.cfg.seed,
                                           ctx.cfg.trainer.num_workers, resumable=not ctx.ranks.distributed)
             steps = ctx.segmenter_options.max_steps
-            trainer = ctx.fit(model, ctx.folder.root / "checkpoints" / tag, steps, ("train", steps, tag),
+            checkpoints = ctx.folder.root / "checkpoints" / tag
+            trainer = ctx.fit(model, checkpoints, steps, ("train", steps, tag),
                               logger=ctx.wandb_logger(), datamodule=data)
             if trainer.is_global_zero:  # DDP left the same weights on every rank
                 atomic_torch_save(model.state_dict(), final)
+                ctx.drop_fit_checkpoints(checkpoints)
             ctx.models[group] = model
 
     def load(self, ctx: RunContext) -> None:
@@ -310,6 +357,8 @@ class ReportStage(Stage):
             world_size=ctx.ranks.world_size,
             synthetic_set=str(ctx.synthetic.root), synthetic_pairs=len(ctx.synthetic),
         )
+        if ctx.quality is not None:
+            results["quality"] = ctx.quality
         report.write_results(results, root)
         report.sample_grid(ctx.synthetic, ctx.split, root / "samples.png", ctx.cfg.data.image_size)
         report.category_bars(results, root / "per_category.png")
@@ -341,4 +390,4 @@ def evaluation_provenance(ctx: RunContext) -> dict:
             "categories": per_category}
 
 
-STAGES: tuple[type[Stage], ...] = (DataStage, GenerateStage, TrainStage, EvaluateStage, ReportStage)
+STAGES: tuple[type[Stage], ...] = (DataStage, GenerateStage, QualityStage, TrainStage, EvaluateStage, ReportStage)
