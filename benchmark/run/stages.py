@@ -230,12 +230,15 @@ class QualityStage(Stage):
     def run(self, ctx: RunContext) -> None:
         from benchmark.quality.evaluate import evaluate_synthetic_set, write_report
 
-        types = {(r["category"], r["defect"]) for r in ctx.synthetic.records()}
-        with ctx.progress.stage("quality", len(types)):
-            report = evaluate_synthetic_set(ctx.synthetic.root, ctx.split, ctx.cfg.quality,
-                                            on_defect=lambda category, defect: ctx.progress.advance(1))
-        write_report(report, ctx.folder.root / "quality.json")
-        ctx.quality = report
+        def measure() -> dict:
+            types = {(r["category"], r["defect"]) for r in ctx.synthetic.records()}
+            with ctx.progress.stage("quality", len(types)):
+                report = evaluate_synthetic_set(ctx.synthetic.root, ctx.split, ctx.cfg.quality,
+                                                on_defect=lambda category, defect: ctx.progress.advance(1))
+            write_report(report, ctx.folder.root / "quality.json")
+            return report
+
+        ctx.quality = ctx.ranks.broadcast(ctx.ranks.on_zero(measure))  # one rank measures, the others wait
 
 
 # -- segmenter training ----------------------------------------------------------------------------
@@ -261,7 +264,8 @@ class TrainStage(Stage):
             if ctx.ranks.broadcast(final.exists() if ctx.ranks.is_zero else None):
                 model.load_state_dict(load_weights(final))
                 ctx.models[group] = model
-                ctx.drop_fit_checkpoints(ctx.folder.root / "checkpoints" / tag)  # left by a kill after the save
+                if ctx.ranks.is_zero:  # left by a kill after the save
+                    ctx.drop_fit_checkpoints(ctx.folder.root / "checkpoints" / tag)
                 continue
             # on N ranks Lightning shards the loader with a DistributedSampler (resumable per epoch)
             data = SegmentationDataModule(training_items(ctx.split, ctx.synthetic, group), ctx.cfg.data.image_size,
