@@ -82,7 +82,7 @@ class AnomalyDiffusionOptions(LatentDiffusionOptions):
 
     @model_validator(mode="after")
     def _check_mask_tokens(self):
-        if self.mask_source == "generated" and self.mask_tokens > self.tokens_per_type:
+        if self.mask_source == "generated" and self.mask_denoiser == "backbone" and self.mask_tokens > self.tokens_per_type:
             raise ValueError("mask_tokens (k') cannot exceed tokens_per_type (k): e_m shares the token table")
         return self
 
