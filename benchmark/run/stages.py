@@ -174,6 +174,13 @@ def link_synthetic(ctx: RunContext) -> None:
 
 
 # -- segmenter training ----------------------------------------------------------------------------
+def training_steps(max_steps: int | None, max_epochs: int | None, batches_per_epoch: int) -> int:
+    """Optimizer steps a fit makes (in one process): Lightning stops at `max_steps` or after
+    `max_epochs` epochs, whichever comes first."""
+    limits = [n for n in (max_steps, None if max_epochs is None else max_epochs * batches_per_epoch) if n is not None]
+    return min(limits)
+
+
 class TrainStage(Stage):
     """One segmenter (unified) or one per category; each fit resumes from its Lightning checkpoint
     and ends in `segmenter/<group>.pt`."""
@@ -198,12 +205,13 @@ class TrainStage(Stage):
                 ctx.models[group] = model
                 continue
             single_process = ctx.cfg.trainer.devices in (1, "1") and ctx.cfg.trainer.num_nodes == 1
+            o = ctx.segmenter_options
             data = SegmentationDataModule(training_items(ctx.split, ctx.synthetic, group), ctx.cfg.data.image_size,
-                                          ctx.segmenter_options.batch_size, ctx.cfg.seed,
-                                          ctx.cfg.trainer.num_workers, resumable=single_process)
-            steps = ctx.segmenter_options.max_steps
-            trainer = ctx.fit(model, ctx.folder.root / "checkpoints" / tag, steps, ("train", steps, tag),
-                              logger=ctx.wandb_logger(), datamodule=data)
+                                          o.batch_size, ctx.cfg.seed, ctx.cfg.trainer.num_workers,
+                                          resumable=single_process, epoch_samples=o.epoch_samples)
+            steps = training_steps(o.max_steps, o.max_epochs, data.batches_per_epoch())
+            trainer = ctx.fit(model, ctx.folder.root / "checkpoints" / tag, o.max_steps, ("train", steps, tag),
+                              logger=ctx.wandb_logger(), max_epochs=o.max_epochs, total_steps=steps, datamodule=data)
             if trainer.is_global_zero:
                 atomic_torch_save(model.state_dict(), final)
             ctx.models[group] = model
