@@ -85,6 +85,9 @@ class LFDOptions(SegmenterOptions):
     # LFD's LR_Scheduler (models/scheduler/lr_scheduler.py): per-iteration cosine from lr to 1e-5
     schedule: Literal["poly", "constant", "multistep", "cosine"] = "cosine"
     min_lr: float = Field(1e-5, ge=0)
+    # epochs the LR schedule spans when training stops before (max_epochs < this): SeaS keeps
+    # LFD's 150-epoch cosine but evaluates the epoch-100 checkpoint. None: the schedule ends with training
+    schedule_epochs: Optional[int] = Field(None, gt=0)
 
 
 class MMSegOptions(SegmenterOptions):

@@ -46,7 +46,8 @@ def test_paper_presets_count_epochs_or_iterations_as_their_sources():
     for name in ("unet-draem", "unet"):  # BADG Sec. 4.3.1 / AnomalyDiffusion: 200 epochs of 500 draws
         o = counts[name]
         assert (o.max_epochs, o.max_steps, o.epoch_samples, o.batch_size) == (200, None, 500, 8), name
-    assert (counts["lfd"].max_epochs, counts["lfd"].max_steps, counts["lfd"].epoch_samples) == (150, None, None)
+    lfd = counts["lfd"]  # LFD.yaml: a 150-epoch schedule, SeaS evaluates epoch 100 on MVTec AD
+    assert (lfd.max_epochs, lfd.schedule_epochs, lfd.max_steps, lfd.epoch_samples) == (100, 150, None, None)
     assert counts["lfd"].schedule == "cosine" and counts["lfd"].min_lr == 1e-5  # LFD's lr_scheduler.py
     for name in MMSEG:  # IterBasedTrainLoop configs: iterations
         assert counts[name].max_epochs is None and counts[name].max_steps in (80_000, 160_000), name
@@ -127,6 +128,30 @@ def test_lfd_cosine_matches_lfds_schedule_by_hand():
         # LFD's LR_Scheduler: final + (base - final)/2 * (1 + cos(pi * i / decay_iter)) at iteration i
         want = 1e-5 + 0.5 * (0.01 - 1e-5) * (1 + math.cos(math.pi * t / total))
         assert lrs[t] == pytest.approx(want, rel=1e-9), t
+
+
+def test_lfd_paper_stops_at_epoch_100_of_its_150_epoch_cosine(tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from segmenters.lfd import LFDRoadSeg
+
+    class TinyLFD(LFDRoadSeg):
+        def build_model(self):
+            return nn.Conv2d(3, 2, 1)
+
+    # the paper preset with epochs shortened 50x (2 of a 3-epoch schedule), 5 batches per epoch
+    o = resolve_options(LFDRoadSeg, "paper", {"max_epochs": 2, "schedule_epochs": 3, "batch_size": 2,
+                                              "loss": "ce"})
+    data = [{"image": torch.rand(3, 8, 8), "mask": torch.zeros(8, 8, dtype=torch.long), "category": "c", "id": "i"}] * 10
+    model = TinyLFD(o)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=o.max_epochs, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(model, DataLoader(data, batch_size=2))
+    assert (trainer.current_epoch, trainer.global_step) == (2, 10)
+    # after 10 of the 15 iterations of LFD's cosine: 1e-5 + (0.01 - 1e-5)/2 (1 + cos(pi 10/15))
+    want = 1e-5 + 0.5 * (0.01 - 1e-5) * (1 + math.cos(math.pi * 10 / 15))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(want, rel=1e-9)
 
 
 def test_torch_poly_with_warmup_matches_mmsegs_chain_by_hand():

@@ -96,8 +96,8 @@ def test_paper_presets_record_the_stated_schedules():
     assert (draem.max_epochs, draem.epoch_samples, draem.batch_size, draem.optimizer, draem.lr, draem.schedule,
             draem.base_width) == (200, 500, 8, "adam", 1e-4, "multistep", 64)  # NOTES 2.3, A.2
     lfd = resolve_options(SEGMENTERS.load("lfd"), "paper", {})
-    assert (lfd.max_epochs, lfd.batch_size, lfd.optimizer, lfd.lr, lfd.schedule, lfd.min_lr, lfd.loss) == \
-        (150, 8, "sgd", 0.01, "cosine", 1e-5, "ohem_ce")
+    assert (lfd.max_epochs, lfd.schedule_epochs, lfd.batch_size, lfd.optimizer, lfd.lr, lfd.schedule, lfd.min_lr,
+            lfd.loss) == (100, 150, 8, "sgd", 0.01, "cosine", 1e-5, "ohem_ce")
     segformer = resolve_options(SEGMENTERS.load("segformer"), "paper", {})
     assert (segformer.optimizer, segformer.lr, segformer.warmup_steps, segformer.poly_power) == ("adamw", 6e-5, 1500, 1.0)
     assert resolve_options(SEGMENTERS.load("upernet"), "smoke", {}).max_steps < \
