@@ -255,3 +255,17 @@ def test_segformer_parameter_groups_and_lrs_follow_the_configs_paramwise_cfg():
     for t in (0, 700, 1499, 1500, 2999):
         want = 6e-5 * (1e-6 + (1 - 1e-6) * t / 1499) if t < 1500 else 6e-5 * (1 - (t - 1500) / 158_499)
         assert lrs[t] == pytest.approx(want, rel=1e-6) and head_lrs[t] == pytest.approx(10 * want, rel=1e-6), t
+
+
+# -- option checks across fields ----------------------------------------------------------------
+def test_length_and_floor_are_checked_over_the_preset_not_before_it():
+    from benchmark.errors import BenchError
+
+    # the early check sees only the user's keys: lfd's preset supplies schedule=cosine for min_lr
+    cfg = build_config("paper", [{"segmenter": {"name": "lfd", "options": {"min_lr": 1e-4, "max_steps": None}}}])
+    o = resolve_options(SEGMENTERS.load("lfd"), cfg.profile, cfg.segmenter.options)
+    assert (o.min_lr, o.max_epochs, o.max_steps) == (1e-4, 100, None)
+    with pytest.raises(BenchError, match="min_lr=0.001 with schedule=poly"):  # torch's poly has no floor
+        resolve_options(SEGMENTERS.load("unet"), "smoke", {"min_lr": 1e-3})
+    with pytest.raises(BenchError, match="give max_steps or max_epochs"):
+        resolve_options(SEGMENTERS.load("lfd"), "smoke", {"max_steps": None})
