@@ -179,8 +179,8 @@ def check_options_early(cfg: RunConfig) -> None:
         if own is not None:
             checks.append((own, component.options))
         for model, given in checks:
-            try:
-                model.model_validate(given)
+            try:  # partial: checks across fields wait for the preset (resolve_options)
+                model.model_validate(given, context={"partial": True})
             except ValidationError as e:
                 raise BenchError(f"invalid options for {component.name}: "
                                  f"{describe_errors(e, model, f'{kind}.options.')}") from None

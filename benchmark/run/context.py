@@ -105,7 +105,7 @@ class RunContext:
         return resolved_determinism(self.cfg)
 
     # -- Lightning plumbing --------------------------------------------------------------------
-    def trainer(self, max_steps=None, callbacks=(), logger=False):
+    def trainer(self, max_steps=None, callbacks=(), logger=False, max_epochs=None):
         """A Trainer with the run's settings. On N devices every stage uses all of them: fit is
         data-parallel, generation and evaluation each predict a shard (docs/scale.md)."""
         import lightning as L
@@ -118,7 +118,8 @@ class RunContext:
             # one process: no DDP wrapper (a 1-process DDP would still shard and wrap for nothing)
             strategy=t.strategy if self.ranks.distributed else "auto",
             precision=self.resolved_precision(), max_steps=max_steps if max_steps is not None else -1,
-            max_epochs=-1 if max_steps is not None else None,
+            # epochs and steps both given: Lightning stops at whichever comes first
+            max_epochs=max_epochs if max_epochs is not None else (-1 if max_steps is not None else None),
             deterministic=self.resolved_determinism()["lightning"], logger=logger, enable_progress_bar=False,
             enable_model_summary=False, enable_checkpointing=any(
                 type(c).__name__ == "ModelCheckpoint" for c in callbacks),
@@ -127,19 +128,21 @@ class RunContext:
             log_every_n_steps=10,
         )
 
-    def fit(self, module, checkpoint_dir: Path, max_steps: int, progress: tuple, logger=False, **fit_kwargs):
-        """`trainer.fit` with one checkpoint system: Lightning's `last.ckpt` in `checkpoint_dir`,
-        saved every `checkpoint_every(max_steps)` steps and when a stop is requested; a fit that
-        finds one continues from it. Returns the trainer."""
+    def fit(self, module, checkpoint_dir: Path, max_steps: int | None, progress: tuple, logger=False,
+            max_epochs: int | None = None, total_steps: int | None = None, **fit_kwargs):
+        """`trainer.fit` for `max_steps` and/or `max_epochs` (`total_steps`: the steps that makes,
+        when counting epochs) with one checkpoint system: Lightning's `last.ckpt` in
+        `checkpoint_dir`, saved every `checkpoint_every(total_steps)` steps and when a stop is
+        requested; a fit that finds one continues from it. Returns the trainer."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         from benchmark.run.interrupt import StopAtBatchEnd
 
         last = checkpoint_dir / "last.ckpt"
         periodic = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
-                                   every_n_train_steps=checkpoint_every(max_steps))
+                                   every_n_train_steps=checkpoint_every(total_steps or max_steps))
         trainer = self.trainer(max_steps=max_steps, callbacks=[StopAtBatchEnd(self.stop, last), periodic],
-                               logger=logger)
+                               logger=logger, max_epochs=max_epochs)
         with self.progress.stage(*progress):
             trainer.fit(module, ckpt_path=str(last) if last.exists() else None, weights_only=True, **fit_kwargs)
         return trainer

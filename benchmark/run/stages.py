@@ -242,6 +242,13 @@ class QualityStage(Stage):
 
 
 # -- segmenter training ----------------------------------------------------------------------------
+def training_steps(max_steps: int | None, max_epochs: int | None, batches_per_epoch: int) -> int:
+    """Optimizer steps a fit makes (in one process): Lightning stops at `max_steps` or after
+    `max_epochs` epochs, whichever comes first."""
+    limits = [n for n in (max_steps, None if max_epochs is None else max_epochs * batches_per_epoch) if n is not None]
+    return min(limits)
+
+
 class TrainStage(Stage):
     """One segmenter (unified) or one per category; each fit resumes from its Lightning checkpoint
     and ends in `segmenter/<group>.pt`, the one copy of its weights kept (the checkpoint goes)."""
@@ -268,13 +275,14 @@ class TrainStage(Stage):
                     ctx.drop_fit_checkpoints(ctx.folder.root / "checkpoints" / tag)
                 continue
             # on N ranks Lightning shards the loader with a DistributedSampler (resumable per epoch)
+            o = ctx.segmenter_options
             data = SegmentationDataModule(training_items(ctx.split, ctx.synthetic, group), ctx.cfg.data.image_size,
-                                          ctx.segmenter_options.batch_size, ctx.cfg.seed,
-                                          ctx.cfg.trainer.num_workers, resumable=not ctx.ranks.distributed)
-            steps = ctx.segmenter_options.max_steps
+                                          o.batch_size, ctx.cfg.seed, ctx.cfg.trainer.num_workers,
+                                          resumable=not ctx.ranks.distributed, epoch_samples=o.epoch_samples)
+            steps = training_steps(o.max_steps, o.max_epochs, data.batches_per_epoch())
             checkpoints = ctx.folder.root / "checkpoints" / tag
-            trainer = ctx.fit(model, checkpoints, steps, ("train", steps, tag),
-                              logger=ctx.wandb_logger(), datamodule=data)
+            trainer = ctx.fit(model, checkpoints, o.max_steps, ("train", steps, tag),
+                              logger=ctx.wandb_logger(), max_epochs=o.max_epochs, total_steps=steps, datamodule=data)
             if trainer.is_global_zero:  # DDP left the same weights on every rank
                 atomic_torch_save(model.state_dict(), final)
                 ctx.drop_fit_checkpoints(checkpoints)
