@@ -84,9 +84,9 @@ GENERATORS = Registry("generator", [
           "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting.",
           status="partial: smoke pairs keep their background, but every mask falls back to the given "
                  "one and the defect is noise (random tiny denoiser); paper preset not yet run with LDM weights"),
-    Entry("defectdiffu", "generators.defectdiffu:DefectDiffu",
-          "DefectDiffu: three-part DiT with double-free guidance and a mask module (math and tests in "
-          "generators/defectdiffu; no generator glue yet).", status="planned"),
+    Entry("defectdiffu", "generators.defectdiffu.lightning_model:DefectDiffu",
+          "DefectDiffu: three-part DiT with double-free guidance and a mask module (predicted masks).",
+          status="planned"),
     Entry("badg", "generators.badg.lightning_model:BadgGenerator",
           "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention)."),
 ])
