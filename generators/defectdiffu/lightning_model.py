@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 SD_V15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # VAE + CLIP ViT-L/14 text encoder (768-wide)
 DIT_FOLDER = "models/DiT-XL-2-512"  # where the paper preset looks for the DiT weights (relative to the run's cwd)
 # the smoke preset's TDIA: 5 blocks (2 background, 2 defect, 1 fusion), 64 wide
-TINY_DIT = dict(num_attention_heads=4, attention_head_dim=16, patch_size=2, blocks=(2, 2, 1))
+TINY_DIT = dict(num_attention_heads=4, attention_head_dim=48, patch_size=1, blocks=(2, 2, 1))
 
 
 class DefectDiffuOptions(LatentDiffusionOptions):
@@ -89,6 +89,9 @@ class DefectDiffuOptions(LatentDiffusionOptions):
     # map defect folders through supplement Table 2; off for data that reuses MVTec AD product names
     # with other defect names (the demo data)
     unify_defects: bool = True
+    # clamp DDIM's x0 estimate to [-1, 1]: right only where latents are pixels (the tiny backbone's
+    # pixel-unshuffle autoencoder); a VAE latent has no such range
+    clip_sample: bool = False
     zero_shot_targets: tuple[str, ...] = ()  # products with normal images only: Eq. 12 requests
 
 
@@ -107,7 +110,7 @@ class DefectDiffu(LatentDiffusionGenerator):
         "smoke": {"backbone": "tiny", "resolution": None, "transformer": "tiny", "dit_weights": None,
                   "blocks": TINY_DIT["blocks"], "train_steps": 400, "train_batch_size": 4, "lr": 1e-3,
                   "mask_hidden": 32, "sampling_steps": 20, "mask_steps": 10, "pairs_per_type": 4,
-                  "w_d_sweep": (1.0, 1.5, 2.0), "unify_defects": False},
+                  "w_d_sweep": (1.0, 1.5, 2.0), "unify_defects": False, "clip_sample": True},
     }
 
     def __init__(self, options: DefectDiffuOptions, image_size: int):
@@ -182,7 +185,7 @@ class DefectDiffu(LatentDiffusionGenerator):
 
     def sampling_scheduler(self):
         """Deterministic DDIM (eta = 0) on the backbone's schedule: the paper names no sampler."""
-        scheduler = make_scheduler("ddim", self.backbone.scheduler_config)
+        scheduler = make_scheduler("ddim", self.backbone.scheduler_config, clip_sample=self.options.clip_sample)
         scheduler.set_timesteps(self.options.sampling_steps)
         return scheduler
 
