@@ -150,7 +150,12 @@ def test_a_pair_depends_on_its_request_alone(fitted, split):
     requests = generator.plan(split, seed=0)
     together = generator.predict_step(requests[:3])
     alone = generator.predict_step([requests[2]])
-    assert np.array_equal(together[2].image, alone[0].image) and np.array_equal(together[2].mask, alone[0].mask)
+    # the same noise and w_d; only the float rounding of a batch of 3 vs 1 differs (measured: one
+    # pixel off by one grey level of 49152 values)
+    diff = np.abs(together[2].image.astype(int) - alone[0].image.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 1e-3 and np.array_equal(together[2].mask, alone[0].mask)
+    other = generator.predict_step([requests[3]])[0]  # another request: another image
+    assert np.abs(other.image.astype(int) - alone[0].image.astype(int)).mean() > 10
 
 
 def test_w_d_sweep_cycles_by_request_index(fitted, split):
