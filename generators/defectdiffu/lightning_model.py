@@ -247,7 +247,7 @@ class DefectDiffu(LatentDiffusionGenerator):
         aal = adaptive_attention_loss(hook.records, self.defect_layers, positions, eps_pred, eps, masks)
         loss_m = mask_prediction_loss(self.mask_module(defect_block_maps(hook.records, self.defect_layers)),
                                       mask_target)
-        loss = total_loss(eps_pred, eps, aal["loss_d"], loss_m, 1.0)
+        loss = total_loss(eps_pred, eps, aal["loss_d"], loss_m, self.options.lambda_mask)
         return {"loss": loss, "loss_d": aal["loss_d"].detach(), "loss_m": loss_m.detach(),
                 "r": aal["r"].mean(), "rat": aal["rat"].mean()}
 
