@@ -108,6 +108,33 @@ def test_fit_trains_the_tdia_and_the_mask_module_only(fitted):
     assert set(generator.trained_state()) == {"transformer", "mask_module"}
 
 
+def test_training_step_applies_algorithm_1_dropout(fitted, monkeypatch):
+    """The prompts reaching the loss went through Algorithm 1: over 40 defect samples some lose their
+    product and some defects become "good" (seeded; with no dropout at all the chance of that would
+    be 0.64^40 and 0.8^40), and the fit's RNG drives the draws (same RNG state, same prompts)."""
+    generator, _ = fitted
+    seen = []
+    monkeypatch.setattr(generator, "defectdiffu_loss",
+                        lambda x0, masks, target, products, defects, rng: seen.append((products, defects))
+                        or {"loss": torch.zeros(())})
+    monkeypatch.setattr(generator, "log_dict", lambda *a, **k: None)
+    images, masks = torch.rand(2, 3, 128, 128) * 2 - 1, torch.zeros(2, 1, 128, 128)
+    ids = torch.tensor([0, 1])
+    generator._train_rng = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        generator.training_step((images, masks, ids), 0)
+    products = [p for ps, _ in seen for p in ps]
+    defects = [d for _, ds in seen for d in ds]
+    known = {c.split("/", 1)[1] for c in generator.train_set.concepts}
+    assert None in products and "good" in defects and set(defects) - {"good"} <= known
+    first = seen[:]
+    seen.clear()
+    generator._train_rng = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        generator.training_step((images, masks, ids), 0)
+    assert seen == first
+
+
 def test_loss_is_eq_11_sum_of_its_terms(fitted, split):
     """Same draws, lambda 0.2 vs 0: the totals differ by 0.2 x loss_m, and the terms are finite."""
     generator, _ = fitted
