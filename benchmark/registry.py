@@ -86,7 +86,9 @@ GENERATORS = Registry("generator", [
                  "one and the defect is noise (random tiny denoiser); paper preset not yet run with LDM weights"),
     Entry("defectdiffu", "generators.defectdiffu.lightning_model:DefectDiffu",
           "DefectDiffu: three-part DiT with double-free guidance and a mask module (predicted masks).",
-          status="partial: smoke run not yet measured; paper preset not yet run with DiT-XL/2 weights"),
+          status="partial: smoke pairs fail the mask criterion (28 of 48 masks non-empty and < half the "
+                 "image, 90% needed; the tiny DiT's images are noise); paper preset not yet run with DiT-XL/2 "
+                 "weights"),
     Entry("badg", "generators.badg.lightning_model:BadgGenerator",
           "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention)."),
 ])

@@ -105,8 +105,9 @@ class DefectDiffu(LatentDiffusionGenerator):
                   "blocks": BLOCKS_PAPER, "train_steps": 50_000, "train_batch_size": 2, "lr": 1e-5,
                   "sampling_steps": 250, "mask_steps": LAST_STEPS, "w_d_sweep": W_D_SWEEP},
         # the tiny backbone's lossless pixel-unshuffle autoencoder and text encoder, a 5-block TDIA
-        # from random weights; lr 1e-3 so a CPU fit of minutes learns the mask module and the
-        # background colours (docs/defectdiffu.md, "Smoke run")
+        # from random weights, lr 1e-3 (at 1e-5 a 400-step fit barely moves it). 400 steps do not
+        # teach it to make images: the smoke pairs are noise and fail the mask criterion
+        # (docs/defectdiffu.md, "Smoke run")
         "smoke": {"backbone": "tiny", "resolution": None, "transformer": "tiny", "dit_weights": None,
                   "blocks": TINY_DIT["blocks"], "train_steps": 400, "train_batch_size": 4, "lr": 1e-3,
                   "mask_hidden": 32, "sampling_steps": 20, "mask_steps": 10, "pairs_per_type": 4,
