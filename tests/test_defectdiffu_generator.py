@@ -159,8 +159,10 @@ def test_sampling_three_evaluations_per_step_and_predicted_masks(fitted, split):
     requests = generator.plan(split, seed=0)
     assert len(requests) == 2 * 2 * 3 and all(r.mask is None for r in requests)  # no given masks
     calls = []
-    handle = generator.transformer.register_forward_pre_hook(lambda m, a, k: calls.append(len(a[0] if a else k["hidden_states"])),
-                                                             with_kwargs=True)
+    def count(module, args, kwargs):
+        calls.append(len(args[0] if args else kwargs["hidden_states"]))
+
+    handle = generator.transformer.register_forward_pre_hook(count, with_kwargs=True)
     try:
         pairs = generator.predict_step(requests[:2])
     finally:

@@ -160,7 +160,8 @@ class DefectDiffu(LatentDiffusionGenerator):
         model = TdiaTransformer(**config)
         if o.dit_weights is not None:
             new = model.load_dit(self._load_dit(Path(o.dit_weights)))
-            log.info("defectdiffu: DiT weights from %s; %d new parameters (the cross-attention)", o.dit_weights, len(new))
+            log.info("defectdiffu: DiT weights from %s; %d new parameters (the cross-attention)",
+                     o.dit_weights, len(new))
         return model
 
     @staticmethod
@@ -309,5 +310,6 @@ class DefectDiffu(LatentDiffusionGenerator):
                                                self.w_d_of(batch), mask_at_step, last=self.options.mask_steps)
         images = tensor_to_images(decode_latents(self.vae, latents))
         masks = mask[:, 0].bool().cpu().numpy()
-        return [SyntheticPair(r, *self._at_image_size(img, m), MASK_PREDICTED) for r, img, m in zip(batch, images, masks)]
+        return [SyntheticPair(r, *self._at_image_size(img, m), MASK_PREDICTED)
+                for r, img, m in zip(batch, images, masks)]
 
