@@ -53,7 +53,6 @@ def main() -> None:
     from benchmark.data.layouts import read_dataset
     from benchmark.data.split import few_shot_split
     from generators.defectdiffu.double_free import double_free_eps, guidance_contexts
-
     from generators.defectdiffu.lightning_model import DefectDiffu
 
     split = few_shot_split(read_dataset(demo_dataset_path(), "mvtec"))
