@@ -96,6 +96,23 @@ def test_missing_dit_weights_answer_with_one_line_naming_the_folder(tmp_path):
     assert "facebook/DiT-XL-2-512" in message and "dit_weights=<folder>" in message
 
 
+def test_dit_weights_from_a_folder_load_into_the_tdia(tmp_path):
+    from diffusers import DiTTransformer2DModel
+
+    from generators.defectdiffu.lightning_model import DefectDiffu
+    from generators.defectdiffu.torch_model import TINY, TdiaTransformer
+
+    torch.manual_seed(0)
+    config = {k: v for k, v in TINY.items() if k not in ("cross_attention_dim", "blocks")}
+    DiTTransformer2DModel(**config, num_layers=sum(TINY["blocks"]), norm_type="ada_norm_zero").save_pretrained(
+        tmp_path / "dit")
+    dit = DefectDiffu._load_dit(tmp_path / "dit")
+    tdia = TdiaTransformer(**TINY)
+    new = tdia.load_dit(dit)
+    assert new and all(".attn2." in k for k in new)  # only the added cross-attention is new
+    assert torch.equal(tdia.pos_embed.proj.weight, dit.pos_embed.proj.weight)
+
+
 def test_fit_trains_the_tdia_and_the_mask_module_only(fitted):
     generator, before = fitted
     after = generator.state_dict()
