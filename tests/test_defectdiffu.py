@@ -282,7 +282,7 @@ def test_mask_module_maps_attention_to_a_mask_latent_and_learns():
     assert module(maps).shape == target.shape
     opt = torch.optim.Adam(module.parameters(), lr=1e-2)
     first = mask_prediction_loss(module(maps), target).item()
-    for _ in range(30):
+    for _ in range(60):
         opt.zero_grad()
         mask_prediction_loss(module(maps), target).backward()
         opt.step()

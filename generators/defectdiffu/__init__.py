@@ -7,6 +7,6 @@ anomalib-style, the paper's math only:
   the w_d sweep.
 - `loss`: mask loss (Eq. 6), Adaptive Attention-enhanced Loss (Eq. 7-10), total (Eq. 11).
 - `sampling`: Eq. 4 at every scheduler step, the mask read, averaged and thresholded (Sec. 3.3-3.4).
-The Lightning glue (training loop, sampler, presets) is not built yet; it belongs on the shared
-`LatentDiffusionGenerator` base. See docs/defectdiffu.md.
+- `lightning_model`: `DefectDiffu`, the generator on the shared `LatentDiffusionGenerator` base
+  (training with Algorithm 1 and Eq. 11, sampling with Eq. 4 / Eq. 12, presets). See docs/defectdiffu.md.
 """

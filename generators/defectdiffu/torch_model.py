@@ -74,6 +74,7 @@ class TdiaTransformer(ModelMixin, AttentionMixin, ConfigMixin):
         for block in self.transformer_blocks[1:]:
             block.norm1.emb = shared  # one timestep/class embedder, as in DiT
         self._register_state_dict_hook(_keep_one_embedder)  # safetensors refuses shared tensors
+        self._register_load_state_dict_pre_hook(_share_one_embedder, with_module=True)
         self.norm_out = nn.LayerNorm(inner, elementwise_affine=False, eps=1e-6)
         self.proj_out_1 = nn.Linear(inner, 2 * inner)
         self.proj_out_2 = nn.Linear(inner, patch_size * patch_size * self.out_channels)
@@ -153,6 +154,15 @@ def _keep_one_embedder(module, state_dict, prefix, local_metadata):
     return state_dict
 
 
+def _share_one_embedder(module, state_dict, prefix, *args):
+    """The inverse of `_keep_one_embedder` for `load_state_dict`: block 0's embedder entries stand
+    for every block's, so a state saved with one copy loads strictly."""
+    shared = prefix + "transformer_blocks.0.norm1.emb."
+    for key in [k for k in state_dict if k.startswith(shared)]:
+        for i in range(1, len(module.transformer_blocks)):
+            state_dict.setdefault(key.replace("transformer_blocks.0.", f"transformer_blocks.{i}.", 1), state_dict[key])
+
+
 # -- Sec. 3.4: mask generation ------------------------------------------------------------------------
 def defect_block_maps(records: Sequence[AttentionRecord], layers: Sequence[str]) -> torch.Tensor:
     """Eq. 5 maps of the defect blocks concatenated along the channel dimension (Sec. 3.4):
@@ -170,14 +180,16 @@ class MaskGenerationModule(nn.Module):
     """Concatenated defect-block attention maps (B, blocks * tokens, h, w) at the token grid -> the
     mask latent M_f (B, C, h * patch, w * patch), decoded by the VAE like an image (Sec. 3.4). The
     paper gives no architecture; ours is the smallest that maps channels and upsamples: a 1x1 conv,
-    nearest upsampling by the patch size, two 3x3 convs (SiLU between)."""
+    nearest upsampling by the patch size, two 3x3 convs (SiLU between, replicate padding)."""
 
     def __init__(self, in_channels: int, latent_channels: int = 4, patch_size: int = 2, hidden: int = 64):
         super().__init__()
         self.patch_size = patch_size
         self.inp = nn.Conv2d(in_channels, hidden, 1)
-        self.mid = nn.Conv2d(hidden, hidden, 3, padding=1)
-        self.out = nn.Conv2d(hidden, latent_channels, 3, padding=1)
+        # replicate padding: with zero padding the border cells see a different input than the
+        # interior and the isodata threshold splits off a frame (seen on the smoke run)
+        self.mid = nn.Conv2d(hidden, hidden, 3, padding=1, padding_mode="replicate")
+        self.out = nn.Conv2d(hidden, latent_channels, 3, padding=1, padding_mode="replicate")
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         x = F.silu(self.inp(maps))

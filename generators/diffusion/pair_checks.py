@@ -8,6 +8,10 @@ or the pair is mislabelled (changed pixels the mask calls normal). With the mask
 - `changed_inside_fraction`: of the pixels whose largest channel change exceeds `threshold`/255,
   the fraction inside the dilated mask (1.0 when nothing changed).
 The smoke STAGE pairs must reach >= 30 dB and >= 0.9 (tests/test_stage_pairs.py).
+
+A generator that makes the whole image and its mask (DefectDiffu) has no source image to compare
+with; `check_generated_set` counts instead the pairs whose mask is non-empty and covers less than
+half the image, and the flat images (every channel's spread below `FLAT_STD` grey levels).
 """
 
 from __future__ import annotations
@@ -86,9 +90,53 @@ def check_synthetic_set(folder) -> dict[str, PairCheck]:
     return out
 
 
-if __name__ == "__main__":  # python -m generators.diffusion.pair_checks <run>/synthetic
+FLAT_STD = 2.0  # grey levels: an image whose every channel varies less than this is flat
+MAX_MASK_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class GeneratedSetCheck:
+    pairs: int
+    masks_in_range: int  # non-empty and < MAX_MASK_FRACTION of the image
+    flat_images: int
+
+    def passes(self, min_in_range: float = 0.9) -> bool:
+        """The smoke criteria of a whole-image generator: >= 90% masks in range, no flat image."""
+        return self.pairs > 0 and self.masks_in_range >= min_in_range * self.pairs and self.flat_images == 0
+
+
+def mask_in_range(mask: np.ndarray, max_fraction: float = MAX_MASK_FRACTION) -> bool:
+    """Non-empty and covering less than `max_fraction` of the image."""
+    return bool(mask.any()) and float(mask.mean()) < max_fraction
+
+
+def is_flat(image: np.ndarray, min_std: float = FLAT_STD) -> bool:
+    """Every channel's standard deviation over the image below `min_std` grey levels."""
+    return bool((image.reshape(-1, image.shape[-1]).astype(np.float64).std(0) < min_std).all())
+
+
+def check_generated_set(folder) -> GeneratedSetCheck:
+    """Mask range and flatness over every pair of a synthetic set on disk (its manifest)."""
+    import json
+    from pathlib import Path
+
+    from benchmark.data.images import load_image, read_mask_array
+
+    folder = Path(folder)
+    records = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    in_range = sum(mask_in_range(read_mask_array(folder / r["mask"]) > 0) for r in records)
+    flat = sum(is_flat(load_image(folder / r["image"])) for r in records)
+    return GeneratedSetCheck(len(records), in_range, flat)
+
+
+if __name__ == "__main__":  # python -m generators.diffusion.pair_checks <run>/synthetic [--generated]
     import sys
 
+    if "--generated" in sys.argv:
+        result = check_generated_set(sys.argv[1])
+        print(f"{result.pairs} pairs: {result.masks_in_range} masks non-empty and < half the image, "
+              f"{result.flat_images} flat images; {'pass' if result.passes() else 'FAIL'}")
+        sys.exit(0 if result.passes() else 1)
     checks = check_synthetic_set(sys.argv[1])
     worst_psnr = min(c.background_psnr for c in checks.values())
     worst_inside = min(c.changed_inside for c in checks.values())
