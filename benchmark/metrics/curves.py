@@ -12,9 +12,11 @@ after the sort everything is O(P), whatever the number of negatives.
 
 Pixel scores are packed with their payload into sortable int64 keys
 (`score float32 bits << 32 | payload`): non-negative scores' IEEE bit patterns sort like the
-numbers (negative raw logits get all but their sign bit flipped, which keeps the order), and
-numpy's vectorised integer sort is ~10x faster than an argsort + gather. The payload is 0 for a negative pixel and the area of its ground-truth region for a positive one,
-which gives PRO its per-pixel weight 1/area without any region ids.
+numbers (negative raw logits get all but their sign bit flipped, which keeps the order). The
+payload is 0 for a negative pixel and the area of its ground-truth region for a positive one,
+which gives PRO its per-pixel weight 1/area without any region ids. At compute the negatives'
+float32 scores are sorted alone (half the bytes of the keys; an argsort shared by the curves
+measured 8x slower than `np.sort`, docs/metrics.md) and the few positive keys apart.
 """
 
 from __future__ import annotations
@@ -66,15 +68,24 @@ def _order_bits(bits: np.ndarray) -> np.ndarray:
 def pack_keys(scores: np.ndarray, payload: np.ndarray) -> np.ndarray:
     """int64 keys `order(score) << 32 | payload` that sort like (score, payload); scores finite
     float32 (probabilities, or raw logits of either sign), payload uint32 < 2**31."""
+    payload = np.ascontiguousarray(payload).ravel()
+    index = np.flatnonzero(payload)
+    return pack_sparse_keys(scores, index, payload[index])
+
+
+def pack_sparse_keys(scores: np.ndarray, index: np.ndarray, payload: np.ndarray) -> np.ndarray:
+    """`pack_keys` with the payload given where it is non-zero: at `index` of the flattened scores."""
     scores = np.ascontiguousarray(scores, dtype=np.float32).ravel() + np.float32(0.0)  # -0.0 -> +0.0
     high = _order_bits(scores.view(np.int32))
-    payload = np.ascontiguousarray(payload).ravel()
     if not _LITTLE_ENDIAN:  # pragma: no cover - no big-endian CI
-        return (high.astype(np.int64) << 32) | payload.astype(np.int64)
+        keys = high.astype(np.int64) << 32
+        keys[index] |= payload.astype(np.int64)
+        return keys
     keys = np.empty(scores.size, dtype=np.int64)
     words = keys.view(np.int32).reshape(-1, 2)
-    words[:, 0] = payload  # < 2**31: the same bits as int32
+    words[:, 0] = 0
     words[:, 1] = high
+    words[index, 0] = payload  # < 2**31: the same bits as int32
     return keys
 
 
@@ -97,22 +108,37 @@ def unpack_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- building curves
 
 
-def curve_from_sorted_keys(keys: np.ndarray) -> Curve:
-    """Exact curve from packed keys sorted ascending (one `np.sort`)."""
-    n = keys.size
-    pos_idx = np.flatnonzero(unpack_keys(keys)[1] != 0)
-    if pos_idx.size == 0:
+def split_keys(chunks, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 scores of the normal pixels, packed keys of the anomalous ones) of packed-key
+    chunks, without concatenating them: 4 bytes per pixel next to the chunks' 8."""
+    normal = np.empty(n_keys, dtype=np.float32)
+    positive, filled = [], 0
+    for keys in chunks:
+        scores, payload = unpack_keys(keys)
+        is_normal = payload == 0
+        n = int(np.count_nonzero(is_normal))
+        np.compress(is_normal, scores, out=normal[filled : filled + n])
+        filled += n
+        positive.append(keys[~is_normal])
+    return normal[:filled], (np.concatenate(positive) if positive else np.zeros(0, np.int64))
+
+
+def curve_from_sorted_parts(normal: np.ndarray, positive_keys: np.ndarray) -> Curve:
+    """Exact curve from the normal pixels' float32 scores and the anomalous pixels' packed keys,
+    both sorted ascending: the normal scores need one float32 `np.sort`, the keys are few."""
+    n = normal.size + positive_keys.size
+    if positive_keys.size == 0:
         return Curve.without_positives(n)
-    pos_keys = keys[pos_idx]
-    pos_bits = pos_keys >> 32
+    pos_bits = positive_keys >> 32
     first = np.flatnonzero(np.concatenate(([True], pos_bits[1:] != pos_bits[:-1])))
-    group_bits = pos_bits[first]
-    # all samples with the group's score lie in [group_bits << 32, (group_bits + 1) << 32)
-    start = np.searchsorted(keys, group_bits << 32, side="left")
-    stop = np.searchsorted(keys, (group_bits + 1) << 32, side="left")
-    weights = 1.0 / (pos_keys & 0xFFFFFFFF).astype(np.float64)
-    thresholds = scores_of_high_words(group_bits).astype(np.float64)
-    return _curve_from_groups(n, start, stop, first, weights, thresholds)
+    thresholds = scores_of_high_words(pos_bits[first])
+    n_pos = positive_keys.size
+    pos_below_next = np.concatenate((first[1:], [n_pos]))
+    # samples below / at-or-below each group's score: normal ones by binary search, anomalous ones by position
+    start = np.searchsorted(normal, thresholds, side="left") + first
+    stop = np.searchsorted(normal, thresholds, side="right") + pos_below_next
+    weights = 1.0 / (positive_keys & 0xFFFFFFFF).astype(np.float64)
+    return _curve_from_groups(n, start, stop, first, weights, thresholds.astype(np.float64))
 
 
 def curve_from_scores(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None = None) -> Curve:
@@ -268,23 +294,49 @@ def best_iou(c: Curve) -> float:
     return float(np.max(c.at_pos / (c.at_n - c.at_pos + c.n_pos)))
 
 
-def quantile_pro_auc(sorted_keys: np.ndarray, n_regions: int, max_fpr: float, n_thresholds: int = 100) -> float:
+def best_iou_of_image(scores: np.ndarray, positive: np.ndarray) -> float:
+    """`best_iou` of one image (float32 scores, flat; `positive` the anomalous pixels' indices)
+    without sorting every pixel. The IoU at the median anomalous score, L = TP0 / (FP0 + P), bounds
+    the rest: a threshold predicting more than M = floor(P (FP0 + P) / TP0) pixels has
+    FP > M - P, so IoU <= P / (FP + P) < L. Only the M + 1 highest scores are sorted."""
+    n_pos = positive.size
+    if n_pos == 0:
+        return float("nan")
+    pos = np.sort(scores[positive])
+    first = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))  # one per distinct score
+    thresholds = pos[first]
+    tp = n_pos - first  # anomalous pixels >= each threshold
+    mid = first.size // 2
+    tp0 = int(tp[mid])
+    fp0 = int(np.count_nonzero(scores >= thresholds[mid])) - tp0
+    most_predicted = n_pos * (fp0 + n_pos) // tp0
+    top = scores
+    if most_predicted + 1 < scores.size:
+        cut = np.partition(scores, scores.size - most_predicted - 1)[scores.size - most_predicted - 1]
+        top = scores[scores >= cut]
+        keep = thresholds > cut  # below the cut: more than M pixels predicted
+        thresholds, tp = thresholds[keep], tp[keep]
+    top = np.sort(top)
+    predicted = top.size - np.searchsorted(top, thresholds, side="left")
+    return float(np.max(tp / (predicted - tp + n_pos)))
+
+
+def quantile_pro_auc(normal_scores: np.ndarray, positive_keys: np.ndarray, n_regions: int, max_fpr: float,
+                     n_thresholds: int = 100) -> float:
     """PRO as the MVTec 3D-AD `au_pro_util` (AnomalyDiffusion's and STAGE's code) computes it: the
     thresholds are the normal-pixel scores at `n_thresholds` evenly spaced positions p of their
     ascending order (`np.linspace(0, N - 1, n, dtype=int)`), FPR = 1 - (p + 1) / N, the overlap
     counts region pixels scoring > the threshold, the curve starts at (1, 1), and the area up to
-    `max_fpr` (linearly interpolated there) is divided by `max_fpr`."""
-    scores, payload = unpack_keys(sorted_keys)
-    normal = payload == 0
-    n_normal = int(np.count_nonzero(normal))
+    `max_fpr` (linearly interpolated there) is divided by `max_fpr`. Both inputs sorted ascending
+    (`curve_from_sorted_parts`)."""
+    n_normal = normal_scores.size
     if n_regions == 0 or n_normal == 0:
         return float("nan")
-    normal_scores = scores[normal].astype(np.float64)
-    positive = ~normal
-    pos_scores = scores[positive].astype(np.float64)  # ascending, like the keys
-    cum_w = np.concatenate(([0.0], np.cumsum(1.0 / payload[positive].astype(np.float64))))
+    pos_scores, payload = unpack_keys(positive_keys)
+    pos_scores = pos_scores.astype(np.float64)  # ascending, like the keys
+    cum_w = np.concatenate(([0.0], np.cumsum(1.0 / payload.astype(np.float64))))
     positions = np.linspace(0, n_normal - 1, num=n_thresholds, dtype=int)
-    thresholds = normal_scores[positions]
+    thresholds = normal_scores[positions].astype(np.float64)
     above = cum_w[-1] - cum_w[np.searchsorted(pos_scores, thresholds, side="right")]
     fpr = np.concatenate(([1.0], 1.0 - (positions + 1) / n_normal))[::-1]
     pro = np.concatenate(([1.0], above / n_regions))[::-1]
