@@ -14,9 +14,9 @@ Pixel scores are packed with their payload into sortable int64 keys
 (`score float32 bits << 32 | payload`): non-negative scores' IEEE bit patterns sort like the
 numbers (negative raw logits get all but their sign bit flipped, which keeps the order). The
 payload is 0 for a negative pixel and the area of its ground-truth region for a positive one,
-which gives PRO its per-pixel weight 1/area without any region ids. At compute the negatives'
-float32 scores are sorted alone (half the bytes of the keys; an argsort shared by the curves
-measured 8x slower than `np.sort`, docs/metrics.md) and the few positive keys apart.
+which gives PRO its per-pixel weight 1/area without any region ids. At compute the float32
+scores are sorted alone (half the bytes of the keys; an argsort shared by the curves measured
+8x slower than `np.sort`, docs/metrics.md) and the few positive keys apart.
 """
 
 from __future__ import annotations
@@ -75,17 +75,12 @@ def pack_keys(scores: np.ndarray, payload: np.ndarray) -> np.ndarray:
 
 def pack_sparse_keys(scores: np.ndarray, index: np.ndarray, payload: np.ndarray) -> np.ndarray:
     """`pack_keys` with the payload given where it is non-zero: at `index` of the flattened scores."""
-    scores = np.ascontiguousarray(scores, dtype=np.float32).ravel() + np.float32(0.0)  # -0.0 -> +0.0
-    high = _order_bits(scores.view(np.int32))
-    if not _LITTLE_ENDIAN:  # pragma: no cover - no big-endian CI
-        keys = high.astype(np.int64) << 32
-        keys[index] |= payload.astype(np.int64)
-        return keys
-    keys = np.empty(scores.size, dtype=np.int64)
-    words = keys.view(np.int32).reshape(-1, 2)
-    words[:, 0] = 0
-    words[:, 1] = high
-    words[index, 0] = payload  # < 2**31: the same bits as int32
+    scores = np.ascontiguousarray(scores, dtype=np.float32).ravel()
+    bits = scores.view(np.int32)
+    if bits.size and int(bits.min()) < 0:  # negative logits or -0.0 (-> +0.0: one key for one number)
+        bits = _order_bits((scores + np.float32(0.0)).view(np.int32))
+    keys = np.left_shift(bits, 32, dtype=np.int64)  # one pass, whatever the byte order
+    keys[index] |= payload.astype(np.int64)
     return keys
 
 
@@ -108,35 +103,36 @@ def unpack_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- building curves
 
 
-def split_keys(chunks, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 scores of the normal pixels, packed keys of the anomalous ones) of packed-key
-    chunks, without concatenating them: 4 bytes per pixel next to the chunks' 8."""
-    normal = np.empty(n_keys, dtype=np.float32)
+def scores_and_positive_keys(chunks, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 scores of every pixel, packed keys of the anomalous ones) of packed-key chunks,
+    without concatenating them: 4 bytes per pixel next to the chunks' 8."""
+    scores = np.empty(n_keys, dtype=np.float32)
     positive, filled = [], 0
     for keys in chunks:
-        scores, payload = unpack_keys(keys)
-        is_normal = payload == 0
-        n = int(np.count_nonzero(is_normal))
-        np.compress(is_normal, scores, out=normal[filled : filled + n])
-        filled += n
-        positive.append(keys[~is_normal])
-    return normal[:filled], (np.concatenate(positive) if positive else np.zeros(0, np.int64))
+        scores[filled : filled + keys.size] = unpack_keys(keys)[0]
+        filled += keys.size
+        positive.append(keys[np.flatnonzero(unpack_keys(keys)[1])])
+    return scores, (np.concatenate(positive) if positive else np.zeros(0, np.int64))
 
 
-def curve_from_sorted_parts(normal: np.ndarray, positive_keys: np.ndarray) -> Curve:
-    """Exact curve from the normal pixels' float32 scores and the anomalous pixels' packed keys,
-    both sorted ascending: the normal scores need one float32 `np.sort`, the keys are few."""
-    n = normal.size + positive_keys.size
+def normal_scores(chunks) -> np.ndarray:
+    """float32 scores of the normal pixels (payload 0) of packed-key chunks, unsorted."""
+    parts = [scores[payload == 0] for scores, payload in map(unpack_keys, chunks)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def curve_from_sorted_parts(scores: np.ndarray, positive_keys: np.ndarray) -> Curve:
+    """Exact curve from every pixel's float32 score and the anomalous pixels' packed keys, both
+    sorted ascending: one float32 `np.sort` over the pixels, the keys are few."""
+    n = scores.size
     if positive_keys.size == 0:
         return Curve.without_positives(n)
     pos_bits = positive_keys >> 32
     first = np.flatnonzero(np.concatenate(([True], pos_bits[1:] != pos_bits[:-1])))
     thresholds = scores_of_high_words(pos_bits[first])
-    n_pos = positive_keys.size
-    pos_below_next = np.concatenate((first[1:], [n_pos]))
-    # samples below / at-or-below each group's score: normal ones by binary search, anomalous ones by position
-    start = np.searchsorted(normal, thresholds, side="left") + first
-    stop = np.searchsorted(normal, thresholds, side="right") + pos_below_next
+    # all samples with the group's score lie in sorted positions [start, stop)
+    start = np.searchsorted(scores, thresholds, side="left")
+    stop = np.searchsorted(scores, thresholds, side="right")
     weights = 1.0 / (positive_keys & 0xFFFFFFFF).astype(np.float64)
     return _curve_from_groups(n, start, stop, first, weights, thresholds.astype(np.float64))
 
@@ -327,8 +323,8 @@ def quantile_pro_auc(normal_scores: np.ndarray, positive_keys: np.ndarray, n_reg
     thresholds are the normal-pixel scores at `n_thresholds` evenly spaced positions p of their
     ascending order (`np.linspace(0, N - 1, n, dtype=int)`), FPR = 1 - (p + 1) / N, the overlap
     counts region pixels scoring > the threshold, the curve starts at (1, 1), and the area up to
-    `max_fpr` (linearly interpolated there) is divided by `max_fpr`. Both inputs sorted ascending
-    (`curve_from_sorted_parts`)."""
+    `max_fpr` (linearly interpolated there) is divided by `max_fpr`. `normal_scores` float32 and
+    `positive_keys` packed, both sorted ascending."""
     n_normal = normal_scores.size
     if n_regions == 0 or n_normal == 0:
         return float("nan")

@@ -145,17 +145,19 @@ class AnomalyMetrics(Metric):
                 normal, anomalous, weight = normal + more[0], anomalous + more[1], weight + more[2]
             pixel_curve = curves.curve_from_histograms(normal, anomalous, weight)
         else:
-            normal_scores, positive_keys = curves.split_keys(chunks, sum(keys.size for keys in chunks))
-            normal_scores.sort()  # in place: float32, the one sort over every pixel
+            scores, positive_keys = curves.scores_and_positive_keys(chunks, sum(keys.size for keys in chunks))
+            scores.sort()  # in place: float32, the one sort over every pixel
             positive_keys.sort()
-            pixel_curve = curves.curve_from_sorted_parts(normal_scores, positive_keys)
-        if opts.pro_curve == "quantile-100":
-            pro = curves.quantile_pro_auc(normal_scores, positive_keys, int(self.n_regions), opts.max_fpr)
+            pixel_curve = curves.curve_from_sorted_parts(scores, positive_keys)
+            del scores
+        if opts.pro_curve == "quantile-100":  # exact state only (MetricOptions refuses binned)
+            normal = curves.normal_scores(chunks)
+            normal.sort()
+            pro = curves.quantile_pro_auc(normal, positive_keys, int(self.n_regions), opts.max_fpr)
+            del normal
         else:
             pro = curves.pro_auc(pixel_curve, int(self.n_regions), opts.max_fpr)
         del chunks
-        if not binned:
-            del normal_scores, positive_keys
 
         f1, f1_threshold, f1_index = curves.f1_max(pixel_curve)
         if opts.pixel_f1_max == "grid-21":
@@ -293,10 +295,9 @@ def _check_inputs(maps, masks, logit: bool = False) -> tuple[np.ndarray, np.ndar
         )
     m = m.astype(np.float32, copy=False)
     if m.size:
-        n_nan = int(np.count_nonzero(np.isnan(m)))
-        if n_nan:
-            raise BenchError(f"anomaly maps contain {n_nan} NaN value(s)")
         lo, hi = float(m.min()), float(m.max())
+        if math.isnan(lo) or math.isnan(hi):  # min and max propagate NaN: no pass of its own
+            raise BenchError(f"anomaly maps contain {int(np.count_nonzero(np.isnan(m)))} NaN value(s)")
         if logit and not (math.isfinite(lo) and math.isfinite(hi)):
             raise BenchError(f"anomaly logits must be finite, got values in [{lo:.6g}, {hi:.6g}]")
         if not logit and (lo < 0.0 or hi > 1.0):
