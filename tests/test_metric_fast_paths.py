@@ -135,3 +135,12 @@ def test_values_equal_the_engine_before_issue_21(case):
     assert got.keys() == PINNED[case].keys()
     for key, value in PINNED[case].items():
         assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_binned_histograms_do_not_depend_on_the_chunk_size(monkeypatch):
+    from benchmark.metrics import engine
+
+    monkeypatch.setattr(engine, "_HISTOGRAM_CHUNK", 333)  # chunks that split images and regions
+    got = _flat(_pinned_cases()["binned"]())
+    for key, value in PINNED["binned"].items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key

@@ -29,6 +29,7 @@ from benchmark.metrics.image_score import image_scores
 from benchmark.metrics.options import MetricOptions
 from benchmark.metrics.pro import anomalous_pixels
 
+_HISTOGRAM_CHUNK = 1 << 20  # pixels; whole-batch temporaries measured 3x slower at 1024^2 (fresh pages)
 _LIST_STATES = {"pixel_keys": torch.int64, "image_scores": torch.float64, "image_labels": torch.int64}
 
 
@@ -242,11 +243,15 @@ def _as_list(state) -> list:
 def _histograms(scores: np.ndarray, positive: np.ndarray, area: np.ndarray, bins: int):
     """Per-bin (normal count, anomalous count, summed 1/area): one pass over every float32 score,
     the anomalous pixels (`positive` indices, their region `area`) apart."""
-    # float32 product: at most 1 ulp from the float64 bin edge, and half the temporary memory
-    index = (scores * np.float32(bins)).astype(np.int32)
-    np.minimum(index, bins - 1, out=index)
-    total = np.bincount(index, minlength=bins)
-    anomalous_index = index[positive]
+    total = np.zeros(bins, np.int64)
+    anomalous_index = np.empty(positive.size, np.int32)
+    for start in range(0, scores.size, _HISTOGRAM_CHUNK):  # temporaries stay in cache-sized chunks
+        # float32 product: at most 1 ulp from the float64 bin edge, and half the temporary memory
+        index = (scores[start : start + _HISTOGRAM_CHUNK] * np.float32(bins)).astype(np.int32)
+        np.minimum(index, bins - 1, out=index)
+        total += np.bincount(index, minlength=bins)
+        lo, hi = np.searchsorted(positive, [start, start + index.size])
+        anomalous_index[lo:hi] = index[positive[lo:hi] - start]
     anomalous_count = np.bincount(anomalous_index, minlength=bins)
     weight = np.bincount(anomalous_index, weights=1.0 / area, minlength=bins)
     return total - anomalous_count, anomalous_count, weight

@@ -220,11 +220,15 @@ def one_sort(maps) -> None:
     np.sort(maps.ravel())
 
 
-def one_histogram_pass(maps, bins: int = 1000) -> None:
-    """The floor of binned mode: every float32 score's bin index, counted once."""
-    index = (maps.ravel() * np.float32(bins)).astype(np.int32)
-    np.minimum(index, bins - 1, out=index)
-    np.bincount(index, minlength=bins)
+def one_histogram_pass(maps, bins: int = 1000, chunk: int = 1 << 20) -> None:
+    """The floor of binned mode: every float32 score's bin index, counted once, in chunks of 2^20
+    pixels (whole-array temporaries of 31.5 M pixels measured 3x slower: fresh pages)."""
+    flat = maps.ravel()
+    counts = np.zeros(bins, np.int64)
+    for start in range(0, flat.size, chunk):
+        index = (flat[start : start + chunk] * np.float32(bins)).astype(np.int32)
+        np.minimum(index, bins - 1, out=index)
+        counts += np.bincount(index, minlength=bins)
 
 
 def _cpu_and_wall(fn) -> tuple[float, float]:
