@@ -109,9 +109,10 @@ def scores_and_positive_keys(chunks, n_keys: int) -> tuple[np.ndarray, np.ndarra
     scores = np.empty(n_keys, dtype=np.float32)
     positive, filled = [], 0
     for keys in chunks:
-        scores[filled : filled + keys.size] = unpack_keys(keys)[0]
+        chunk_scores, payload = unpack_keys(keys)
+        scores[filled : filled + keys.size] = chunk_scores
         filled += keys.size
-        positive.append(keys[np.flatnonzero(unpack_keys(keys)[1])])
+        positive.append(keys[np.nonzero(payload)[0]])  # not flatnonzero: it copies the strided payload first
     return scores, (np.concatenate(positive) if positive else np.zeros(0, np.int64))
 
 
