@@ -7,11 +7,12 @@ import math
 import numpy as np
 
 
-def confusion_at_threshold(scores: np.ndarray, masks: np.ndarray, threshold: float) -> np.ndarray:
-    """int64 [TP, FP, FN, TN] predicting anomaly iff score >= threshold."""
-    pred = scores >= threshold
-    n_pred, n_pos, n = int(np.count_nonzero(pred)), int(np.count_nonzero(masks)), masks.size
-    tp = int(np.count_nonzero(pred & masks))
+def confusion_at_threshold(scores: np.ndarray, positive: np.ndarray, threshold: float) -> np.ndarray:
+    """int64 [TP, FP, FN, TN] predicting anomaly iff score >= threshold; `positive`: the indices of
+    the anomalous pixels in the flattened scores."""
+    flat = scores.reshape(-1)
+    n_pred, n_pos, n = int(np.count_nonzero(flat >= threshold)), positive.size, flat.size
+    tp = int(np.count_nonzero(flat[positive] >= threshold))
     fp = n_pred - tp
     fn = n_pos - tp
     return np.array([tp, fp, fn, n - n_pos - fp], dtype=np.int64)

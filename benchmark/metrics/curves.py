@@ -12,9 +12,11 @@ after the sort everything is O(P), whatever the number of negatives.
 
 Pixel scores are packed with their payload into sortable int64 keys
 (`score float32 bits << 32 | payload`): non-negative scores' IEEE bit patterns sort like the
-numbers (negative raw logits get all but their sign bit flipped, which keeps the order), and
-numpy's vectorised integer sort is ~10x faster than an argsort + gather. The payload is 0 for a negative pixel and the area of its ground-truth region for a positive one,
-which gives PRO its per-pixel weight 1/area without any region ids.
+numbers (negative raw logits get all but their sign bit flipped, which keeps the order). The
+payload is 0 for a negative pixel and the area of its ground-truth region for a positive one,
+which gives PRO its per-pixel weight 1/area without any region ids. At compute the float32
+scores are sorted alone (half the bytes of the keys; an argsort shared by the curves measured
+8x slower than `np.sort`, docs/metrics.md) and the few positive keys apart.
 """
 
 from __future__ import annotations
@@ -66,15 +68,19 @@ def _order_bits(bits: np.ndarray) -> np.ndarray:
 def pack_keys(scores: np.ndarray, payload: np.ndarray) -> np.ndarray:
     """int64 keys `order(score) << 32 | payload` that sort like (score, payload); scores finite
     float32 (probabilities, or raw logits of either sign), payload uint32 < 2**31."""
-    scores = np.ascontiguousarray(scores, dtype=np.float32).ravel() + np.float32(0.0)  # -0.0 -> +0.0
-    high = _order_bits(scores.view(np.int32))
     payload = np.ascontiguousarray(payload).ravel()
-    if not _LITTLE_ENDIAN:  # pragma: no cover - no big-endian CI
-        return (high.astype(np.int64) << 32) | payload.astype(np.int64)
-    keys = np.empty(scores.size, dtype=np.int64)
-    words = keys.view(np.int32).reshape(-1, 2)
-    words[:, 0] = payload  # < 2**31: the same bits as int32
-    words[:, 1] = high
+    index = np.flatnonzero(payload)
+    return pack_sparse_keys(scores, index, payload[index])
+
+
+def pack_sparse_keys(scores: np.ndarray, index: np.ndarray, payload: np.ndarray) -> np.ndarray:
+    """`pack_keys` with the payload given where it is non-zero: at `index` of the flattened scores."""
+    scores = np.ascontiguousarray(scores, dtype=np.float32).ravel()
+    bits = scores.view(np.int32)
+    if bits.size and int(bits.min()) < 0:  # negative logits or -0.0 (-> +0.0: one key for one number)
+        bits = _order_bits((scores + np.float32(0.0)).view(np.int32))
+    keys = np.left_shift(bits, 32, dtype=np.int64)  # one pass, whatever the byte order
+    keys[index] |= payload.astype(np.int64)
     return keys
 
 
@@ -97,22 +103,39 @@ def unpack_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- building curves
 
 
-def curve_from_sorted_keys(keys: np.ndarray) -> Curve:
-    """Exact curve from packed keys sorted ascending (one `np.sort`)."""
-    n = keys.size
-    pos_idx = np.flatnonzero(unpack_keys(keys)[1] != 0)
-    if pos_idx.size == 0:
+def scores_and_positive_keys(chunks, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 scores of every pixel, packed keys of the anomalous ones) of packed-key chunks,
+    without concatenating them: 4 bytes per pixel next to the chunks' 8."""
+    scores = np.empty(n_keys, dtype=np.float32)
+    positive, filled = [], 0
+    for keys in chunks:
+        chunk_scores, payload = unpack_keys(keys)
+        scores[filled : filled + keys.size] = chunk_scores
+        filled += keys.size
+        positive.append(keys[np.nonzero(payload)[0]])  # not flatnonzero: it copies the strided payload first
+    return scores, (np.concatenate(positive) if positive else np.zeros(0, np.int64))
+
+
+def normal_scores(chunks) -> np.ndarray:
+    """float32 scores of the normal pixels (payload 0) of packed-key chunks, unsorted."""
+    parts = [scores[payload == 0] for scores, payload in map(unpack_keys, chunks)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def curve_from_sorted_parts(scores: np.ndarray, positive_keys: np.ndarray) -> Curve:
+    """Exact curve from every pixel's float32 score and the anomalous pixels' packed keys, both
+    sorted ascending: one float32 `np.sort` over the pixels, the keys are few."""
+    n = scores.size
+    if positive_keys.size == 0:
         return Curve.without_positives(n)
-    pos_keys = keys[pos_idx]
-    pos_bits = pos_keys >> 32
+    pos_bits = positive_keys >> 32
     first = np.flatnonzero(np.concatenate(([True], pos_bits[1:] != pos_bits[:-1])))
-    group_bits = pos_bits[first]
-    # all samples with the group's score lie in [group_bits << 32, (group_bits + 1) << 32)
-    start = np.searchsorted(keys, group_bits << 32, side="left")
-    stop = np.searchsorted(keys, (group_bits + 1) << 32, side="left")
-    weights = 1.0 / (pos_keys & 0xFFFFFFFF).astype(np.float64)
-    thresholds = scores_of_high_words(group_bits).astype(np.float64)
-    return _curve_from_groups(n, start, stop, first, weights, thresholds)
+    thresholds = scores_of_high_words(pos_bits[first])
+    # all samples with the group's score lie in sorted positions [start, stop)
+    start = np.searchsorted(scores, thresholds, side="left")
+    stop = np.searchsorted(scores, thresholds, side="right")
+    weights = 1.0 / (positive_keys & 0xFFFFFFFF).astype(np.float64)
+    return _curve_from_groups(n, start, stop, first, weights, thresholds.astype(np.float64))
 
 
 def curve_from_scores(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None = None) -> Curve:
@@ -268,23 +291,49 @@ def best_iou(c: Curve) -> float:
     return float(np.max(c.at_pos / (c.at_n - c.at_pos + c.n_pos)))
 
 
-def quantile_pro_auc(sorted_keys: np.ndarray, n_regions: int, max_fpr: float, n_thresholds: int = 100) -> float:
+def best_iou_of_image(scores: np.ndarray, positive: np.ndarray) -> float:
+    """`best_iou` of one image (float32 scores, flat; `positive` the anomalous pixels' indices)
+    without sorting every pixel. The IoU at the median anomalous score, L = TP0 / (FP0 + P), bounds
+    the rest: a threshold predicting more than M = floor(P (FP0 + P) / TP0) pixels has
+    FP > M - P, so IoU <= P / (FP + P) < L. Only the M + 1 highest scores are sorted."""
+    n_pos = positive.size
+    if n_pos == 0:
+        return float("nan")
+    pos = np.sort(scores[positive])
+    first = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))  # one per distinct score
+    thresholds = pos[first]
+    tp = n_pos - first  # anomalous pixels >= each threshold
+    mid = first.size // 2
+    tp0 = int(tp[mid])
+    fp0 = int(np.count_nonzero(scores >= thresholds[mid])) - tp0
+    most_predicted = n_pos * (fp0 + n_pos) // tp0
+    top = scores
+    if most_predicted + 1 < scores.size:
+        cut = np.partition(scores, scores.size - most_predicted - 1)[scores.size - most_predicted - 1]
+        top = scores[scores >= cut]
+        keep = thresholds > cut  # below the cut: more than M pixels predicted
+        thresholds, tp = thresholds[keep], tp[keep]
+    top = np.sort(top)
+    predicted = top.size - np.searchsorted(top, thresholds, side="left")
+    return float(np.max(tp / (predicted - tp + n_pos)))
+
+
+def quantile_pro_auc(normal_scores: np.ndarray, positive_keys: np.ndarray, n_regions: int, max_fpr: float,
+                     n_thresholds: int = 100) -> float:
     """PRO as the MVTec 3D-AD `au_pro_util` (AnomalyDiffusion's and STAGE's code) computes it: the
     thresholds are the normal-pixel scores at `n_thresholds` evenly spaced positions p of their
     ascending order (`np.linspace(0, N - 1, n, dtype=int)`), FPR = 1 - (p + 1) / N, the overlap
     counts region pixels scoring > the threshold, the curve starts at (1, 1), and the area up to
-    `max_fpr` (linearly interpolated there) is divided by `max_fpr`."""
-    scores, payload = unpack_keys(sorted_keys)
-    normal = payload == 0
-    n_normal = int(np.count_nonzero(normal))
+    `max_fpr` (linearly interpolated there) is divided by `max_fpr`. `normal_scores` float32 and
+    `positive_keys` packed, both sorted ascending."""
+    n_normal = normal_scores.size
     if n_regions == 0 or n_normal == 0:
         return float("nan")
-    normal_scores = scores[normal].astype(np.float64)
-    positive = ~normal
-    pos_scores = scores[positive].astype(np.float64)  # ascending, like the keys
-    cum_w = np.concatenate(([0.0], np.cumsum(1.0 / payload[positive].astype(np.float64))))
+    pos_scores, payload = unpack_keys(positive_keys)
+    pos_scores = pos_scores.astype(np.float64)  # ascending, like the keys
+    cum_w = np.concatenate(([0.0], np.cumsum(1.0 / payload.astype(np.float64))))
     positions = np.linspace(0, n_normal - 1, num=n_thresholds, dtype=int)
-    thresholds = normal_scores[positions]
+    thresholds = normal_scores[positions].astype(np.float64)
     above = cum_w[-1] - cum_w[np.searchsorted(pos_scores, thresholds, side="right")]
     fpr = np.concatenate(([1.0], 1.0 - (positions + 1) / n_normal))[::-1]
     pro = np.concatenate(([1.0], above / n_regions))[::-1]

@@ -8,21 +8,44 @@ different images, batches or DDP ranks can never collide. The area itself is `cu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
-# 8-connectivity inside an image, no connection across the batch axis.
-_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
-_STRUCTURE[1] = True
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def region_areas(masks: np.ndarray) -> tuple[np.ndarray, int]:
-    """masks: bool BxHxW. Returns (uint32 BxHxW: area of the pixel's region, 0 on normal pixels;
-    number of regions)."""
-    labels, n_regions = ndimage.label(masks, structure=_STRUCTURE)
-    if n_regions == 0:
-        return np.zeros(masks.shape, dtype=np.uint32), 0
-    areas = np.bincount(labels.ravel()).astype(np.uint32)
-    per_pixel = np.zeros(masks.shape, dtype=np.uint32)
-    per_pixel[masks] = areas[labels[masks]]
-    return per_pixel, int(n_regions)
+@dataclass(frozen=True)
+class AnomalousPixels:
+    """The anomalous pixels of a BxHxW batch: `index` into the flattened batch (ascending),
+    `area` (uint32) of each one's region, `image_start[b]:image_start[b + 1]` the slice of image b,
+    and the number of regions."""
+
+    index: np.ndarray
+    area: np.ndarray
+    image_start: np.ndarray
+    n_regions: int
+
+
+def anomalous_pixels(masks: np.ndarray) -> AnomalousPixels:
+    """masks: bool BxHxW. Each anomalous image is labelled inside the bounding box of its mask
+    (a component never leaves it), so normal images and the normal background cost one `any`."""
+    n_images, height, width = masks.shape
+    indices, areas, counts = [], [], np.zeros(n_images, dtype=np.int64)
+    n_regions = 0
+    for b in np.flatnonzero(masks.reshape(n_images, -1).any(axis=1)):
+        rows = np.flatnonzero(masks[b].any(axis=1))
+        cols = np.flatnonzero(masks[b].any(axis=0))
+        top, left = rows[0], cols[0]
+        labels, n = ndimage.label(masks[b, top : rows[-1] + 1, left : cols[-1] + 1], structure=_EIGHT_CONNECTED)
+        y, x = np.nonzero(labels)  # row-major: ascending flat index
+        region = labels[y, x]
+        areas.append(np.bincount(region)[region].astype(np.uint32))
+        indices.append((b * height + y + top) * width + x + left)
+        counts[b] = y.size
+        n_regions += n
+    image_start = np.concatenate(([0], np.cumsum(counts)))
+    if not indices:
+        return AnomalousPixels(np.zeros(0, np.int64), np.zeros(0, np.uint32), image_start, 0)
+    return AnomalousPixels(np.concatenate(indices).astype(np.int64), np.concatenate(areas), image_start, n_regions)

@@ -1,8 +1,19 @@
-"""Speed, memory and agreement of the metric engine on MVTec-sized synthetic maps (issue 3).
+"""Speed, memory and agreement of the metric engine on MVTec-sized synthetic maps (issues 3, 21).
 
-    python tools/perf/metrics_bench.py                      # 100 images at 256 and 1024
-    python tools/perf/metrics_bench.py --images 20 --sizes 256 --ref-thresholds 100
+    python tools/perf/metrics_bench.py                      # issue 21's table: 100 x 256^2 and 30 x 1024^2
+    python tools/perf/metrics_bench.py --profile            # where the engine's CPU time goes, per function
+    python tools/perf/metrics_bench.py --peers              # issue 3's table: sklearn and the reference PRO
+    python tools/perf/metrics_bench.py --peers --images 20 --sizes 256 --ref-thresholds 100
     ... --anomalib-python <venv with anomalib>/bin/python  # adds anomalib's AUPRO
+
+Issue 21's table (the default) puts the engine next to its two lower bounds, measured in one
+process in interleaved rounds: one `np.sort` of the float32 scores (the floor of exact mode) and
+one histogram pass (`np.bincount` of the float32 scores' bin index, the floor of binned mode).
+Times are CPU seconds (time.process_time) and wall seconds, best of `--rounds`; the ratios are
+taken per round and reported as best / median / worst, so their spread says how noisy the
+machine was. Bytes per pixel come from a fresh process per mode (peak RSS above the RSS once the
+maps are loaded). anomalib's AUPRO is a column when anomalib is importable here or through
+--anomalib-python.
 
 The maps are generated once into a temporary folder (or $METRICS_BENCH_CACHE) and reused.
 
@@ -158,10 +169,12 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-def worker(method: str, size: int, n_images: int) -> dict:
+def worker(method: str, size: int, n_images: int, rounds: int = 1) -> dict:
+    if method == "limits":
+        return limits_worker(size, n_images, rounds)
     maps, masks = dataset(n_images, size)
     if method.startswith("engine"):
-        import benchmark.metrics  # noqa: F401 - import cost is not part of the timing
+        from benchmark.metrics import AnomalyMetrics  # noqa: F401 - import cost is not part of the timing
     elif method == "sklearn":
         import sklearn.metrics  # noqa: F401
     elif method == "anomalib-aupro":
@@ -197,6 +210,127 @@ def measure(method: str, size: int, n_images: int, python: str = sys.executable)
     if proc.returncode:
         return {"method": method, "size": size, "images": n_images, "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- issue 21: the limits
+
+
+def one_sort(maps) -> None:
+    """The floor of exact mode: one sort of every float32 score (a copy, like the engine's state)."""
+    np.sort(maps.ravel())
+
+
+def one_histogram_pass(maps, bins: int = 1000, chunk: int = 1 << 20) -> None:
+    """The floor of binned mode: every float32 score's bin index, counted once, in chunks of 2^20
+    pixels (whole-array temporaries of 31.5 M pixels measured 3x slower: fresh pages)."""
+    flat = maps.ravel()
+    counts = np.zeros(bins, np.int64)
+    for start in range(0, flat.size, chunk):
+        index = (flat[start : start + chunk] * np.float32(bins)).astype(np.int32)
+        np.minimum(index, bins - 1, out=index)
+        counts += np.bincount(index, minlength=bins)
+
+
+def _cpu_and_wall(fn) -> tuple[float, float]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def limits_worker(size: int, n_images: int, rounds: int) -> dict:
+    """Interleaved rounds in this process: engine exact, engine binned, one sort, one histogram pass."""
+    maps, masks = dataset(n_images, size)
+    for mode in ("exact", "binned"):
+        run_engine(maps[:10], masks[:10], mode)  # lazy imports and first calls outside the timing
+    jobs = {"engine-exact": lambda: run_engine(maps, masks, "exact"),
+            "engine-binned": lambda: run_engine(maps, masks, "binned"),
+            "np.sort": lambda: one_sort(maps), "histogram pass": lambda: one_histogram_pass(maps)}
+    times: dict[str, list] = {name: [] for name in jobs}
+    for _ in range(rounds):
+        for name, job in jobs.items():
+            times[name].append(_cpu_and_wall(job))
+    return {"size": size, "images": n_images, "times": times}
+
+
+def limits_table(n_images: int, size: int, rounds: int, anomalib_python: str | None) -> str:
+    pixels = n_images * size * size
+    proc = subprocess.run([sys.executable, str(HERE), "--worker", "limits", "--size", str(size),
+                           "--images", str(n_images), "--rounds", str(rounds)], capture_output=True, text=True,
+                          env={**os.environ, "METRICS_BENCH_CACHE": str(CACHE)})
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    times = json.loads(proc.stdout.strip().splitlines()[-1])["times"]
+    memory = {mode: measure(mode, size, n_images) for mode in ("engine-exact", "engine-binned")}
+    python = anomalib_python or (sys.executable if _importable("anomalib") else None)
+    anomalib = measure("anomalib-aupro", size, n_images, python) if python else None
+
+    def best(name, i):
+        return min(t[i] for t in times[name])
+
+    def ratios(a, b, i):
+        r = sorted(x[i] / y[i] for x, y in zip(times[a], times[b]))
+        return f"{r[0]:.2f} / {r[len(r) // 2]:.2f} / {r[-1]:.2f}"
+
+    def per_pixel(row):
+        return f"{row['peak_mb'] * 2**20 / pixels:.1f}" if row and "peak_mb" in row else "n/a"
+
+    lines = [f"\n### {n_images} x {size}^2 = {pixels / 1e6:.1f} M pixels ({rounds} interleaved rounds)\n",
+             "| | engine exact | engine binned | one np.sort (float32) | one histogram pass | anomalib AUPRO |",
+             "|---|---:|---:|---:|---:|---:|"]
+    names = ("engine-exact", "engine-binned", "np.sort", "histogram pass")
+    anomalib_cell = ("not importable" if anomalib is None else
+                     f"{anomalib['seconds']:.2f}" if "seconds" in anomalib else "failed")
+    for label, i in (("CPU s, best", 0), ("wall s, best", 1)):
+        lines.append(f"| {label} | " + " | ".join(f"{best(name, i):.3f}" for name in names)
+                     + f" | {anomalib_cell if i == 1 else ''} |")
+    lines.append(f"| peak B/pixel | {per_pixel(memory['engine-exact'])} | {per_pixel(memory['engine-binned'])} | 4 | | "
+                 f"{per_pixel(anomalib) if anomalib else ''} |")
+    lines += ["", "ratio per round (best / median / worst); the issue's limit is 2:",
+              f"- exact / one sort:            CPU {ratios('engine-exact', 'np.sort', 0)}, "
+              f"wall {ratios('engine-exact', 'np.sort', 1)}",
+              f"- binned / one histogram pass: CPU {ratios('engine-binned', 'histogram pass', 0)}, "
+              f"wall {ratios('engine-binned', 'histogram pass', 1)}"]
+    return "\n".join(lines)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def profile_report(n_images: int, size: int, rounds: int, top: int = 16) -> str:
+    """cProfile with a CPU-time clock over `rounds` runs of each mode: the functions with the most
+    own time (numpy's sort, scipy's label, ...) and the engine's own steps with their callees."""
+    import cProfile
+    import pstats
+
+    maps, masks = dataset(n_images, size)
+    lines = []
+    for mode in ("exact", "binned"):
+        run_engine(maps[:10], masks[:10], mode)  # lazy imports (torchmetrics) outside the profile
+        profiler = cProfile.Profile(time.process_time)
+        total = 0.0
+        for _ in range(rounds):
+            cpu = time.process_time()
+            profiler.runcall(run_engine, maps, masks, mode)
+            total += time.process_time() - cpu
+        sort_cpu = min(_cpu_and_wall(lambda: one_sort(maps))[0] for _ in range(rounds))
+        stats = pstats.Stats(profiler).stats
+        rows = sorted(((v[2] / rounds, v[3] / rounds, _name(k)) for k, v in stats.items()), reverse=True)
+        lines += [f"\n### {mode}, {n_images} x {size}^2: {total / rounds:.3f} CPU s per run "
+                  f"(one np.sort of the float32 scores: {sort_cpu:.3f} s; mean of {rounds} runs)\n",
+                  "| function | own CPU s | share | with callees |", "|---|---:|---:|---:|"]
+        for own, cumulative, name in rows[:top]:
+            lines.append(f"| {name} | {own:.4f} | {own / (total / rounds):.0%} | {cumulative:.4f} |")
+    return "\n".join(lines)
+
+
+def _name(key) -> str:
+    path, line, function = key
+    if path == "~":
+        return function.strip("<>").replace("method ", "")
+    return f"{Path(path).parent.name}/{Path(path).name}:{function}"
 
 
 # ---------------------------------------------------------------------------- report
@@ -246,8 +380,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--images", type=int, nargs="+", default=None,
+                        help="images per size (default: 100 256^2 and 30 1024^2 images; --peers: 100)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of issue 21's table")
+    parser.add_argument("--profile", action="store_true", help="per-function CPU time of the engine (cProfile)")
+    parser.add_argument("--peers", action="store_true", help="issue 3's table: sklearn, reference PRO, anomalib")
     parser.add_argument("--ref-thresholds", type=int, nargs="+", default=[100, 1000],
                         help="threshold counts of the reference PRO (1000 at 1024 px takes ~10 min)")
     parser.add_argument("--scaling", type=int, nargs="*", default=[25, 50],
@@ -259,8 +397,20 @@ def main() -> None:
                              "depend on this code and take minutes)")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.size, args.images)))
+        print(json.dumps(worker(args.worker, args.size, args.images[0], args.rounds)))
         return
+    counts = args.images or [100 if args.peers or size < 1024 else 30 for size in args.sizes]
+    if len(counts) == 1:
+        counts = counts * len(args.sizes)
+    if not args.peers:
+        for size, n in zip(args.sizes, counts):
+            dataset(n, size)  # generated once, outside every timing
+            if args.profile:
+                print(profile_report(n, size, args.rounds))
+                continue
+            print(limits_table(n, size, args.rounds, args.anomalib_python), flush=True)
+        return
+    args.images = counts[0]
 
     reused = json.loads(Path(args.reuse).read_text()) if args.reuse else []
 

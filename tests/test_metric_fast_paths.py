@@ -1,0 +1,146 @@
+"""The engine's fast paths (issue 21) against independent computations, and its values pinned.
+
+`best_iou_of_image` prunes thresholds with an IoU bound, `anomalous_pixels` labels bounding-box
+crops, `curve_from_sorted_parts` sorts the normal scores alone; each is checked here against the
+plain way. `PINNED` holds values that the engine before issue 21 (main at c292c29, packed int64
+keys, one sort per anomalous image) printed for these seeded sets; they were recorded from that
+code, not derived here, so a change of any value shows up."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from benchmark.metrics import AnomalyMetrics, MetricOptions, evaluate
+from benchmark.metrics.curves import best_iou_of_image
+from benchmark.metrics.pro import anomalous_pixels
+from test_metric_variants import two_class_logits
+from test_metrics import blob_dataset, brute_best_iou  # tests/ is on sys.path (pytest rootdir conftest)
+
+
+def _flat(result: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, prefix + key + "."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+@pytest.mark.parametrize("seed, quantize, quality", [(0, None, 1.0), (1, None, 0.2), (2, 16, 0.6), (3, None, 0.0)])
+def test_best_iou_of_image_matches_every_threshold(seed, quantize, quality):
+    """quality 1: good maps (the bound prunes most pixels); 0: maps unrelated to the mask (no pruning)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        mask = ndimage.binary_dilation(rng.random((24, 24)) < 0.02, iterations=int(rng.integers(0, 3)))
+        mask[tuple(rng.integers(0, 24, 2))] = True
+        score = quality * ndimage.gaussian_filter(mask.astype(float), 1.0) + rng.random((24, 24)) * 0.3
+        if quantize:
+            score = np.round(score * quantize) / quantize
+        score = score.astype(np.float32)
+        got = best_iou_of_image(score.ravel(), np.flatnonzero(mask))
+        assert got == pytest.approx(brute_best_iou(score, mask), abs=1e-12)
+
+
+def test_best_iou_of_image_ranks_negative_logits():
+    rng = np.random.default_rng(4)
+    score = rng.normal(-5, 3, (20, 20)).astype(np.float32)
+    mask = score > -2
+    mask[0, 0] = True
+    assert best_iou_of_image(score.ravel(), np.flatnonzero(mask)) == pytest.approx(brute_best_iou(score, mask), abs=1e-12)
+
+
+def test_anomalous_pixels_match_labelling_every_whole_image():
+    masks = blob_dataset(5, n=6, size=40)[1]
+    masks[1, -1, -1] = masks[1, 0, 0] = True  # regions at the corners: the crop is the whole image
+    pixels = anomalous_pixels(masks)
+    assert np.array_equal(pixels.index, np.flatnonzero(masks))
+    expected_area, n_regions = np.zeros(masks.size, np.int64), 0
+    for b, mask in enumerate(masks):
+        labels, n = ndimage.label(mask, np.ones((3, 3), int))
+        sizes = np.bincount(labels.ravel())
+        expected_area[b * mask.size : (b + 1) * mask.size] = np.where(labels > 0, sizes[labels], 0).ravel()
+        n_regions += n
+    assert np.array_equal(pixels.area, expected_area[pixels.index]) and pixels.n_regions == n_regions
+    assert np.array_equal(np.diff(pixels.image_start), masks.reshape(len(masks), -1).sum(axis=1))
+
+
+def _pinned_cases():
+    maps, masks = blob_dataset(21, n=10, size=40)
+    q_maps, q_masks = blob_dataset(22, n=10, size=40, quantize=64)
+    anomaly, probability, l_masks = two_class_logits(23, n=10, size=40)
+
+    def logit():
+        m = AnomalyMetrics(MetricOptions(pixel_score="logit", pro_curve="quantile-100"))
+        m.update(anomaly, l_masks, probabilities=probability)
+        return m.compute()
+
+    return {
+        "exact": lambda: evaluate([maps[:4], maps[4:]], [masks[:4], masks[4:]], MetricOptions(mode="exact")),
+        "exact-f1-quantile-grid": lambda: evaluate([maps], [masks], MetricOptions(
+            mode="exact", iou_threshold="f1", pro_curve="quantile-100", pixel_f1_max="grid-21",
+            image_score="pooled-max", pool_kernel=5)),
+        "exact-ties": lambda: evaluate([q_maps], [q_masks], MetricOptions(mode="exact")),
+        "binned": lambda: evaluate([maps[:4], maps[4:]], [masks[:4], masks[4:]], MetricOptions(mode="binned")),
+        "logit-quantile": logit,
+    }
+
+
+# Printed by the engine at main c292c29 (before issue 21) for `_pinned_cases`; not recomputed here.
+PINNED = {
+    "exact": {
+        "image.auroc": 1.0, "image.ap": 1.0, "image.f1_max": 1.0,
+        "pixel.auroc": 0.997593398337255, "pixel.ap": 0.9579537626362628, "pixel.f1_max": 0.9095607235142119,
+        "pixel.pro": 0.9770298801310094, "pixel.iou": 0.754054054054054,
+        "pixel.iou_best_per_image": 0.8262463805510164, "pixel.f1": 0.8597842835130971,
+        "miou": 0.8711340079880424, "acc": 0.9726800477710402, "acc_anomaly": 0.9554794520547946, "threshold": 0.5,
+    },
+    "exact-f1-quantile-grid": {
+        "image.auroc": 1.0, "image.ap": 1.0, "image.f1_max": 1.0,
+        "pixel.auroc": 0.997593398337255, "pixel.ap": 0.9579537626362628, "pixel.f1_max": 0.9035621198957429,
+        "pixel.pro": 0.9713000075572344, "pixel.iou": 0.8341232227488151,
+        "pixel.iou_best_per_image": 0.8262463805510164, "pixel.f1": 0.9095607235142119,
+        "miou": 0.9136683849007778, "acc": 0.9504655366066922, "acc_anomaly": 0.9041095890410958,
+        "threshold": 0.5456181764602661,
+    },
+    "exact-ties": {
+        "image.auroc": 0.9800000000000001, "image.ap": 0.9666666666666666, "image.f1_max": 0.9090909090909091,
+        "pixel.auroc": 0.977037441034915, "pixel.ap": 0.8379256523963058, "pixel.f1_max": 0.7987012987012987,
+        "pixel.pro": 0.8279912392239817, "pixel.iou": 0.04116594221426745,
+        "pixel.iou_best_per_image": 0.5685227657496565, "pixel.f1": 0.07907662082514735,
+        "miou": 0.40220428558405774, "acc": 0.8695965018036378, "acc_anomaly": 0.9757575757575757, "threshold": 0.5,
+    },
+    "binned": {
+        "image.auroc": 1.0, "image.ap": 1.0, "image.f1_max": 1.0,
+        "pixel.auroc": 0.9975951199963035, "pixel.ap": 0.9576946743502317, "pixel.f1_max": 0.9087779690189329,
+        "pixel.pro": 0.9769690346633207, "pixel.iou": 0.754054054054054,
+        "pixel.iou_best_per_image": 0.8262463805510164, "pixel.f1": 0.8597842835130971,
+        "miou": 0.8711340079880424, "acc": 0.9726800477710402, "acc_anomaly": 0.9554794520547946, "threshold": 0.5,
+    },
+    "logit-quantile": {
+        "image.auroc": 0.8, "image.ap": 0.7861904761904762, "image.f1_max": 0.8333333333333334,
+        "pixel.auroc": 0.8147072702233461, "pixel.ap": 0.17500799778584689, "pixel.f1_max": 0.2634315424610052,
+        "pixel.pro": 0.602923597383181, "pixel.iou": 0.030344126123071708,
+        "pixel.iou_best_per_image": 0.18050381422987555, "pixel.f1": 0.05890095426127016,
+        "miou": 0.3343996719358169, "acc": 0.6219824944285299, "acc_anomaly": 0.6006711409395973, "threshold": 0.5,
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_values_equal_the_engine_before_issue_21(case):
+    got = _flat(_pinned_cases()[case]())
+    assert got.keys() == PINNED[case].keys()
+    for key, value in PINNED[case].items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_binned_histograms_do_not_depend_on_the_chunk_size(monkeypatch):
+    from benchmark.metrics import engine
+
+    monkeypatch.setattr(engine, "_HISTOGRAM_CHUNK", 333)  # chunks that split images and regions
+    got = _flat(_pinned_cases()["binned"]())
+    for key, value in PINNED["binned"].items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
