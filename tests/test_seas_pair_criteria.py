@@ -1,0 +1,72 @@
+"""Issue 11's checks on SeaS pairs (generators/seas/pair_criteria.py), on hand-made images and masks."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from generators.seas.pair_criteria import (check_predicted_pairs, is_flat, mask_fraction, mask_in_range,
+                                           read_synthetic_set)
+
+
+def _mask(n_on: int, size: int = 10) -> np.ndarray:
+    m = np.zeros(size * size, bool)
+    m[:n_on] = True
+    return m.reshape(size, size)
+
+
+def test_mask_range_is_non_empty_and_strictly_below_half():
+    assert mask_fraction(_mask(37)) == 0.37
+    assert not mask_in_range(_mask(0))  # empty
+    assert mask_in_range(_mask(1))  # 1 %
+    assert mask_in_range(_mask(49))  # 49 %
+    assert not mask_in_range(_mask(50))  # exactly half is not "smaller than half"
+    assert not mask_in_range(_mask(100))
+
+
+def test_flat_means_every_channel_below_three_grey_levels():
+    image = np.full((4, 4, 3), 120, np.uint8)
+    assert is_flat(image)
+    # one channel alternates 116 / 124: std 4 (hand computed: mean 120, every deviation 4)
+    image[..., 1] = np.array([116, 124] * 8, np.uint8).reshape(4, 4)
+    assert not is_flat(image)
+    # alternating 118 / 122: std 2, below 3, so still flat
+    image[..., 1] = np.array([118, 122] * 8, np.uint8).reshape(4, 4)
+    assert is_flat(image)
+    # the population std over the pixels: 114, 114, 114, 120 -> mean 115.5, variance (3 * 1.5^2 + 4.5^2) / 4
+    # = 6.75, std 2.60 (flat); the sample std (n - 1) would be 3.0 (not flat)
+    small = np.full((2, 2, 3), 114, np.uint8)
+    small[1, 1] = 120
+    assert is_flat(small)
+
+
+def _pairs(n_in: int, n_empty: int, n_big: int, flat: int = 0):
+    textured = np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5
+    out = []
+    for k in range(n_in + n_empty + n_big):
+        mask = _mask(10) if k < n_in else _mask(0) if k < n_in + n_empty else _mask(60)
+        image = np.full((10, 10, 3), 90, np.uint8) if k < flat else np.resize(textured, (10, 10, 3))
+        out.append((f"p{k}", image, mask))
+    return out
+
+
+def test_report_needs_ninety_percent_in_range_and_no_flat_image():
+    assert check_predicted_pairs(_pairs(9, 1, 0)).passes()  # 9 of 10 = 90 %
+    report = check_predicted_pairs(_pairs(8, 1, 1))  # 8 of 10
+    assert report.share_in_range == 0.8 and not report.passes()
+    assert "8 (80.0 %)" in report.summary() and "1 empty, 1 >= half" in report.summary()
+    flat = check_predicted_pairs(_pairs(10, 0, 0, flat=1))
+    assert flat.share_in_range == 1.0 and flat.flat == ["p0"] and not flat.passes()
+    assert not check_predicted_pairs([]).passes()
+
+
+def test_reads_a_synthetic_set_from_its_manifest(tmp_path):
+    records = []
+    for k, (pair_id, image, mask) in enumerate(_pairs(1, 1, 0)):
+        Image.fromarray(image).save(tmp_path / f"{pair_id}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / f"{pair_id}_mask.png")
+        records.append({"id": pair_id, "image": f"{pair_id}.png", "mask": f"{pair_id}_mask.png"})
+    (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    report = check_predicted_pairs(read_synthetic_set(tmp_path))
+    assert report.fractions == {"p0": pytest.approx(0.1), "p1": 0.0}
