@@ -35,10 +35,11 @@ def split():
 def _options(**kw):
     from generators.seas.lightning_model import SeasGenerator
 
-    return resolve_options(SeasGenerator, "smoke", {"train_steps": STEPS, "ssf_steps_per_type": 1,
-                                                    "rmp_steps_per_type": 1, "pairs_per_type": 1,
-                                                    "sampling_steps": 4, "mask_steps": 2, "noise_timestep": 1500,
-                                                    "rmp_timesteps": None, **kw})
+    # the random `tiny` backbone: the glue's behaviour does not need the smoke preset's pre-trained U-Net
+    return resolve_options(SeasGenerator, "smoke", {"backbone": "tiny", "train_steps": STEPS,
+                                                    "ssf_steps_per_type": 1, "rmp_steps_per_type": 1,
+                                                    "pairs_per_type": 1, "sampling_steps": 4, "mask_steps": 2,
+                                                    "noise_timestep": 1500, "rmp_timesteps": None, **kw})
 
 
 def _trainer(**kw):
