@@ -1,15 +1,24 @@
-"""The `tiny-demo` backbone: the tiny backbone with a wider U-Net pre-trained once to denoise demo images.
+"""The `tiny-demo` backbone: a small latent space and a tiny U-Net pre-trained once to denoise demo images.
 
 Why: a method that regenerates the whole image from (almost) pure noise, as SeaS does from
-t = 1500, needs a denoiser that already knows what images look like; SeaS starts from Stable
-Diffusion. The random `tiny` U-Net learns nothing useful in a smoke fit (its eps-loss stays near 1:
-a 3x3 conv maps the 192 pixel-unshuffle channels to 32, so it cannot pass x_t through, which the
-eps target needs at high noise). This backbone is `tiny` (same autoencoder, text encoder,
-tokenizer, schedule) with a U-Net of `UNET` channels, trained for `PRETRAIN["steps"]` AdamW
-steps on the eps-MSE (Ho et al. 2020 Eq. 14) of normal demo images rendered from a seed the demo
-dataset does not use (`PRETRAIN["seed"]`), so no benchmark image is in its training set. Prompts
-are "a <category>" (the product's name, as SD knows the word "wood"), dropped to "" with
-probability 0.1 so classifier-free guidance has an unconditional model. It never sees a defect.
+t = 1500, needs a denoiser that already makes images; SeaS starts from Stable Diffusion. The
+`tiny` backbone cannot: its lossless pixel-unshuffle latent has 192 channels and its U-Net's first
+convolution maps them to 32, so the U-Net cannot pass x_t through, which the eps target needs at
+high noise (measured, docs/seas.md: even a (64, 128)-channel U-Net pre-trained for 600 steps
+predicts eps with std 0.5 at t = 999 and samples saturated noise from t = 1500).
+
+`tiny-demo` keeps tiny's text encoder, tokenizer and schedule, and changes two things:
+- `PatchPCAAutoencoder`: each 8 x 8 pixel block (192 values, the pixel-unshuffle) projected on the
+  `LATENT_CHANNELS` leading principal directions of the pre-training images' blocks, whitened
+  (unit variance per channel, as SD scales its latents to about unit variance). Closed form
+  (an SVD), lossy (what the discarded directions held: fine texture) but with a latent as narrow
+  as the U-Net's first level, so no bottleneck. torch has no such module; diffusers' AutoencoderKL
+  would need training and reconstructs worse at this size.
+- a U-Net of tiny's shape on that latent, trained for `PRETRAIN["steps"]` AdamW steps on the
+  eps-MSE (Ho et al. 2020 Eq. 14) of normal demo images rendered from a seed the demo dataset does
+  not use (`PRETRAIN["seed"]`), so no benchmark image is in its training set. Prompts are
+  "a <category>" (the product's name, as SD knows the word "wood"), dropped to "" with
+  probability 0.1 so classifier-free guidance has an unconditional model. It never sees a defect.
 
 Built on first use and cached under `$SIAS_BENCH_CACHE/models/tiny-demo-<recipe hash>` (temp dir
 + rename, like `tiny`); the hash covers the recipe, the tiny backbone's and the demo data's
@@ -28,6 +37,11 @@ import logging
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+from torch import nn
 
 from generators.diffusion.hub import cache_root, quiet_hub_libraries
 from generators.diffusion.tiny import TINY_VERSION, tiny_backbone_folder
@@ -35,15 +49,84 @@ from generators.diffusion.tiny import TINY_VERSION, tiny_backbone_folder
 log = logging.getLogger(__name__)
 
 TINY_DEMO = "tiny-demo"
-UNET_CHANNELS = (64, 128)  # measured: (32, 64) is at eps-MSE 0.88 after 1100 steps, this one at 0.75 after 600
-PRETRAIN = dict(steps=600, batch_size=8, lr=1e-3, images_per_category=48, seed=1000, size=128,
+LATENT_CHANNELS = 32  # = the U-Net's first width: x_t passes through unchanged in width
+UNET_CHANNELS = (32, 64)  # tiny's shape
+PRETRAIN = dict(steps=800, batch_size=8, lr=1e-3, images_per_category=48, seed=1000, size=128,
                 prompt="a {category}", drop_prompt=0.1)
+
+
+class PatchPCAAutoencoder(nn.Module, ConfigMixin):
+    """8 x 8 pixel blocks -> their `latent_channels` leading principal components, whitened; decode
+    is the transpose. Answers the calls the project makes on an AutoencoderKL (as
+    `PixelShuffleAutoencoder` does). `fit` sets the basis from images; `save_pretrained` writes the
+    config and the basis."""
+
+    config_name = "config.json"
+    weights_name = "pca.pt"
+
+    @register_to_config
+    def __init__(self, factor: int = 8, in_channels: int = 3, latent_channels: int = 32, scaling_factor: float = 1.0):
+        super().__init__()
+        d = in_channels * factor**2
+        self.register_buffer("mean", torch.zeros(d))  # mean block
+        self.register_buffer("basis", torch.eye(d)[:, :latent_channels])  # (d, k) orthonormal principal directions
+        self.register_buffer("scale", torch.ones(latent_channels))  # std of each component (whitening)
+
+    @property
+    def downscale_factor(self) -> int:
+        return int(self.config.factor)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.basis.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.basis.device
+
+    @torch.no_grad()
+    def fit(self, pixels: torch.Tensor) -> "PatchPCAAutoencoder":
+        """Principal directions of the (B, 3, H, W) images' blocks, in [-1, 1] (one SVD)."""
+        blocks = F.pixel_unshuffle(pixels.double(), self.config.factor).permute(0, 2, 3, 1).reshape(-1, self.mean.numel())
+        mean = blocks.mean(0)
+        _, singular, vh = torch.linalg.svd(blocks - mean, full_matrices=False)
+        k = self.config.latent_channels
+        self.mean.copy_(mean)
+        self.basis.copy_(vh[:k].T)
+        self.scale.copy_(singular[:k] / (len(blocks) - 1) ** 0.5)
+        return self
+
+    def encode(self, x: torch.Tensor, return_dict: bool = True):
+        blocks = F.pixel_unshuffle(x, self.config.factor) - self.mean.view(1, -1, 1, 1)
+        z = torch.einsum("bdhw,dk->bkhw", blocks, self.basis) / self.scale.view(1, -1, 1, 1)
+        # zero variance: `mode()` and `sample()` both return the projection
+        dist = DiagonalGaussianDistribution(torch.cat([z, torch.zeros_like(z)], 1), deterministic=True)
+        return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True):
+        blocks = torch.einsum("bkhw,dk->bdhw", z * self.scale.view(1, -1, 1, 1), self.basis)
+        x = F.pixel_shuffle(blocks + self.mean.view(1, -1, 1, 1), self.config.factor)
+        return DecoderOutput(sample=x) if return_dict else (x,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x).latent_dist.mode()).sample
+
+    def save_pretrained(self, folder) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.save_config(folder)
+        torch.save({k: v.float() for k, v in self.state_dict().items()}, Path(folder) / self.weights_name)
+
+    @classmethod
+    def from_pretrained(cls, folder, **kwargs) -> "PatchPCAAutoencoder":
+        model = cls.from_config(cls.load_config(Path(folder)))
+        model.load_state_dict(torch.load(Path(folder) / cls.weights_name, weights_only=True))
+        return model
 
 
 def recipe() -> dict:
     from benchmark.data.demo import DEMO_VERSION
 
-    return {"unet_channels": list(UNET_CHANNELS), **PRETRAIN, "tiny_version": TINY_VERSION,
+    return {"latent_channels": LATENT_CHANNELS, "unet_channels": list(UNET_CHANNELS), **PRETRAIN, "tiny_version": TINY_VERSION,
             "demo_version": DEMO_VERSION}
 
 
@@ -108,7 +191,8 @@ def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, bat
 
 
 def build_tiny_demo_backbone(folder: Path) -> Path:
-    """Copy `tiny`, replace its U-Net by a pre-trained wider one, write atomically."""
+    """`tiny`'s text encoder, tokenizer and schedule; a PCA autoencoder fitted to, and a U-Net
+    pre-trained on, the pre-training images; written atomically."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from generators.diffusion.backbone import load_backbone
@@ -119,16 +203,22 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        base = load_backbone(TINY, freeze=True)  # its autoencoder, text encoder and tokenizer are kept
+        base = load_backbone(TINY, freeze=True)  # its text encoder and tokenizer are kept
         shutil.copytree(tiny_backbone_folder(), tmp, dirs_exist_ok=True)
         shutil.rmtree(tmp / "unet")
+        shutil.rmtree(tmp / "vae")
         scheduler = DDPMScheduler.from_pretrained(tmp / "scheduler")
+        pixels, _ = pretraining_images(PRETRAIN["images_per_category"], PRETRAIN["seed"], PRETRAIN["size"])
+        vae = PatchPCAAutoencoder(factor=8, latent_channels=LATENT_CHANNELS).fit(pixels)
+        vae.save_pretrained(tmp / "vae")
         with torch.random.fork_rng(devices=[]), quiet_hub_libraries():
             torch.manual_seed(TINY_SEED)
-            unet = UNet2DConditionModel(**{**UNET, "block_out_channels": UNET_CHANNELS})
-            losses = pretrain_unet(unet, base.vae, base.tokenizer, base.text_encoder, scheduler, **PRETRAIN)
+            unet = UNet2DConditionModel(**{**UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
+                                           "block_out_channels": UNET_CHANNELS})
+            losses = pretrain_unet(unet, vae, base.tokenizer, base.text_encoder, scheduler, **PRETRAIN)
             unet.save_pretrained(tmp / "unet")
         index = json.loads((tmp / "model_index.json").read_text())
+        index["vae"] = ["generators.diffusion.tiny_demo", "PatchPCAAutoencoder"]
         index["_sias_bench_tiny_demo"] = {**recipe(), "final_loss_last_100": float(np.mean(losses[-100:]))}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
         try:
