@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generators.seas.pair_criteria import (check_predicted_pairs, is_flat, mask_fraction, mask_in_range,
-                                           read_synthetic_set)
+from generators.seas.pair_criteria import (check_predicted_pairs, is_flat, is_noise, mask_fraction, mask_in_range,
+                                           neighbour_difference, read_synthetic_set)
 
 
 def _mask(n_on: int, size: int = 10) -> np.ndarray:
@@ -41,12 +41,23 @@ def test_flat_means_every_channel_below_three_grey_levels():
     assert is_flat(small)
 
 
+def test_noise_is_a_mean_neighbour_difference_above_forty_grey_levels():
+    checker = (np.indices((6, 6)).sum(0) % 2 * 60).astype(np.uint8)[..., None].repeat(3, -1)
+    assert neighbour_difference(checker) == 60.0 and is_noise(checker)  # every neighbour differs by 60
+    stripes = (np.indices((6, 6))[1] % 2 * 30).astype(np.uint8)[..., None].repeat(3, -1)
+    # horizontal neighbours differ by 30, vertical ones by 0: (30 + 0) / 2 = 15
+    assert neighbour_difference(stripes) == 15.0 and not is_noise(stripes)
+    tall = (np.indices((6, 6))[0] % 2 * 90).astype(np.uint8)[..., None].repeat(3, -1)
+    assert neighbour_difference(tall) == 45.0 and is_noise(tall)  # (0 + 90) / 2 = 45 > 40
+
+
 def _pairs(n_in: int, n_empty: int, n_big: int, flat: int = 0):
-    textured = np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5
+    y, x = np.indices((10, 10))
+    textured = np.stack([10 * x + 5 * y + 20 * c for c in range(3)], -1).astype(np.uint8)  # smooth, not flat
     out = []
     for k in range(n_in + n_empty + n_big):
         mask = _mask(10) if k < n_in else _mask(0) if k < n_in + n_empty else _mask(60)
-        image = np.full((10, 10, 3), 90, np.uint8) if k < flat else np.resize(textured, (10, 10, 3))
+        image = np.full((10, 10, 3), 90, np.uint8) if k < flat else textured
         out.append((f"p{k}", image, mask))
     return out
 
@@ -59,6 +70,10 @@ def test_report_needs_ninety_percent_in_range_and_no_flat_image():
     flat = check_predicted_pairs(_pairs(10, 0, 0, flat=1))
     assert flat.share_in_range == 1.0 and flat.flat == ["p0"] and not flat.passes()
     assert not check_predicted_pairs([]).passes()
+    noisy = _pairs(10, 0, 0)
+    noisy[3] = ("p3", (np.indices((10, 10)).sum(0) % 2 * 200).astype(np.uint8)[..., None].repeat(3, -1), noisy[3][2])
+    report = check_predicted_pairs(noisy)
+    assert report.noisy == ["p3"] and not report.passes() and "1 noise images" in report.summary()
 
 
 def test_reads_a_synthetic_set_from_its_manifest(tmp_path):

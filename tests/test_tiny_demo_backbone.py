@@ -1,5 +1,6 @@
-"""The `tiny-demo` backbone (generators/diffusion/tiny_demo.py): pre-training data disjoint from the
-benchmark's demo images, a pre-training that lowers the eps-MSE, a cached folder keyed by the recipe."""
+"""The `tiny-demo` backbone (generators/diffusion/tiny_demo.py): the PCA patch autoencoder against
+numpy's eigendecomposition, pre-training data disjoint from the benchmark's demo images, a
+pre-training that lowers the eps-MSE, a cached folder keyed by the recipe."""
 
 import json
 
@@ -56,9 +57,39 @@ def test_built_once_into_a_folder_named_by_the_recipe(monkeypatch):
     backbone = load_backbone("tiny-demo")
     assert backbone.folder == folder
     assert tuple(backbone.unet.config.block_out_channels) == tiny_demo.UNET_CHANNELS
-    assert backbone.latent_channels == 192  # the tiny backbone's pixel-unshuffle autoencoder, unchanged
+    assert backbone.latent_channels == tiny_demo.LATENT_CHANNELS == 32  # the PCA latent
     mtime = (folder / "model_index.json").stat().st_mtime_ns
     assert tiny_demo.tiny_demo_backbone_folder() == folder  # cached: not rebuilt
     assert (folder / "model_index.json").stat().st_mtime_ns == mtime
     monkeypatch.setattr(tiny_demo, "PRETRAIN", {**tiny_demo.PRETRAIN, "steps": 3})
     assert tiny_demo.tiny_demo_backbone_folder() != folder  # another recipe, another folder
+
+
+def test_pca_autoencoder_matches_an_eigendecomposition_and_whitens(tmp_path):
+    from generators.diffusion.tiny_demo import PatchPCAAutoencoder
+
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(6, 3, 8, 8, generator=g) * 2 - 1  # factor 4: 2 x 2 blocks of 48 values per image
+    ae = PatchPCAAutoencoder(factor=4, latent_channels=5).fit(pixels)
+    # independent route: the blocks by explicit loops, their covariance, numpy's eigh
+    blocks = np.array([[pixels[b, c, 4 * i + y, 4 * j + x].item() for c in range(3) for y in range(4) for x in range(4)]
+                       for b in range(6) for i in range(2) for j in range(2)])
+    cov = np.cov(blocks, rowvar=False)  # (n - 1) normalised
+    values, vectors = np.linalg.eigh(cov)
+    top = vectors[:, ::-1][:, :5]
+    # the same subspace (signs of eigenvectors are arbitrary): equal projection matrices
+    np.testing.assert_allclose(ae.basis.numpy() @ ae.basis.numpy().T, top @ top.T, atol=1e-5)
+    np.testing.assert_allclose(ae.scale.numpy() ** 2, values[::-1][:5], rtol=1e-4)
+    np.testing.assert_allclose(ae.mean.numpy(), blocks.mean(0), atol=1e-6)
+    z = ae.encode(pixels).latent_dist.mode()
+    assert z.shape == (6, 5, 2, 2)
+    np.testing.assert_allclose(z.permute(1, 0, 2, 3).reshape(5, -1).var(1, unbiased=True).numpy(), 1.0, rtol=1e-4)
+    # decode(encode(x)) is the projection of each block on the subspace, plus the mean
+    recon = ae.decode(z).sample
+    expected = (blocks - blocks.mean(0)) @ top @ top.T + blocks.mean(0)
+    got = np.array([[recon[b, c, 4 * i + y, 4 * j + x].item() for c in range(3) for y in range(4) for x in range(4)]
+                    for b in range(6) for i in range(2) for j in range(2)])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    ae.save_pretrained(tmp_path)
+    again = PatchPCAAutoencoder.from_pretrained(tmp_path)
+    assert torch.equal(again.decode(z).sample, recon)

@@ -7,7 +7,13 @@ pixel). Instead, over a synthetic set:
 - `is_flat`: an image whose every channel has a pixel standard deviation below `FLAT_STD` grey
   levels is flat (one colour, what a collapsed sampler makes); no image may be flat. Every
   channel of every normal demo image has a std of 17 or more (wood, the flattest), so 3 is far
-  below any real image and above a flat one's rounding noise.
+  below any real image and above a flat one's rounding noise;
+- `is_noise`: an image whose mean absolute difference between neighbouring pixels (horizontal and
+  vertical pairs, all channels, averaged) exceeds `NOISE_GRADIENT` grey levels is noise; no image
+  may be noise (issue 11: "a random-weight smoke backbone must not turn every pair into noise").
+  Measured on the demo data (every normal and defect image at 128 px): 6.1 (pill) to 20.1 (grid);
+  uniform random pixels: 85; the pairs of a smoke backbone that could not denoise: 126. The bound
+  is twice the demo data's largest.
 
     python -m generators.seas.pair_criteria <run>/synthetic
 """
@@ -23,6 +29,7 @@ import numpy as np
 MAX_MASK_FRACTION = 0.5  # "smaller than half the image" (issue 11)
 MIN_IN_RANGE = 0.9  # "in at least 90% of pairs" (issue 11)
 FLAT_STD = 3.0  # grey levels of 255
+NOISE_GRADIENT = 40.0  # grey levels of 255: twice the demo images' largest (20.1)
 
 
 def mask_fraction(mask: np.ndarray) -> float:
@@ -41,10 +48,22 @@ def is_flat(image: np.ndarray) -> bool:
     return bool((stds < FLAT_STD).all())
 
 
+def neighbour_difference(image: np.ndarray) -> float:
+    """Mean |difference| of horizontally and vertically neighbouring pixels (H, W, C), the two
+    directions weighted equally."""
+    x = np.asarray(image, dtype=np.float64)
+    return float((np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()) / 2)
+
+
+def is_noise(image: np.ndarray) -> bool:
+    return neighbour_difference(image) > NOISE_GRADIENT
+
+
 @dataclass
 class PredictedPairReport:
     fractions: dict[str, float] = field(default_factory=dict)  # pair id -> mask fraction
     flat: list[str] = field(default_factory=list)  # ids of flat images
+    noisy: list[str] = field(default_factory=list)  # ids of noise images
 
     @property
     def in_range(self) -> list[str]:
@@ -55,7 +74,7 @@ class PredictedPairReport:
         return len(self.in_range) / len(self.fractions) if self.fractions else 0.0
 
     def passes(self) -> bool:
-        return bool(self.fractions) and self.share_in_range >= MIN_IN_RANGE and not self.flat
+        return bool(self.fractions) and self.share_in_range >= MIN_IN_RANGE and not self.flat and not self.noisy
 
     def summary(self) -> str:
         f = np.array(list(self.fractions.values())) if self.fractions else np.zeros(1)
@@ -63,7 +82,8 @@ class PredictedPairReport:
         return (f"{len(self.fractions)} pairs: {len(self.in_range)} ({100 * self.share_in_range:.1f} %) with a "
                 f"predicted mask non-empty and < half the image (need {100 * MIN_IN_RANGE:.0f} %); {empty} empty, "
                 f"{int((f >= MAX_MASK_FRACTION).sum())} >= half; mask fraction median {100 * np.median(f):.1f} % "
-                f"(min {100 * f.min():.1f}, max {100 * f.max():.1f}); {len(self.flat)} flat images; "
+                f"(min {100 * f.min():.1f}, max {100 * f.max():.1f}); {len(self.flat)} flat images, "
+                f"{len(self.noisy)} noise images; "
                 f"{'PASS' if self.passes() else 'FAIL'}")
 
 
@@ -74,6 +94,8 @@ def check_predicted_pairs(pairs) -> PredictedPairReport:
         report.fractions[pair_id] = mask_fraction(mask)
         if is_flat(image):
             report.flat.append(pair_id)
+        if is_noise(image):
+            report.noisy.append(pair_id)
     return report
 
 
