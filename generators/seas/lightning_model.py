@@ -22,7 +22,7 @@ Departures, each also in docs/seas.md ("The Lightning glue"):
   and <df> tokens; the paper and the authors train one model per product. Steps scale as the
   paper's 800 x G per product, summed over the split (`train_steps=None`).
 - no gradient accumulation and a 32-bit AdamW (the authors: 8-bit AdamW, accumulation 2).
-- the tiny smoke backbone's autoencoder has no decoder blocks: its "VAE-decoder features" are the
+- the smoke backbones' autoencoders have no decoder blocks: their "VAE-decoder features" are the
   decoded image of the latent at 1/4, 1/2 and 1/1 of its size (`vae_features`).
 """
 
@@ -111,7 +111,7 @@ class SeasGenerator(LatentDiffusionGenerator):
                   "rmp_steps_per_type": 800, "train_batch_size": 2, "normal_batch_size": 2, "lr": UNET_LR,
                   "token_lr": TOKEN_LR, "rmp_lr": RMP_LR, "sampling_steps": SAMPLING_STEPS,
                   "noise_timestep": T_EXTENDED, "guidance_scale": GUIDANCE["mvtec"], "pairs_per_type": 1000},
-        # smoke: the `tiny-demo` backbone (tiny's autoencoder and text encoder, a U-Net pre-trained once to
+        # smoke: the `tiny-demo` backbone (a 32-channel PCA latent and a tiny U-Net pre-trained once to
         # denoise normal demo images of an unused seed, as SeaS starts from a pre-trained SD), the paper's
         # t = 1500 on the extended schedule; rates far above SD's 4e-6 so a few hundred steps move the small
         # model; the RMP is trained at t < 200, the noise levels of the last sampling steps where it is read;
@@ -171,8 +171,8 @@ class SeasGenerator(LatentDiffusionGenerator):
 
     def vae_features(self, latents: torch.Tensor) -> list[torch.Tensor]:
         """High-resolution features for the MRMs, coarse to fine: AutoencoderKL's decoder up blocks
-        0, 1, 2 (A.5, Table 15); the tiny backbone's pixel-unshuffle autoencoder has no decoder
-        blocks, so its decoded image at 1/4, 1/2, 1/1 stands in (a smoke-only departure)."""
+        0, 1, 2 (A.5, Table 15); the tiny backbones' autoencoders (pixel-unshuffle, PCA) have no
+        decoder blocks, so their decoded image at 1/4, 1/2, 1/1 stands in (a smoke-only departure)."""
         if hasattr(self.vae, "decoder"):
             with vae_decoder_features(self.vae) as taps:
                 decode_latents(self.vae, latents)
