@@ -49,6 +49,13 @@ def test_noise_is_a_mean_neighbour_difference_above_forty_grey_levels():
     assert neighbour_difference(stripes) == 15.0 and not is_noise(stripes)
     tall = (np.indices((6, 6))[0] % 2 * 90).astype(np.uint8)[..., None].repeat(3, -1)
     assert neighbour_difference(tall) == 45.0 and is_noise(tall)  # (0 + 90) / 2 = 45 > 40
+    # 8 x 8 tiles of 0 and 80 in a checkerboard: pixel neighbours differ only at tile edges,
+    # (1/15 of the pairs per direction) x 80 = 5.33, but every tile neighbour differs by 80
+    tiles = (np.kron(np.indices((2, 2)).sum(0) % 2, np.ones((8, 8))) * 80).astype(np.uint8)[..., None].repeat(3, -1)
+    assert neighbour_difference(tiles) == pytest.approx(80 / 15) and neighbour_difference(tiles, 8) == 80.0
+    assert is_noise(tiles)
+    smooth_tiles = (tiles // 4 + 10).astype(np.uint8)  # tiles of 10 and 30: 20 <= 36
+    assert neighbour_difference(smooth_tiles, 8) == 20.0 and not is_noise(smooth_tiles)
 
 
 def _pairs(n_in: int, n_empty: int, n_big: int, flat: int = 0):

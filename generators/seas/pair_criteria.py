@@ -8,12 +8,14 @@ pixel). Instead, over a synthetic set:
   levels is flat (one colour, what a collapsed sampler makes); no image may be flat. Every
   channel of every normal demo image has a std of 17 or more (wood, the flattest), so 3 is far
   below any real image and above a flat one's rounding noise;
-- `is_noise`: an image whose mean absolute difference between neighbouring pixels (horizontal and
-  vertical pairs, all channels, averaged) exceeds `NOISE_GRADIENT` grey levels is noise; no image
-  may be noise (issue 11: "a random-weight smoke backbone must not turn every pair into noise").
-  Measured on the demo data (every normal and defect image at 128 px): 6.1 (pill) to 20.1 (grid);
-  uniform random pixels: 85; the pairs of a smoke backbone that could not denoise: 126. The bound
-  is twice the demo data's largest.
+- `is_noise`: an image whose mean absolute difference between neighbours (horizontal and vertical
+  pairs, all channels, averaged) exceeds `NOISE_GRADIENT` grey levels, between pixels or between
+  the means of 8 x 8 blocks (one latent cell of an f8 autoencoder), is noise; no image may be
+  noise (issue 11: "a random-weight smoke backbone must not turn every pair into noise"). Measured
+  on the demo data (every normal and defect image at 128 px): pixels 6.1 (pill) to 20.1 (grid),
+  blocks 6.7 to 18.1; uniform random pixels: 85 (pixels); smoke pairs of a U-Net that could not
+  denoise: 126 (pixels, per-pixel noise) and 64-84 (blocks, block-wise noise of a PCA latent;
+  docs/seas.md). Each bound is twice the demo data's largest.
 
     python -m generators.seas.pair_criteria <run>/synthetic
 """
@@ -29,7 +31,7 @@ import numpy as np
 MAX_MASK_FRACTION = 0.5  # "smaller than half the image" (issue 11)
 MIN_IN_RANGE = 0.9  # "in at least 90% of pairs" (issue 11)
 FLAT_STD = 3.0  # grey levels of 255
-NOISE_GRADIENT = 40.0  # grey levels of 255: twice the demo images' largest (20.1)
+NOISE_GRADIENT = {1: 40.0, 8: 36.0}  # block size (px) -> grey levels: twice the demo images' largest (20.1, 18.1)
 
 
 def mask_fraction(mask: np.ndarray) -> float:
@@ -48,15 +50,20 @@ def is_flat(image: np.ndarray) -> bool:
     return bool((stds < FLAT_STD).all())
 
 
-def neighbour_difference(image: np.ndarray) -> float:
+def neighbour_difference(image: np.ndarray, block: int = 1) -> float:
     """Mean |difference| of horizontally and vertically neighbouring pixels (H, W, C), the two
-    directions weighted equally."""
+    directions weighted equally; with `block` > 1, of the means of block x block tiles."""
     x = np.asarray(image, dtype=np.float64)
+    if block > 1:
+        h, w, c = x.shape
+        x = x[: h - h % block, : w - w % block].reshape(h // block, block, w // block, block, c).mean((1, 3))
+    if min(x.shape[:2]) < 2:  # fewer than two tiles a side: no neighbours to compare
+        return 0.0
     return float((np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()) / 2)
 
 
 def is_noise(image: np.ndarray) -> bool:
-    return neighbour_difference(image) > NOISE_GRADIENT
+    return any(neighbour_difference(image, block) > bound for block, bound in NOISE_GRADIENT.items())
 
 
 @dataclass
