@@ -38,6 +38,7 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
@@ -123,10 +124,44 @@ class PatchPCAAutoencoder(nn.Module, ConfigMixin):
         return model
 
 
+class LinearSkipUNet(UNet2DConditionModel):
+    """A UNet2DConditionModel whose eps prediction is the linear MMSE estimate plus the network:
+    eps = sqrt(1 - abar_t) x_t + F(x_t, t, c). For latents of zero mean and unit variance (the
+    whitened PCA latent), x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps gives E[eps | x_t] =
+    sqrt(1 - abar) x_t for Gaussian data, so F only has to learn what is not Gaussian; at t near T,
+    where the eps target is almost x_t itself, the skip carries it and x_0 estimates cannot explode
+    (the preconditioning idea of Karras et al. 2022, EDM, Sec. 5, in eps form). Same config and
+    weights layout as the parent; abar is the tiny backbone's LDM schedule."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
+        out = super().forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
+        abar = _ldm_alphas_cumprod().to(sample.device, sample.dtype)
+        t = torch.as_tensor(timestep, device=sample.device).long().flatten().expand(len(sample))
+        skip = (1 - abar[t]).sqrt().view(-1, 1, 1, 1) * sample
+        if return_dict:
+            out.sample = out.sample + skip
+            return out
+        return (out[0] + skip, *out[1:])
+
+
+def _ldm_alphas_cumprod() -> torch.Tensor:
+    from diffusers import DDPMScheduler
+
+    from generators.diffusion.hub import LDM_SCHEDULE
+
+    global _ABAR
+    if _ABAR is None:
+        _ABAR = DDPMScheduler(**LDM_SCHEDULE).alphas_cumprod.float()
+    return _ABAR
+
+
+_ABAR: torch.Tensor | None = None
+
+
 def recipe() -> dict:
     from benchmark.data.demo import DEMO_VERSION
 
-    return {"latent_channels": LATENT_CHANNELS, "unet_channels": list(UNET_CHANNELS), **PRETRAIN, "tiny_version": TINY_VERSION,
+    return {"latent_channels": LATENT_CHANNELS, "unet_channels": list(UNET_CHANNELS), "unet": "linear-skip", **PRETRAIN, "tiny_version": TINY_VERSION,
             "demo_version": DEMO_VERSION}
 
 
@@ -193,7 +228,7 @@ def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, bat
 def build_tiny_demo_backbone(folder: Path) -> Path:
     """`tiny`'s text encoder, tokenizer and schedule; a PCA autoencoder fitted to, and a U-Net
     pre-trained on, the pre-training images; written atomically."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
 
     from generators.diffusion.backbone import load_backbone
     from generators.diffusion.hub import TINY
@@ -213,12 +248,13 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
         vae.save_pretrained(tmp / "vae")
         with torch.random.fork_rng(devices=[]), quiet_hub_libraries():
             torch.manual_seed(TINY_SEED)
-            unet = UNet2DConditionModel(**{**UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
+            unet = LinearSkipUNet(**{**UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
                                            "block_out_channels": UNET_CHANNELS})
             losses = pretrain_unet(unet, vae, base.tokenizer, base.text_encoder, scheduler, **PRETRAIN)
             unet.save_pretrained(tmp / "unet")
         index = json.loads((tmp / "model_index.json").read_text())
         index["vae"] = ["generators.diffusion.tiny_demo", "PatchPCAAutoencoder"]
+        index["unet"] = ["generators.diffusion.tiny_demo", "LinearSkipUNet"]
         index["_sias_bench_tiny_demo"] = {**recipe(), "final_loss_last_100": float(np.mean(losses[-100:]))}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
         try:
