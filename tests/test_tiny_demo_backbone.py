@@ -93,3 +93,25 @@ def test_pca_autoencoder_matches_an_eigendecomposition_and_whitens(tmp_path):
     ae.save_pretrained(tmp_path)
     again = PatchPCAAutoencoder.from_pretrained(tmp_path)
     assert torch.equal(again.decode(z).sample, recon)
+
+
+def test_linear_skip_unet_adds_the_linear_mmse_eps():
+    from diffusers import UNet2DConditionModel
+
+    from generators.diffusion.tiny import UNET
+    from generators.diffusion.tiny_demo import LinearSkipUNet
+
+    torch.manual_seed(0)
+    unet = LinearSkipUNet(**{**UNET, "in_channels": 4, "out_channels": 4, "sample_size": 4})
+    plain = UNet2DConditionModel.from_config(unet.config)
+    plain.load_state_dict(unet.state_dict())
+    x, context = torch.randn(2, 4, 4, 4), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        got = unet(x, torch.tensor([0, 999]), encoder_hidden_states=context).sample
+        base = plain(x, torch.tensor([0, 999]), encoder_hidden_states=context).sample
+        scalar = unet(x, 0, encoder_hidden_states=context, return_dict=False)[0]
+    # hand values of the LDM schedule: abar at index 0 = 1 - beta_1 = 1 - 0.00085, so the skip is
+    # sqrt(0.00085) = 0.029155; abar at index 999 = 4.66e-3 (docs/seas.md), skip sqrt(0.99534) = 0.997667
+    torch.testing.assert_close(got[0] - base[0], 0.029155 * x[0], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(got[1] - base[1], 0.997667 * x[1], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(scalar[0], got[0])  # a scalar timestep applies to the whole batch
