@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import logging
@@ -44,7 +43,7 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from torch import nn
 
-from generators.diffusion.hub import cache_root, quiet_hub_libraries
+from generators.diffusion.hub import atomic_folder, cache_root, quiet_hub_libraries
 from generators.diffusion.tiny import TINY_VERSION, tiny_backbone_folder
 
 log = logging.getLogger(__name__)
@@ -235,9 +234,7 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
     from generators.diffusion.tiny import TINY_SEED, UNET
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         base = load_backbone(TINY, freeze=True)  # its text encoder and tokenizer are kept
         shutil.copytree(tiny_backbone_folder(), tmp, dirs_exist_ok=True)
         shutil.rmtree(tmp / "unet")
@@ -249,7 +246,7 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
         with torch.random.fork_rng(devices=[]), quiet_hub_libraries():
             torch.manual_seed(TINY_SEED)
             unet = LinearSkipUNet(**{**UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
-                                           "block_out_channels": UNET_CHANNELS})
+                                     "block_out_channels": UNET_CHANNELS})
             losses = pretrain_unet(unet, vae, base.tokenizer, base.text_encoder, scheduler, **PRETRAIN)
             unet.save_pretrained(tmp / "unet")
         index = json.loads((tmp / "model_index.json").read_text())
@@ -257,12 +254,4 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
         index["unet"] = ["generators.diffusion.tiny_demo", "LinearSkipUNet"]
         index["_sias_bench_tiny_demo"] = {**recipe(), "final_loss_last_100": float(np.mean(losses[-100:]))}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first: keep its copy
-            if not (folder / "model_index.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
