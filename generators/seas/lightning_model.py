@@ -115,7 +115,7 @@ class SeasGenerator(LatentDiffusionGenerator):
         # smoke: the `tiny-demo` backbone (a 32-channel PCA latent and a tiny U-Net pre-trained once to
         # denoise normal demo images of an unused seed, as SeaS starts from a pre-trained SD), the paper's
         # t = 1500 on the extended schedule; rates far above SD's 4e-6 so a few hundred steps move the small
-        # model (measured: 300 steps at U-Net lr 1e-4 left most pairs the wrong product, 600 at 3e-4 did not);
+        # model (measured: 300 steps at U-Net lr 1e-4 left most pairs the wrong product, 600 at 3e-4 few);
         # the RMP is trained at t < 200, the noise levels of the last sampling steps where it is read;
         # encoder cross-attention only at 1/2 of the latent (DA scale 2); up blocks 1, 2 are its finest
         # decoder features
