@@ -14,8 +14,10 @@ predicts eps with std 0.5 at t = 999 and samples saturated noise from t = 1500).
   (an SVD), lossy (what the discarded directions held: fine texture) but with a latent as narrow
   as the U-Net's first level, so no bottleneck. torch has no such module; diffusers' AutoencoderKL
   would need training and reconstructs worse at this size.
-- a U-Net of tiny's shape on that latent, trained for `PRETRAIN["steps"]` AdamW steps on the
-  eps-MSE (Ho et al. 2020 Eq. 14) of normal demo images rendered from a seed the demo dataset does
+- `LinearSkipUNet`, a U-Net of tiny's shape on that latent whose eps prediction adds the linear
+  MMSE estimate sqrt(1 - abar_t) x_t (without it, eps at t = 999 stayed off by MSE 0.14 after
+  800 steps and every sample was block noise; docs/seas.md), trained for `PRETRAIN["steps"]`
+  AdamW steps on the eps-MSE (Ho et al. 2020 Eq. 14) of normal demo images rendered from a seed the demo dataset does
   not use (`PRETRAIN["seed"]`), so no benchmark image is in its training set. Prompts are
   "a <category>" (the product's name, as SD knows the word "wood"), dropped to "" with
   probability 0.1 so classifier-free guidance has an unconditional model. It never sees a defect.
