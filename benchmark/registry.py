@@ -78,8 +78,9 @@ GENERATORS = Registry("generator", [
           "STAGE: graded diffusion with explicit mask alignment (frozen LDM, learned tokens, mask adapters)."),
     Entry("seas", "generators.seas.lightning_model:SeasGenerator",
           "SeaS: separation and sharing fine-tuning of Stable Diffusion, refined mask prediction (predicted masks).",
-          status="partial: smoke pairs fail issue 11's checks (the tiny U-Net does not learn to denoise; "
-                 "docs/seas.md); paper preset not yet run with SD weights"),
+          status="partial: smoke pairs pass issue 11's mask/flat/noise counts but show no recognisable "
+                 "defect and often the wrong product, so the predicted masks cover no defect (docs/seas.md); "
+                 "paper preset not yet run with SD weights"),
     Entry("anomalydiffusion", "generators.anomalydiffusion:AnomalyDiffusion",
           "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting (smoke masks from a "
           "stored-mask denoiser; docs/anomalydiffusion.md)."),

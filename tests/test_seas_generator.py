@@ -35,10 +35,11 @@ def split():
 def _options(**kw):
     from generators.seas.lightning_model import SeasGenerator
 
-    return resolve_options(SeasGenerator, "smoke", {"train_steps": STEPS, "ssf_steps_per_type": 1,
-                                                    "rmp_steps_per_type": 1, "pairs_per_type": 1,
-                                                    "sampling_steps": 4, "mask_steps": 2, "noise_timestep": 1500,
-                                                    "rmp_timesteps": None, **kw})
+    # the random `tiny` backbone: the glue's behaviour does not need the smoke preset's pre-trained U-Net
+    return resolve_options(SeasGenerator, "smoke", {"backbone": "tiny", "train_steps": STEPS,
+                                                    "ssf_steps_per_type": 1, "rmp_steps_per_type": 1,
+                                                    "pairs_per_type": 1, "sampling_steps": 4, "mask_steps": 2,
+                                                    "noise_timestep": 1500, "rmp_timesteps": None, **kw})
 
 
 def _trainer(**kw):
@@ -227,6 +228,9 @@ def test_presets_and_missing_weights():
             paper.mask_threshold, paper.ssf_steps_per_type, paper.rmp_steps_per_type, paper.train_steps) == (
         "CompVis/stable-diffusion-v1-4", 512, 4e-6, 4e-5, 5e-4, 2, 2, 25, 1500, 8.0, 0.2, 800, 800, None)
     assert paper.da_scales == (2, 4) and paper.rmp_features == (2, 3) and paper.anomaly_tokens == 4
+    smoke = resolve_options(SeasGenerator, "smoke", {})  # the paper's start and sampler on the pre-trained backbone
+    assert (smoke.backbone, smoke.noise_timestep, smoke.sampling_steps, smoke.mask_threshold) == (
+        "tiny-demo", 1500, 25, 0.2)
     with pytest.raises(BenchError, match="model_index.json"):
         SeasGenerator(resolve_options(SeasGenerator, "paper", {"backbone": "/no/such/sd-v1-4"}), 512)
     with pytest.raises(BenchError, match="rmp_features"):

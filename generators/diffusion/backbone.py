@@ -6,7 +6,9 @@ class, one subfolder per component). The loader reads that index, so the same co
   (`unet/`, `vqvae/` (an AutoencoderKL), `bert/` (LDM-BERT), BERT `tokenizer/`; 256 px, 32x32x4);
 - Stable Diffusion v1.x (`unet/`, `vae/`, CLIP `text_encoder/` and `tokenizer/`);
 - `tiny`: random-init components built by `generators.diffusion.tiny`, saved once under
-  `$SIAS_BENCH_CACHE/models/` and loaded back through this same path.
+  `$SIAS_BENCH_CACHE/models/` and loaded back through this same path;
+- `tiny-demo`: `tiny` with a wider U-Net pre-trained once on demo normal images
+  (`generators.diffusion.tiny_demo`), cached the same way.
 A missing backbone raises one BenchError saying what to download and where to put it.
 """
 
@@ -23,11 +25,12 @@ from torch import nn
 from benchmark.errors import BenchError
 from generators.diffusion.hub import KNOWN_BACKBONES, LDM_SCHEDULE, ROLES, TINY, quiet_hub_libraries
 from generators.diffusion.tiny import tiny_backbone_folder
+from generators.diffusion.tiny_demo import TINY_DEMO, tiny_demo_backbone_folder
 
 __all__ = ["Backbone", "load_backbone", "resolve_folder", "TINY", "LDM_SCHEDULE"]
 
 # backbones the project builds itself instead of loading from the hub: name -> folder builder
-BUILT_BACKBONES = {TINY: tiny_backbone_folder}
+BUILT_BACKBONES = {TINY: tiny_backbone_folder, TINY_DEMO: tiny_demo_backbone_folder}
 
 
 @dataclass

@@ -7,6 +7,8 @@ the other's callers, so the import graph has no cycle.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,3 +55,23 @@ def quiet_hub_libraries():
         tlog.set_verbosity(levels[1])
         dlog.enable_progress_bar()
         tlog.enable_progress_bar()
+
+
+@contextmanager
+def atomic_folder(folder: Path):
+    """Yield a temporary sibling of `folder` to write a backbone into; on success rename it to
+    `folder` (a reader never sees half a folder; if a concurrent builder finished first, its copy is
+    kept); the temporary folder is removed in every case."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        yield tmp
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished first: keep its copy
+            if not (folder / "model_index.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

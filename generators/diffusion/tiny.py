@@ -12,14 +12,12 @@ sees half a folder) and loaded like any other backbone. Bump TINY_VERSION when t
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from generators.diffusion.clip_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, write_clip_tokenizer
-from generators.diffusion.hub import LDM_SCHEDULE, cache_root, quiet_hub_libraries
+from generators.diffusion.hub import LDM_SCHEDULE, atomic_folder, cache_root, quiet_hub_libraries
 
 TINY_VERSION = 3  # 2: lossless pixel-unshuffle autoencoder; 3: byte-level CLIP tokenizer (514 tokens)
 TINY_SEED = 0
@@ -53,9 +51,7 @@ def build_tiny_backbone(folder: Path) -> Path:
     from generators.diffusion.pixel_autoencoder import PixelShuffleAutoencoder
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         with torch.random.fork_rng(devices=[]), quiet_hub_libraries():
             torch.manual_seed(TINY_SEED)
             UNet2DConditionModel(**UNET).save_pretrained(tmp / "unet")
@@ -76,12 +72,4 @@ def build_tiny_backbone(folder: Path) -> Path:
             "requires_safety_checker": False,
         }
         (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first: keep its copy
-            if not (folder / "model_index.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -1,0 +1,259 @@
+"""The `tiny-demo` backbone: a small latent space and a tiny U-Net pre-trained once to denoise demo images.
+
+Why: a method that regenerates the whole image from (almost) pure noise, as SeaS does from
+t = 1500, needs a denoiser that already makes images; SeaS starts from Stable Diffusion. The
+`tiny` backbone cannot: its lossless pixel-unshuffle latent has 192 channels and its U-Net's first
+convolution maps them to 32, so the U-Net cannot pass x_t through, which the eps target needs at
+high noise (measured, docs/seas.md: even a (64, 128)-channel U-Net pre-trained for 600 steps
+predicts eps with std 0.5 at t = 999 and samples saturated noise from t = 1500).
+
+`tiny-demo` keeps tiny's text encoder, tokenizer and schedule, and changes two things:
+- `PatchPCAAutoencoder`: each 8 x 8 pixel block (192 values, the pixel-unshuffle) projected on the
+  `LATENT_CHANNELS` leading principal directions of the pre-training images' blocks, whitened
+  (unit variance per channel, as SD scales its latents to about unit variance). Closed form
+  (an SVD), lossy (what the discarded directions held: fine texture) but with a latent as narrow
+  as the U-Net's first level, so no bottleneck. torch has no such module; diffusers' AutoencoderKL
+  would need training and reconstructs worse at this size.
+- `LinearSkipUNet`, a U-Net of tiny's shape on that latent whose eps prediction adds the linear
+  MMSE estimate sqrt(1 - abar_t) x_t (without it, eps at t = 999 stayed off by MSE 0.14 after
+  800 steps and every sample was block noise; docs/seas.md), trained for `PRETRAIN["steps"]`
+  AdamW steps on the eps-MSE (Ho et al. 2020 Eq. 14) of normal demo images rendered from a seed the demo dataset does
+  not use (`PRETRAIN["seed"]`), so no benchmark image is in its training set. Prompts are
+  "a <category>" (the product's name, as SD knows the word "wood"), dropped to "" with
+  probability 0.1 so classifier-free guidance has an unconditional model. It never sees a defect.
+
+Built on first use and cached under `$SIAS_BENCH_CACHE/models/tiny-demo-<recipe hash>` (temp dir
++ rename, like `tiny`); the hash covers the recipe, the tiny backbone's and the demo data's
+versions, so a changed recipe builds a new folder. The build's cost is measured in docs/seas.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+from torch import nn
+
+from generators.diffusion.hub import atomic_folder, cache_root, quiet_hub_libraries
+from generators.diffusion.tiny import TINY_VERSION, tiny_backbone_folder
+
+log = logging.getLogger(__name__)
+
+TINY_DEMO = "tiny-demo"
+LATENT_CHANNELS = 32  # = the U-Net's first width: x_t passes through unchanged in width
+UNET_CHANNELS = (32, 64)  # tiny's shape
+PRETRAIN = dict(steps=800, batch_size=8, lr=1e-3, images_per_category=48, seed=1000, size=128,
+                prompt="a {category}", drop_prompt=0.1)
+
+
+class PatchPCAAutoencoder(nn.Module, ConfigMixin):
+    """8 x 8 pixel blocks -> their `latent_channels` leading principal components, whitened; decode
+    is the transpose. Answers the calls the project makes on an AutoencoderKL (as
+    `PixelShuffleAutoencoder` does). `fit` sets the basis from images; `save_pretrained` writes the
+    config and the basis."""
+
+    config_name = "config.json"
+    weights_name = "pca.pt"
+
+    @register_to_config
+    def __init__(self, factor: int = 8, in_channels: int = 3, latent_channels: int = 32, scaling_factor: float = 1.0):
+        super().__init__()
+        d = in_channels * factor**2
+        self.register_buffer("mean", torch.zeros(d))  # mean block
+        self.register_buffer("basis", torch.eye(d)[:, :latent_channels])  # (d, k) orthonormal principal directions
+        self.register_buffer("scale", torch.ones(latent_channels))  # std of each component (whitening)
+
+    @property
+    def downscale_factor(self) -> int:
+        return int(self.config.factor)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.basis.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.basis.device
+
+    @torch.no_grad()
+    def fit(self, pixels: torch.Tensor) -> "PatchPCAAutoencoder":
+        """Principal directions of the (B, 3, H, W) images' blocks, in [-1, 1] (one SVD)."""
+        blocks = F.pixel_unshuffle(pixels.double(), self.config.factor).permute(0, 2, 3, 1).reshape(-1, self.mean.numel())
+        mean = blocks.mean(0)
+        _, singular, vh = torch.linalg.svd(blocks - mean, full_matrices=False)
+        k = self.config.latent_channels
+        self.mean.copy_(mean)
+        self.basis.copy_(vh[:k].T)
+        self.scale.copy_(singular[:k] / (len(blocks) - 1) ** 0.5)
+        return self
+
+    def encode(self, x: torch.Tensor, return_dict: bool = True):
+        blocks = F.pixel_unshuffle(x, self.config.factor) - self.mean.view(1, -1, 1, 1)
+        z = torch.einsum("bdhw,dk->bkhw", blocks, self.basis) / self.scale.view(1, -1, 1, 1)
+        # zero variance: `mode()` and `sample()` both return the projection
+        dist = DiagonalGaussianDistribution(torch.cat([z, torch.zeros_like(z)], 1), deterministic=True)
+        return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True):
+        blocks = torch.einsum("bkhw,dk->bdhw", z * self.scale.view(1, -1, 1, 1), self.basis)
+        x = F.pixel_shuffle(blocks + self.mean.view(1, -1, 1, 1), self.config.factor)
+        return DecoderOutput(sample=x) if return_dict else (x,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x).latent_dist.mode()).sample
+
+    def save_pretrained(self, folder) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.save_config(folder)
+        torch.save({k: v.float() for k, v in self.state_dict().items()}, Path(folder) / self.weights_name)
+
+    @classmethod
+    def from_pretrained(cls, folder, **kwargs) -> "PatchPCAAutoencoder":
+        model = cls.from_config(cls.load_config(Path(folder)))
+        model.load_state_dict(torch.load(Path(folder) / cls.weights_name, weights_only=True))
+        return model
+
+
+class LinearSkipUNet(UNet2DConditionModel):
+    """A UNet2DConditionModel whose eps prediction is the linear MMSE estimate plus the network:
+    eps = sqrt(1 - abar_t) x_t + F(x_t, t, c). For latents of zero mean and unit variance (the
+    whitened PCA latent), x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps gives E[eps | x_t] =
+    sqrt(1 - abar) x_t for Gaussian data, so F only has to learn what is not Gaussian; at t near T,
+    where the eps target is almost x_t itself, the skip carries it and x_0 estimates cannot explode
+    (the preconditioning idea of Karras et al. 2022, EDM, Sec. 5, in eps form). Same config and
+    weights layout as the parent; abar is the tiny backbone's LDM schedule."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
+        out = super().forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
+        abar = _ldm_alphas_cumprod().to(sample.device, sample.dtype)
+        t = torch.as_tensor(timestep, device=sample.device).long().flatten().expand(len(sample))
+        skip = (1 - abar[t]).sqrt().view(-1, 1, 1, 1) * sample
+        if return_dict:
+            out.sample = out.sample + skip
+            return out
+        return (out[0] + skip, *out[1:])
+
+
+def _ldm_alphas_cumprod() -> torch.Tensor:
+    from diffusers import DDPMScheduler
+
+    from generators.diffusion.hub import LDM_SCHEDULE
+
+    global _ABAR
+    if _ABAR is None:
+        _ABAR = DDPMScheduler(**LDM_SCHEDULE).alphas_cumprod.float()
+    return _ABAR
+
+
+_ABAR: torch.Tensor | None = None
+
+
+def recipe() -> dict:
+    from benchmark.data.demo import DEMO_VERSION
+
+    return {"latent_channels": LATENT_CHANNELS, "unet_channels": list(UNET_CHANNELS), "unet": "linear-skip", **PRETRAIN, "tiny_version": TINY_VERSION,
+            "demo_version": DEMO_VERSION}
+
+
+def tiny_demo_backbone_folder() -> Path:
+    key = hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:12]
+    folder = cache_root() / "models" / f"{TINY_DEMO}-{key}"
+    if not (folder / "model_index.json").exists():
+        build_tiny_demo_backbone(folder)
+    return folder
+
+
+def pretraining_images(images_per_category: int, seed: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    """Normal demo images of every category from `seed` (the benchmark's demo data uses 0), in
+    [-1, 1], with each image's category."""
+    from benchmark.data.demo import CATEGORIES, render_demo_image
+
+    images, categories = [], []
+    for category in sorted(CATEGORIES):
+        for index in range(images_per_category):
+            images.append(render_demo_image(category, "good", seed, index, size, "train").image)
+            categories.append(category)
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return pixels, categories
+
+
+def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, batch_size: int, lr: float,
+                  images_per_category: int, seed: int, size: int, prompt: str, drop_prompt: float, **_) -> list[float]:
+    """Train `unet` in place on the eps-MSE of demo normal images; returns the per-step losses."""
+    pixels, categories = pretraining_images(images_per_category, seed, size)
+    names = sorted(set(categories))
+    pixels = torch.cat([pixels, pixels.flip(-1)])  # horizontal flips, in pixel space
+    label = torch.tensor([names.index(c) for c in categories] * 2)
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+        ids = tokenizer([prompt.format(category=c) for c in names] + [""], padding="max_length",
+                        max_length=text_encoder.config.max_position_embeddings, truncation=True,
+                        return_tensors="pt").input_ids
+        contexts = text_encoder(ids)[0]  # one per category, the last is the empty prompt
+    rng = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
+    T = scheduler.config.num_train_timesteps
+    unet.train()
+    losses = []
+    for _ in range(steps):
+        pick = torch.randint(len(latents), (batch_size,), generator=rng)
+        x0 = latents[pick]
+        t = torch.randint(T, (batch_size,), generator=rng)
+        eps = torch.randn(x0.shape, generator=rng)
+        context = torch.where((torch.rand(batch_size, generator=rng) < drop_prompt).view(-1, 1, 1),
+                              contexts[-1], contexts[label[pick]])
+        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, eps, t), t,
+                                                 encoder_hidden_states=context).sample, eps)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if len(losses) % 100 == 0:
+            log.info("tiny-demo pre-training: step %d/%d, eps-MSE of the last 100 steps %.4f", len(losses), steps,
+                     float(np.mean(losses[-100:])))
+    unet.eval()
+    return losses
+
+
+def build_tiny_demo_backbone(folder: Path) -> Path:
+    """`tiny`'s text encoder, tokenizer and schedule; a PCA autoencoder fitted to, and a U-Net
+    pre-trained on, the pre-training images; written atomically."""
+    from diffusers import DDPMScheduler
+
+    from generators.diffusion.backbone import load_backbone
+    from generators.diffusion.hub import TINY
+    from generators.diffusion.tiny import TINY_SEED, UNET
+
+    folder = Path(folder)
+    with atomic_folder(folder) as tmp:
+        base = load_backbone(TINY, freeze=True)  # its text encoder and tokenizer are kept
+        shutil.copytree(tiny_backbone_folder(), tmp, dirs_exist_ok=True)
+        shutil.rmtree(tmp / "unet")
+        shutil.rmtree(tmp / "vae")
+        scheduler = DDPMScheduler.from_pretrained(tmp / "scheduler")
+        pixels, _ = pretraining_images(PRETRAIN["images_per_category"], PRETRAIN["seed"], PRETRAIN["size"])
+        vae = PatchPCAAutoencoder(factor=8, latent_channels=LATENT_CHANNELS).fit(pixels)
+        vae.save_pretrained(tmp / "vae")
+        with torch.random.fork_rng(devices=[]), quiet_hub_libraries():
+            torch.manual_seed(TINY_SEED)
+            unet = LinearSkipUNet(**{**UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
+                                     "block_out_channels": UNET_CHANNELS})
+            losses = pretrain_unet(unet, vae, base.tokenizer, base.text_encoder, scheduler, **PRETRAIN)
+            unet.save_pretrained(tmp / "unet")
+        index = json.loads((tmp / "model_index.json").read_text())
+        index["vae"] = ["generators.diffusion.tiny_demo", "PatchPCAAutoencoder"]
+        index["unet"] = ["generators.diffusion.tiny_demo", "LinearSkipUNet"]
+        index["_sias_bench_tiny_demo"] = {**recipe(), "final_loss_last_100": float(np.mean(losses[-100:]))}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
+    return folder

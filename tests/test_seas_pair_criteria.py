@@ -1,0 +1,94 @@
+"""Issue 11's checks on SeaS pairs (generators/seas/pair_criteria.py), on hand-made images and masks."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from generators.seas.pair_criteria import (check_predicted_pairs, is_flat, is_noise, mask_fraction, mask_in_range,
+                                           neighbour_difference, read_synthetic_set)
+
+
+def _mask(n_on: int, size: int = 10) -> np.ndarray:
+    m = np.zeros(size * size, bool)
+    m[:n_on] = True
+    return m.reshape(size, size)
+
+
+def test_mask_range_is_non_empty_and_strictly_below_half():
+    assert mask_fraction(_mask(37)) == 0.37
+    assert not mask_in_range(_mask(0))  # empty
+    assert mask_in_range(_mask(1))  # 1 %
+    assert mask_in_range(_mask(49))  # 49 %
+    assert not mask_in_range(_mask(50))  # exactly half is not "smaller than half"
+    assert not mask_in_range(_mask(100))
+
+
+def test_flat_means_every_channel_below_three_grey_levels():
+    image = np.full((4, 4, 3), 120, np.uint8)
+    assert is_flat(image)
+    # one channel alternates 116 / 124: std 4 (hand computed: mean 120, every deviation 4)
+    image[..., 1] = np.array([116, 124] * 8, np.uint8).reshape(4, 4)
+    assert not is_flat(image)
+    # alternating 118 / 122: std 2, below 3, so still flat
+    image[..., 1] = np.array([118, 122] * 8, np.uint8).reshape(4, 4)
+    assert is_flat(image)
+    # the population std over the pixels: 114, 114, 114, 120 -> mean 115.5, variance (3 * 1.5^2 + 4.5^2) / 4
+    # = 6.75, std 2.60 (flat); the sample std (n - 1) would be 3.0 (not flat)
+    small = np.full((2, 2, 3), 114, np.uint8)
+    small[1, 1] = 120
+    assert is_flat(small)
+
+
+def test_noise_is_a_mean_neighbour_difference_above_forty_grey_levels():
+    checker = (np.indices((6, 6)).sum(0) % 2 * 60).astype(np.uint8)[..., None].repeat(3, -1)
+    assert neighbour_difference(checker) == 60.0 and is_noise(checker)  # every neighbour differs by 60
+    stripes = (np.indices((6, 6))[1] % 2 * 30).astype(np.uint8)[..., None].repeat(3, -1)
+    # horizontal neighbours differ by 30, vertical ones by 0: (30 + 0) / 2 = 15
+    assert neighbour_difference(stripes) == 15.0 and not is_noise(stripes)
+    tall = (np.indices((6, 6))[0] % 2 * 90).astype(np.uint8)[..., None].repeat(3, -1)
+    assert neighbour_difference(tall) == 45.0 and is_noise(tall)  # (0 + 90) / 2 = 45 > 40
+    # 8 x 8 tiles of 0 and 80 in a checkerboard: pixel neighbours differ only at tile edges,
+    # (1/15 of the pairs per direction) x 80 = 5.33, but every tile neighbour differs by 80
+    tiles = (np.kron(np.indices((2, 2)).sum(0) % 2, np.ones((8, 8))) * 80).astype(np.uint8)[..., None].repeat(3, -1)
+    assert neighbour_difference(tiles) == pytest.approx(80 / 15) and neighbour_difference(tiles, 8) == 80.0
+    assert is_noise(tiles)
+    smooth_tiles = (tiles // 4 + 10).astype(np.uint8)  # tiles of 10 and 30: 20 <= 36
+    assert neighbour_difference(smooth_tiles, 8) == 20.0 and not is_noise(smooth_tiles)
+
+
+def _pairs(n_in: int, n_empty: int, n_big: int, flat: int = 0):
+    y, x = np.indices((10, 10))
+    textured = np.stack([10 * x + 5 * y + 20 * c for c in range(3)], -1).astype(np.uint8)  # smooth, not flat
+    out = []
+    for k in range(n_in + n_empty + n_big):
+        mask = _mask(10) if k < n_in else _mask(0) if k < n_in + n_empty else _mask(60)
+        image = np.full((10, 10, 3), 90, np.uint8) if k < flat else textured
+        out.append((f"p{k}", image, mask))
+    return out
+
+
+def test_report_needs_ninety_percent_in_range_and_no_flat_image():
+    assert check_predicted_pairs(_pairs(9, 1, 0)).passes()  # 9 of 10 = 90 %
+    report = check_predicted_pairs(_pairs(8, 1, 1))  # 8 of 10
+    assert report.share_in_range == 0.8 and not report.passes()
+    assert "8 (80.0 %)" in report.summary() and "1 empty, 1 >= half" in report.summary()
+    flat = check_predicted_pairs(_pairs(10, 0, 0, flat=1))
+    assert flat.share_in_range == 1.0 and flat.flat == ["p0"] and not flat.passes()
+    assert not check_predicted_pairs([]).passes()
+    noisy = _pairs(10, 0, 0)
+    noisy[3] = ("p3", (np.indices((10, 10)).sum(0) % 2 * 200).astype(np.uint8)[..., None].repeat(3, -1), noisy[3][2])
+    report = check_predicted_pairs(noisy)
+    assert report.noisy == ["p3"] and not report.passes() and "1 noise images" in report.summary()
+
+
+def test_reads_a_synthetic_set_from_its_manifest(tmp_path):
+    records = []
+    for k, (pair_id, image, mask) in enumerate(_pairs(1, 1, 0)):
+        Image.fromarray(image).save(tmp_path / f"{pair_id}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / f"{pair_id}_mask.png")
+        records.append({"id": pair_id, "image": f"{pair_id}.png", "mask": f"{pair_id}_mask.png"})
+    (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    report = check_predicted_pairs(read_synthetic_set(tmp_path))
+    assert report.fractions == {"p0": pytest.approx(0.1), "p1": 0.0}
