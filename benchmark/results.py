@@ -47,7 +47,7 @@ def mean_table(categories: dict[str, dict]) -> dict:
 
 def fold_mean(folds: list[dict[str, dict]]) -> dict[str, dict]:
     """Per-category tables of the folds -> per category, the mean over folds of every metric (BADG
-    App. A.1: "we report the average performance of each split fold"); a metric undefined (NaN) in
+    Sec. 4.3.1: "we report the average performance of each split fold"); a metric undefined (NaN) in
     one fold is the other fold's value, as `mean_table` skips NaN."""
     names = sorted({c for fold in folds for c in fold})
     return {c: mean_table({str(k): _nulls_as_nan(fold[c]) for k, fold in enumerate(folds) if c in fold})
