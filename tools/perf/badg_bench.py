@@ -83,7 +83,7 @@ def main() -> None:
         try:
             model.unet(z, torch.full((B,), t), encoder_hidden_states=c1)
         finally:
-            model.unet.set_attn_processor(masked_processors)
+            model.unet.set_attn_processor(dict(masked_processors))  # diffusers pops from the dict it is given
 
     # -- 1. cost per sampling step -------------------------------------------------------------------
     with torch.inference_mode():
