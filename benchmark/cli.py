@@ -201,7 +201,8 @@ def cmd_generate(args) -> int:
         return print_config(args)
     run, output = make_run(args, "generate", generator_checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     run.execute(resume=args.resume, overwrite=args.overwrite, until="generate")
-    print(f"synthetic set: {output / 'synthetic'}")
+    for link in sorted(output.glob("fold-*/synthetic")) or [output / "synthetic"]:  # split.folds=2: one per fold
+        print(f"synthetic set: {link}")
     return 0
 
 

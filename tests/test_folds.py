@@ -191,6 +191,12 @@ def test_a_two_fold_run_stopped_in_fold_two_resumes_and_averages_the_folds(
     csv_rows = (out / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in csv_rows[1:]] == ["carpet_like", "pill", "mean"]
 
+    # the leaderboard reads the run's averaged results.json, a fold's only when given that fold
+    from benchmark.leaderboard.reproduced import results_files
+
+    assert results_files(out) == [out / "results.json"]
+    assert results_files(out / "fold-2") == [out / "fold-2" / "results.json"]
+
     # resuming a finished run redoes nothing and gives the same table
     assert bench("run", "--output", str(out), "--resume") == 0
     assert json.loads((out / "results.json").read_text())["categories"] == results["categories"]

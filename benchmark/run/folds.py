@@ -37,6 +37,10 @@ def execute_folds(run, resume: bool, overwrite: bool, until: str) -> dict | None
 
     ctx = run.ctx
     root = ctx.folder.root
+    if ctx.generator_checkpoint is not None:
+        raise BenchError(f"{ctx.generator_checkpoint}: a given trained generator with split.folds=2 would serve "
+                         "both folds, but each fold trains its own on its half; give it to one fold "
+                         "(--set split.fold=1 or 2)")
     ctx.folder.claim(ctx.resolved_config(), resume, overwrite)
     if until == REPORT and ctx.folder.is_done(REPORT) and (root / "results.json").exists():
         ctx.results = json.loads((root / "results.json").read_text())
