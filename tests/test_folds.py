@@ -4,8 +4,6 @@ second fold and resumed."""
 
 import json
 import math
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -129,32 +127,10 @@ def bench(*args) -> int:
     return main(["--quiet", *args])
 
 
-@pytest.fixture
-def sigint_in_second_fit(monkeypatch):
-    """SIGINT after step 2 of the second segmenter fit this process starts (fold 2's)."""
-    from benchmark.progress import ProgressCallback
-
-    fits = []
-    original_start, original_end = ProgressCallback.on_train_start, ProgressCallback.on_train_batch_end
-
-    def on_train_start(self, trainer, pl_module):
-        fits.append(trainer.global_step)
-        original_start(self, trainer, pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        original_end(self, trainer, pl_module, outputs, batch, batch_idx)
-        if len(fits) == 2 and trainer.global_step == 2 and not getattr(on_train_batch_end, "sent", False):
-            on_train_batch_end.sent = True
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(ProgressCallback, "on_train_start", on_train_start)
-    monkeypatch.setattr(ProgressCallback, "on_train_batch_end", on_train_batch_end)
-    return fits
-
-
 def test_a_two_fold_run_stopped_in_fold_two_resumes_and_averages_the_folds(
-        sigint_in_second_fit, one_thread, tmp_path, capsys):
+        signal_at_step, one_thread, tmp_path, capsys):
     out = tmp_path / "folds"
+    fits = signal_at_step(2, fit=2)  # SIGINT after step 2 of fold 2's segmenter fit
     assert bench("run", "--output", str(out), *TINY) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert "stopped during fold 2/2, train (unified) at 2/3" in err[-1], err
@@ -165,7 +141,7 @@ def test_a_two_fold_run_stopped_in_fold_two_resumes_and_averages_the_folds(
 
     assert bench("run", "--output", str(out), "--resume") == 0
     # fits started: folds 1 and 2 from step 0; on resume only fold 2's, from its checkpoint at step 2
-    assert sigint_in_second_fit == [0, 0, 2]
+    assert fits == [0, 0, 2]
     assert (out / "fold-1" / "segmenter" / "unified.pt").stat().st_mtime_ns == fold1_weights
 
     results = json.loads((out / "results.json").read_text())
