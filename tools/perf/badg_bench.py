@@ -14,7 +14,8 @@ inversion, and the smoke fit's peak memory (issue 14).
 3. The smoke fit: Lightning `Trainer.fit` of the smoke preset (`--fit-steps`, default its
    `train_steps`), seconds per step and peak memory: the process's peak RSS during the fit above
    its RSS before it (VmHWM, reset through /proc/self/clear_refs; `segmenters_bench`'s helpers).
-Repeats are interleaved and the median is reported, so background load hits all variants alike.
+Times are CPU seconds of this process by default (`--clock wall` for elapsed time); repeats are
+interleaved and the median is reported, so background load hits all variants alike.
 """
 
 from __future__ import annotations
@@ -31,17 +32,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other perf scripts' helpers
 
 from segmenters_bench import peak_mb, reset_peak, rss_mb  # noqa: E402
-from stage_sampler_bench import demo_split, timed  # noqa: E402
+from stage_sampler_bench import demo_split  # noqa: E402
+
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
-def interleaved_medians(variants: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each callable, after one warm-up call each, repeats interleaved."""
+def interleaved_medians(variants: dict, repeats: int, clock) -> dict[str, float]:
+    """Median seconds of each callable by `clock`, after one warm-up call each, repeats interleaved."""
     for fn in variants.values():
         fn()
     runs: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            runs[name].append(timed(fn))
+            start = clock()
+            fn()
+            runs[name].append(clock() - start)
     return {name: statistics.median(v) for name, v in runs.items()}
 
 
@@ -52,7 +57,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--fit-steps", type=int, default=None, help="default: the smoke preset's train_steps")
+    ap.add_argument("--clock", choices=CLOCKS, default="cpu",
+                    help="cpu: the process's CPU seconds (all its threads; less moved by other jobs on a shared "
+                         "machine), wall: elapsed seconds")
     args = ap.parse_args()
+    clock = CLOCKS[args.clock]
 
     import torch
 
@@ -92,9 +101,9 @@ def main() -> None:
             "pair": lambda: model.denoise_pair(z, (1 - m) * z, t, c1, c2, m),
             "two_calls": lambda: (model.denoise(z, t, c1, m), model.denoise(z * (1 - m), t, c2, m)),
             "default_attention": default_attention_pass,
-        }, args.repeats)
+        }, args.repeats, clock)
     print(f"# BADG costs: tiny backbone (random init), batch {B}, {args.size} px ({latent}x{latent} latents), "
-          f"{args.threads} thread(s), median of {args.repeats} interleaved repeats")
+          f"{args.threads} thread(s), median of {args.repeats} interleaved repeats, {args.clock} seconds")
     print("\n| per sampling step | ms | vs one pass |\n|---|---:|---:|")
     for key, label in (("one", "one pass (C1), masked cross-attention"),
                        ("pair", "two passes C1 + C2, one batched U-Net call (BADG)"),
@@ -118,7 +127,7 @@ def main() -> None:
             "inv_paper": inversion(paper_steps),
             "generate": lambda: model.generate(z, m, torch.randn_like(z), c1, c2, sampler, gen.inverse_scheduler(),
                                                positions, c2_input=opts.c2_input),
-        }, args.repeats)
+        }, args.repeats, clock)
     inv = whole["inv_smoke"]
     print("\n| inversion and generation (whole batch) | s | ms per step |\n|---|---:|---:|")
     print(f"| masked DDIM inversion, {opts.inversion_steps} steps (smoke) | {inv:.3f} | {1e3 * inv / opts.inversion_steps:.1f} |")
@@ -143,9 +152,9 @@ def main() -> None:
     device = torch.device("cpu")
     before = rss_mb()
     reset_peak(device)
-    start = time.perf_counter()
+    start = clock()
     trainer.fit(fit_gen)
-    seconds = time.perf_counter() - start
+    seconds = clock() - start
     peak = peak_mb(device)
     print(f"\n| smoke fit ({steps} steps, batch {fit_gen.options.train_batch_size}) | value |\n|---|---:|")
     print(f"| seconds per step (Lightning fit, data loading included) | {seconds / steps:.3f} |")
