@@ -176,3 +176,18 @@ def test_a_two_fold_run_stopped_in_fold_two_resumes_and_averages_the_folds(
     # resuming a finished run redoes nothing and gives the same table
     assert bench("run", "--output", str(out), "--resume") == 0
     assert json.loads((out / "results.json").read_text())["categories"] == results["categories"]
+
+
+def test_wandb_groups_a_two_fold_run_and_names_its_folds_after_it(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from benchmark.tracking import make_wandb_logger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    two = build_config("smoke", [parse_override("split.folds=2")])
+    fold = two.model_copy(update={"split": two.split.model_copy(update={"fold": 2})})
+    run = make_wandb_logger(two, tmp_path / "r", {}, quiet=True)._wandb_init
+    fold2 = make_wandb_logger(fold, tmp_path / "r" / "fold-2", {}, quiet=True)._wandb_init
+    single = make_wandb_logger(build_config("smoke"), tmp_path / "s", {}, quiet=True)._wandb_init
+    assert (run["name"], run["group"]) == ("r", "r")
+    assert (fold2["name"], fold2["group"]) == ("r-fold-2", "r")
+    assert (single["name"], single.get("group")) == ("s", None)

@@ -51,7 +51,7 @@ def execute_folds(run, resume: bool, overwrite: bool, until: str) -> dict | None
         for k in range(1, n + 1):
             cfg = ctx.cfg.model_copy(update={"split": ctx.cfg.split.model_copy(update={"fold": k})})
             fold_run = Run(cfg, fold_folder(root, k), quiet=ctx.progress.quiet, cache=ctx.cache,
-                           generator_checkpoint=ctx.generator_checkpoint, save_predictions=ctx.save_predictions)
+                           save_predictions=ctx.save_predictions)
             ctx.progress.log(f"fold {k}/{n}: {fold_run.folder.root}")
             try:
                 # resume=True: a fold folder exists only if this run made it (the run folder was claimed above)
