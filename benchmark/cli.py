@@ -176,6 +176,8 @@ def cmd_run(args) -> int:
         return print_config(args)
     run, output = make_run(args, None, save_predictions=args.save_predictions)
     results = run.execute(resume=args.resume, overwrite=args.overwrite)
+    if not run.is_global_zero:  # a multi-device run's other ranks: rank zero prints the table
+        return 0
     print_results(results, args.format, quiet=args.quiet)
     print(f"results: {output / 'results.json'}", file=sys.stdout if args.format == "table" else sys.stderr)
     return 0
@@ -185,15 +187,25 @@ def print_results(results: dict, fmt: str, quiet: bool = False, console=None) ->
     """The final table: rich tables that fit the terminal, or md / csv / json on stdout."""
     from benchmark.report import json_safe, results_table
 
+    quality = results.get("quality")  # a second table: generation quality (quality.enabled)
     if fmt == "json":
         sys.stdout.write(json.dumps(json_safe(results), indent=2) + "\n")
-    elif fmt in ("md", "csv"):
+    elif fmt in ("md", "csv"):  # csv: the segmentation table only (one header per file)
         table = results_table(results)
         sys.stdout.write(table.markdown() if fmt == "md" else table.csv())
+        if fmt == "md" and quality:
+            from benchmark.quality.evaluate import quality_metric_table, quality_title
+
+            sys.stdout.write(f"\n**{quality_title(quality)}**\n\n{quality_metric_table(quality).markdown()}")
     elif not quiet:
         from benchmark.tables import output_console, print_tables
 
-        print_tables(results_table(results), console or output_console())
+        console = console or output_console()
+        print_tables(results_table(results), console)
+        if quality:
+            from benchmark.quality.evaluate import quality_metric_table
+
+            print_tables(quality_metric_table(quality), console)
 
 
 def cmd_generate(args) -> int:
@@ -201,8 +213,9 @@ def cmd_generate(args) -> int:
         return print_config(args)
     run, output = make_run(args, "generate", generator_checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     run.execute(resume=args.resume, overwrite=args.overwrite, until="generate")
-    for link in sorted(output.glob("fold-*/synthetic")) or [output / "synthetic"]:  # split.folds=2: one per fold
-        print(f"synthetic set: {link}")
+    if run.is_global_zero:
+        for link in sorted(output.glob("fold-*/synthetic")) or [output / "synthetic"]:  # split.folds=2: one per fold
+            print(f"synthetic set: {link}")
     return 0
 
 
@@ -275,6 +288,8 @@ DELEGATED = {  # name -> (module with add_arguments(parser) and run(args), help)
     "compare": ("benchmark.compare", "diff two results.json per category; non-zero exit on regression"),
     "leaderboard": ("benchmark.leaderboard", "render leaderboards from reported and reproduced results"),
     "predict": ("benchmark.predict", "apply a run's trained segmenter to new images: maps, masks, overlays"),
+    "sweep": ("benchmark.sweep", "a grid of runs (generators x segmenters x datasets x seeds), local or on SLURM"),
+    "quality": ("benchmark.quality.cli", "generation quality of a synthetic set: IS, FID, KID, LPIPS, IC-LPIPS"),
 }
 
 
@@ -391,6 +406,8 @@ def resume_command(args) -> str:
     import shlex
 
     output = getattr(args, "resolved_output", None) or getattr(args, "output", None) or "<run folder>"
+    if args.command == "sweep":  # a sweep always continues what its folder holds
+        return f"bench sweep --output {shlex.quote(str(output))}"
     return f"bench {args.command} --output {shlex.quote(str(output))} --resume"
 
 

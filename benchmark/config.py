@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from benchmark.errors import BenchError, describe_errors
 from benchmark.metrics.options import MetricOptions
+from benchmark.quality.options import QualityOptions
 from benchmark.registry import GENERATORS, SEGMENTERS
 
 LAYOUTS = ("mvtec", "visa", "btad", "mvtec3d", "loco", "folder")
@@ -73,10 +74,13 @@ class TrainerConfig(Strict):
     devices: int | str = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    # Lightning's precision names; None: "32-true" on CPU, "16-mixed" on GPU (results.json records which)
+    # Lightning's precision names; None: per profile and device, benchmark/run/gpu_policy.py
+    # (32-true on CPU; on CUDA smoke 32-true, paper 16-mixed); results.json records which
     precision: Optional[Literal["64-true", "32-true", "16-true", "16-mixed", "bf16-true", "bf16-mixed"]] = None
     num_workers: int = 0
-    deterministic: bool = True
+    # True (strict), "warn" (warn_only) or False; None: strict on CPU, "warn" on CUDA (bilinear
+    # upsampling has no deterministic CUDA backward); results.json records which and why
+    deterministic: Optional[Literal["warn"] | bool] = None
 
 
 class ComponentConfig(Strict):
@@ -93,6 +97,9 @@ class RunConfig(Strict):
     segmenter: ComponentConfig = ComponentConfig(name="unet")
     training: Literal["unified", "per-category"] = "unified"
     metrics: MetricOptions = MetricOptions()
+    # generation quality of the synthetic set (docs/quality.md), against the real anomalies the
+    # generator was given (the split's training ones), computed after generation
+    quality: QualityOptions = QualityOptions(reference="train")
     trainer: TrainerConfig = TrainerConfig()
     wandb: bool = True
     wandb_project: str = "sias-bench"
@@ -103,7 +110,7 @@ class RunConfig(Strict):
 
 PROFILES: dict[str, dict] = {
     "smoke": {"data": {"image_size": 128}, "trainer": {"accelerator": "auto", "devices": 1}},
-    "paper": {"data": {"image_size": 256}},
+    "paper": {"data": {"image_size": 256}, "quality": {"enabled": True}},
 }
 
 
@@ -125,19 +132,24 @@ def parse_override(text: str) -> dict:
     return value
 
 
+def read_yaml(path: Path, what: str):
+    """A YAML file's contents; an unreadable file or a YAML error is one line naming the file."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise BenchError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise BenchError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
+
+
 def load_config_file(path: Path | str) -> dict:
     """A `--config` file: YAML (so also a run folder's config.json) with RunConfig's schema, any
     subset of its keys. Checked on its own here, so a mistake names the file and the key even when
     flags are given too."""
     path = Path(path).expanduser()
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise BenchError(f"{path}: cannot read the config file ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise BenchError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
+    raw = read_yaml(path, "config file")
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -195,8 +207,8 @@ def check_options_early(cfg: RunConfig) -> None:
         if own is not None:
             checks.append((own, component.options))
         for model, given in checks:
-            try:
-                model.model_validate(given)
+            try:  # partial: checks across fields wait for the preset (resolve_options)
+                model.model_validate(given, context={"partial": True})
             except ValidationError as e:
                 raise BenchError(f"invalid options for {component.name}: "
                                  f"{describe_errors(e, model, f'{kind}.options.')}") from None

@@ -84,9 +84,8 @@ GENERATORS = Registry("generator", [
           status="partial: smoke pairs fail issue 11's checks (the tiny U-Net does not learn to denoise; "
                  "docs/seas.md); paper preset not yet run with SD weights"),
     Entry("anomalydiffusion", "generators.anomalydiffusion:AnomalyDiffusion",
-          "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting.",
-          status="partial: smoke pairs keep their background, but every mask falls back to the given "
-                 "one and the defect is noise (random tiny denoiser); paper preset not yet run with LDM weights"),
+          "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting (smoke masks from a "
+          "stored-mask denoiser; docs/anomalydiffusion.md)."),
     Entry("defectdiffu", "generators.defectdiffu:DefectDiffu",
           "DefectDiffu: three-part DiT with double-free guidance and a mask module (math and tests in "
           "generators/defectdiffu; no generator glue yet).", status="planned"),

@@ -1,13 +1,15 @@
 """results.json: the per-category table every report, leaderboard and regression check reads.
 
-    {"run": {id, time, versions, config_hash, precision, git_commit, git_dirty},
+    {"run": {id, time, versions, config_hash, precision, determinism, world_size, git_commit, git_dirty},
      "config": {...resolved}, "categories": {"<cat>":
      {"image": {auroc, ap, f1_max}, "pixel": {auroc, ap, f1_max, pro, iou, ...}, "miou", "acc", ...}},
      "mean": {same keys}, "timings": {stage: seconds},
-     "evaluation": {metric_options, image_size: [H, W], categories: {"<cat>": {mode, image_sizes}}}}
+     "evaluation": {metric_options, image_size: [H, W], categories: {"<cat>": {mode, image_sizes}}},
+     "quality": {...}}   (with quality.enabled: the generation-quality report, docs/quality.md)
 
-`run.precision` is the Lightning precision the run resolved (`trainer.precision` unset: 32-true on
-CPU, 16-mixed on GPU); `run.git_commit`/`git_dirty` are there when the code ran from a git
+`run.precision` is the Lightning precision the run resolved and `run.determinism` its determinism
+mode with the reason (unset in the configuration: per profile and device, benchmark/run/gpu_policy.py);
+`run.world_size` the number of processes; `run.git_commit`/`git_dirty` are there when the code ran from a git
 checkout. `evaluation` says how the numbers were computed: the resolved metric options, the map
 size the metrics were computed at, and per category whether the pixel curves were `exact` or
 `binned` (mode `auto` decides by the pixel count).

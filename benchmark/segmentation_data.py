@@ -92,9 +92,11 @@ class ResumableBatches(Sampler[list[int]]):
     torch's DataLoader is not; exact with `num_workers=0` (flips then come from the main
     process's torch RNG); with workers the order is exact, the flips are not."""
 
-    def __init__(self, n: int, batch_size: int, drop_last: bool, generator: torch.Generator):
+    def __init__(self, n: int, batch_size: int, drop_last: bool, generator: torch.Generator,
+                 num_samples: int | None = None):
         self.generator = generator
-        self.inner = BatchSampler(RandomSampler(range(n), generator=generator), batch_size, drop_last)
+        sampler = RandomSampler(range(n), num_samples=num_samples, generator=generator)
+        self.inner = BatchSampler(sampler, batch_size, drop_last)
         self.position = 0  # stream index (= global step) of the next batch handed out
         self.rng_before: dict[int, torch.Tensor] = {}  # stream index -> torch RNG before its batch loads
         self.generator_at_epoch_start: torch.Tensor | None = None
@@ -147,30 +149,44 @@ class ResumableBatches(Sampler[list[int]]):
 
 class SegmentationDataModule(L.LightningDataModule):
     """A segmenter's training data: synthetic pairs + few-shot real defects + normal images of one
-    group (all categories when unified), shuffled by `seed`, resumable mid-epoch."""
+    group (all categories when unified), shuffled by `seed`, resumable mid-epoch.
+
+    `epoch_samples` fixes an epoch's length in samples whatever the set's size (whole shuffled
+    passes, then part of one: torch's RandomSampler(num_samples=...)), with the last batch kept,
+    as AnomalyDiffusion's fixed-length training set and loader (docs/segmenters.md)."""
 
     def __init__(self, items: list[SegItem], size: int, batch_size: int, seed: int, num_workers: int = 0,
-                 resumable: bool = True):
+                 resumable: bool = True, epoch_samples: int | None = None):
         super().__init__()
         self.dataset = SegmentationDataset(items, size, augment=True)
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.epoch_samples = epoch_samples
         self.resumable = resumable  # False under data-parallel strategies (Lightning shards the sampler)
         self.batches: ResumableBatches | None = None
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
-        drop_last = len(self.dataset) > self.batch_size
+        drop_last = self.epoch_samples is None and len(self.dataset) > self.batch_size
         common = dict(generator=generator, num_workers=self.num_workers,
                       persistent_workers=self.num_workers > 0)
-        if not self.resumable:
+        if not self.resumable and self.epoch_samples is None:
             return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=drop_last, **common)
-        self.batches = ResumableBatches(len(self.dataset), self.batch_size, drop_last, generator)
+        if not self.resumable:  # Lightning's DDP swaps a RandomSampler for a DistributedSampler: one pass
+            sampler = RandomSampler(self.dataset, num_samples=self.epoch_samples, generator=generator)
+            return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, **common)
+        self.batches = ResumableBatches(len(self.dataset), self.batch_size, drop_last, generator, self.epoch_samples)
         if self._pending is not None:
             self.batches.load_state(self._pending)
             self._pending = None
         return DataLoader(self.dataset, batch_sampler=self.batches, **common)
 
     _pending: dict | None = None
+
+    def batches_per_epoch(self) -> int:
+        """Batches one epoch hands out (in one process)."""
+        n = self.epoch_samples or len(self.dataset)
+        drop_last = self.epoch_samples is None and len(self.dataset) > self.batch_size
+        return n // self.batch_size if drop_last else -(-n // self.batch_size)
 
     def state_dict(self) -> dict:
         # Lightning saves a datamodule's state_dict in every checkpoint (key = class name)

@@ -90,11 +90,21 @@ def log_results(logger, results: dict, run_dir: Path) -> None:
     payload = {"results/per_category": table,
                "results/leaderboard_row": wandb.Table(columns=list(row), data=[list(row.values())]),
                **{f"mean/{k}": v for k, v in flat_metrics(results["mean"]).items()}}
+    if results.get("quality"):  # under quality_random_test/ when the numbers are not comparable
+        from benchmark.quality.evaluate import wandb_metrics
+
+        payload.update(wandb_metrics(results["quality"]))
     # plots under their own keys: an image logged as results/per_category would replace the table
     pages = sorted(run_dir.glob("samples*.png"), key=lambda f: (len(f.name), f.name))  # samples.png, -2, -3, ...
     for file in [*pages, run_dir / "per_category.png"]:
         if file.exists():
             payload[f"plots/{file.stem}"] = wandb.Image(str(file))
     experiment.log(payload)
-    experiment.summary.update({"results": results["mean"], "config_hash": results["run"]["config_hash"]})
+    summary = {"results": results["mean"], "config_hash": results["run"]["config_hash"]}
+    if results.get("quality"):  # means and per-category numbers, for the W&B runs table
+        quality = results["quality"]
+        summary["quality"] = {"comparable": quality["comparable"], "features": quality["features"],
+                              "mean": quality["mean"],
+                              "categories": {c: e["metrics"] for c, e in quality["categories"].items()}}
+    experiment.summary.update(summary)
     experiment.finish()

@@ -8,7 +8,6 @@ own normalisation) to 2-class logits (B x 2 x h x w, any h x w). Batches are dic
 
 from __future__ import annotations
 
-from functools import partial
 from typing import ClassVar
 
 import lightning as L
@@ -16,20 +15,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segmenters.options import SegmenterOptions  # noqa: F401  (re-exported for model modules)
+from segmenters.options import SegmenterOptions
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def poly_factor(step: int, steps: int, power: float = 0.9, floor: float = 0.0, warmup: int = 0,
-                warmup_ratio: float = 0.1) -> float:
-    """LR multiplier at `step`: mmseg's PolyLR (eta_min = floor * lr) after a linear warm-up from
-    `warmup_ratio` over `warmup` steps (mmseg's LinearLR), as its configs chain them."""
-    if step < warmup:
-        return warmup_ratio + (1.0 - warmup_ratio) * step / warmup
-    t = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return (1.0 - floor) * (1.0 - t) ** power + floor
+def torch_lr_schedulers(optimizer: torch.optim.Optimizer, o: SegmenterOptions, total_steps: int) -> list[dict]:
+    """Lightning scheduler configs for `o.schedule`, made of torch's schedulers (no formula here):
+
+    - poly: LinearLR from `warmup_ratio` over `warmup_steps`, then PolynomialLR(power) over the
+      remaining steps (SequentialLR): mmseg's LinearLR + PolyLR chain with eta_min 0;
+    - cosine: CosineAnnealingLR(T_max = total steps, eta_min = min_lr), stepped per iteration (LFD);
+    - multistep: MultiStepLR x0.2 at 80 % and 90 %: of the epochs, stepped per epoch, when training
+      counts epochs (AnomalyDiffusion's train-localization.py), else of the steps;
+    - constant: none."""
+    sched = torch.optim.lr_scheduler
+    steps = max(1, total_steps)
+    if o.schedule == "poly":
+        warmup = min(o.warmup_steps, steps - 1)
+        poly = sched.PolynomialLR(optimizer, total_iters=steps - warmup, power=o.poly_power)
+        if warmup:
+            ramp = sched.LinearLR(optimizer, start_factor=o.warmup_ratio, end_factor=1.0, total_iters=warmup)
+            poly = sched.SequentialLR(optimizer, [ramp, poly], milestones=[warmup])
+        return [{"scheduler": poly, "interval": "step"}]
+    if o.schedule == "cosine":
+        return [{"scheduler": sched.CosineAnnealingLR(optimizer, T_max=steps, eta_min=o.min_lr), "interval": "step"}]
+    if o.schedule == "multistep":
+        by_epoch = o.max_epochs is not None and o.max_steps is None
+        length = o.max_epochs if by_epoch else steps
+        milestones = [int(0.8 * length), int(0.9 * length)]
+        return [{"scheduler": sched.MultiStepLR(optimizer, milestones, gamma=0.2),
+                 "interval": "epoch" if by_epoch else "step"}]
+    return []
 
 
 def read_state_dict(path: str, what: str, hint: str) -> dict:
@@ -113,25 +131,32 @@ class Segmenter(L.LightningModule):
         """Optimizer parameter groups; models with per-module lr/decay multipliers override this."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
-    def configure_optimizers(self):
+    def build_optimizer(self) -> torch.optim.Optimizer:
         o = self.options
         params = self.param_groups()
         if o.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
-        elif o.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-        else:
-            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-        steps = max(1, o.max_steps)
-        if o.schedule == "poly":  # mmseg's LinearLR warm-up + PolyLR, per iteration
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(
-                poly_factor, steps=steps, power=o.poly_power, floor=o.min_lr / o.lr if o.lr else 0.0,
-                warmup=o.warmup_steps, warmup_ratio=o.warmup_ratio))
-        elif o.schedule == "multistep":  # DRAEM: x0.2 at 80% and 90% of training
-            sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.8 * steps), int(0.9 * steps)], gamma=0.2)
-        else:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            return torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+        if o.optimizer == "adam":
+            return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+    def schedule_steps(self) -> int:
+        """Optimizer steps the LR schedule spans: `max_steps`, or what Lightning works out from
+        `max_epochs` and the loader's length when training counts epochs."""
+        o = self.options
+        if o.max_epochs is None:
+            return o.max_steps
+        if self._trainer is None:
+            raise RuntimeError("a schedule over max_epochs needs the Trainer (it knows the loader's length)")
+        return int(self.trainer.estimated_stepping_batches)
+
+    def lr_schedulers(self, optimizer) -> list[dict]:
+        return torch_lr_schedulers(optimizer, self.options, self.schedule_steps())
+
+    def configure_optimizers(self):
+        optimizer = self.build_optimizer()
+        schedulers = self.lr_schedulers(optimizer)
+        return ([optimizer], schedulers) if schedulers else optimizer
 
     # -- prediction -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -60,6 +60,28 @@ def packaged_config(name: str) -> dict:
     return Config.fromfile(str(path)).model.to_dict()
 
 
+def packaged_recipe(path: str) -> dict:
+    """The training recipe of the packaged config `mmseg/.mim/configs/<path>` (the file a `paper`
+    preset cites): iterations, total batch (GPUs x per-GPU batch, both read from the file name's
+    `<g>xb<b>`), the optimizer, its `paramwise_cfg` and the LR schedulers, as mmengine reads them."""
+    import re
+
+    try:
+        import mmseg
+        from mmengine.config import Config
+    except ImportError as err:
+        raise missing_extra("mmseg", f"mmsegmentation's packaged config '{path}'", err) from None
+    file = Path(mmseg.__file__).parent / ".mim" / "configs" / path
+    if not file.is_file():
+        raise BenchError(f"{file}: mmsegmentation's packaged config is missing; reinstall mmsegmentation==1.2.2")
+    cfg = Config.fromfile(str(file))
+    gpus, per_gpu = (int(n) for n in re.search(r"_(\d+)xb(\d+)-", file.name).groups())
+    assert per_gpu == cfg.train_dataloader.batch_size, f"{file.name}: name and train_dataloader disagree"
+    optim = cfg.optim_wrapper.to_dict()
+    return {"max_iters": cfg.train_cfg.max_iters, "batch_size": gpus * per_gpu, "optimizer": optim["optimizer"],
+            "paramwise_cfg": optim.get("paramwise_cfg"), "param_scheduler": [dict(s) for s in cfg.param_scheduler]}
+
+
 def uses_sync_bn(cfg) -> bool:
     if isinstance(cfg, dict):
         return cfg.get("type") == "SyncBN" or any(uses_sync_bn(v) for v in cfg.values())
@@ -136,6 +158,7 @@ class MMSegSegmenter(Segmenter):
     Options = MMSegOptions
     mean, std = IMAGENET_MEAN, IMAGENET_STD  # the configs' SegDataPreProcessor, on RGB in [0, 1]
     config: ClassVar[str]  # file stem under mmseg/.mim/configs/_base_/models/
+    recipe: ClassVar[str]  # the config under mmseg/.mim/configs/ whose schedule `paper` uses
     backbone_path: ClassVar[str] = "backbone"  # submodule an ImageNet backbone checkpoint fits
 
     def model_config(self) -> dict:
@@ -195,6 +218,42 @@ class MMSegSegmenter(Segmenter):
         skip = {id(p) for p in aux.parameters()} if aux is not None else set()
         return sum(p.numel() for p in self.model.parameters() if id(p) not in skip)
 
+    # -- training: mmengine's optimizer constructor and LR schedulers --------------------------
+    def paramwise_cfg(self) -> dict | None:
+        """Per-parameter lr / decay multipliers (mmengine's DefaultOptimWrapperConstructor); none here."""
+        return None
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        from mmengine.optim import build_optim_wrapper
+
+        o = self.options
+        optimizer = {"sgd": {"type": "SGD", "momentum": 0.9}, "adam": {"type": "Adam"},
+                     "adamw": {"type": "AdamW"}}[o.optimizer] | {"lr": o.lr, "weight_decay": o.weight_decay}
+        cfg = {"type": "OptimWrapper", "optimizer": optimizer}
+        paramwise = self.paramwise_cfg()
+        if paramwise:
+            cfg["paramwise_cfg"] = paramwise
+        with quiet_mmengine():  # the constructor logs one line per parameter it changes
+            return build_optim_wrapper(self.model, cfg).optimizer
+
+    def lr_schedulers(self, optimizer) -> list[dict]:
+        """poly: the configs' mmengine LinearLR warm-up over [0, warmup) and PolyLR (eta_min =
+        `min_lr`) over [warmup, steps), stepped every iteration as mmengine's runner does."""
+        o = self.options
+        if o.schedule != "poly":
+            return super().lr_schedulers(optimizer)
+        from mmengine.optim.scheduler import LinearLR, PolyLR
+
+        steps = self.schedule_steps()
+        warmup = min(o.warmup_steps, steps - 1)
+        schedulers = [LinearLR(optimizer, start_factor=o.warmup_ratio, by_epoch=False, begin=0, end=warmup)] if warmup else []
+        schedulers.append(PolyLR(optimizer, eta_min=o.min_lr, power=o.poly_power, by_epoch=False,
+                                 begin=warmup, end=steps))
+        return [{"scheduler": s, "interval": "step"} for s in schedulers]
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step()  # mmengine's schedulers are not torch LRScheduler subclasses
+
     # -- training: mmseg's own losses ---------------------------------------------------------
     def training_loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         from mmengine.structures import PixelData
@@ -225,8 +284,10 @@ class MMSegSegmenter(Segmenter):
 
 
 # Paper presets. SeaS and STAGE state no training schedule for these models (NOTES 1.7, 5.7), so
-# `paper` is the schedule mmseg's packaged config for the model uses (iterations, total batch =
-# GPUs x per-GPU batch, optimiser, warm-up, poly power and floor). `batch_size` is per process: the
+# `paper` is the schedule of the mmseg packaged config named by `recipe`, which counts iterations
+# (IterBasedTrainLoop: max_steps; total batch = GPUs x per-GPU batch, optimiser, warm-up, poly power
+# and floor). The numbers are written here so `bench list` and the config check need no mmseg;
+# tests/test_segmenter_schedules.py reads each config and fails if they drift apart. `batch_size` is per process: the
 # totals below are right on one device; on N DDP devices pass batch_size / N. The paper profile trains at
 # 256 px as SeaS's downstream code does (LFD repo, configs/LFD.yaml: img_resize 256), not at the
 # Cityscapes/ADE20K crop noted beside each preset.
@@ -237,6 +298,7 @@ MMSEG_SMOKE = {"max_steps": 150, "batch_size": 4, "optimizer": "adamw", "lr": 1e
 class BiSeNetV2(MMSegSegmenter):
     name = "bisenetv2"
     config = "bisenetv2"
+    recipe = "bisenetv2/bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024.py"
     presets = {
         "smoke": dict(MMSEG_SMOKE),
         # bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024.py (crop 1024x1024)
@@ -250,6 +312,7 @@ class STDC(MMSegSegmenter):
     config = "stdc"
     Options = STDCOptions
     backbone_path = "backbone.backbone"  # mmseg's STDC ImageNet files fit the STDCNet inside the context path
+    recipe = "stdc/stdc1_4xb12-80k_cityscapes-512x1024.py"
     presets = {
         "smoke": dict(MMSEG_SMOKE),
         # stdc1_4xb12-80k_cityscapes-512x1024.py (crop 512x1024; stdc2 uses the same schedule)
@@ -266,6 +329,7 @@ class STDC(MMSegSegmenter):
 class UPerNet(MMSegSegmenter):
     name = "upernet"
     config = "upernet_r50"
+    recipe = "upernet/upernet_r50_4xb4-160k_ade20k-512x512.py"
     presets = {
         # ResNet-50 costs ~10x the small models on CPU: a shorter smoke run
         "smoke": {**MMSEG_SMOKE, "max_steps": 40, "batch_size": 2},
@@ -288,6 +352,7 @@ SEGFORMER_VARIANTS = {  # segformer_mit-b{1..5}_8xb2-160k_ade20k-512x512.py
 class SegFormer(MMSegSegmenter):
     name = "segformer"
     config = "segformer_mit-b0"
+    recipe = "segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py"
     Options = SegFormerOptions
     presets = {
         "smoke": dict(MMSEG_SMOKE),
@@ -304,20 +369,9 @@ class SegFormer(MMSegSegmenter):
         cfg["decode_head"]["in_channels"] = [v["embed_dims"] * m for m in (1, 2, 5, 8)]
         return cfg
 
-    def param_groups(self) -> list[dict]:
-        o = self.options
-        groups = {"decay": [], "no_decay": [], "head": []}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            if "head" in name:
-                groups["head"].append(p)
-            elif "norm" in name or "pos_block" in name:
-                groups["no_decay"].append(p)
-            else:
-                groups["decay"].append(p)
-        return [g for g in (
-            {"params": groups["decay"]},
-            {"params": groups["no_decay"], "weight_decay": 0.0},
-            {"params": groups["head"], "lr": o.lr * o.head_lr_mult},
-        ) if g["params"]]
+    def paramwise_cfg(self) -> dict:
+        """The recipe's paramwise_cfg (no decay on 'pos_block' and 'norm', 'head' lr x10), read from
+        the packaged config, with the head multiplier from `head_lr_mult`."""
+        cfg = copy.deepcopy(packaged_recipe(self.recipe)["paramwise_cfg"])
+        cfg["custom_keys"]["head"]["lr_mult"] = self.options.head_lr_mult
+        return cfg

@@ -5,26 +5,51 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 
 class SegmenterOptions(BaseModel):
     """Training options every segmenter shares; models subclass this with their own fields."""
 
     model_config = ConfigDict(extra="forbid")
-    max_steps: int = Field(2000, gt=0)
+    # Training length, as Lightning counts it: optimizer steps, epochs, or both (whichever ends
+    # first). A paper that counts epochs gets `max_epochs` (and `max_steps: null`), one that
+    # counts iterations `max_steps`, so a training set of another size keeps the paper's count.
+    max_steps: Optional[int] = Field(2000, gt=0)
+    max_epochs: Optional[int] = Field(None, gt=0)
+    # Samples per epoch, drawn without replacement (whole passes, then part of one; torch's
+    # RandomSampler(num_samples=...)). None: an epoch is one pass over the training set.
+    # AnomalyDiffusion's epoch is a fixed 500 draws (unet_utils/data_loader.py, length=500).
+    epoch_samples: Optional[int] = Field(None, gt=0)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    schedule: Literal["poly", "constant", "multistep"] = "poly"
-    # poly schedule as in mmseg's PolyLR (+ optional LinearLR warm-up): lr falls from `lr` to
-    # `min_lr` as (1 - t/T)^poly_power; the first `warmup_steps` ramp up from warmup_ratio * lr
+    schedule: Literal["poly", "constant", "multistep", "cosine"] = "poly"
+    # poly: lr falls as (1 - t/T)^poly_power after a linear warm-up of `warmup_steps` from
+    # warmup_ratio * lr (torch's LinearLR + PolynomialLR; mmseg models: mmengine's LinearLR +
+    # PolyLR, which also floor it at `min_lr`). cosine: torch's CosineAnnealingLR down to `min_lr`.
+    # multistep: x0.2 at 80 % and 90 % of training (of the epochs when counting epochs).
     poly_power: float = 0.9
     min_lr: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     weights: Optional[str] = None  # local pretrained weights; None = random init (never downloads)
+
+    poly_floor: ClassVar[bool] = False  # torch's PolynomialLR decays to 0; mmengine's PolyLR has eta_min
+
+    @model_validator(mode="after")
+    def _length_and_floor(self, info: ValidationInfo):
+        if (info.context or {}).get("partial"):  # the early check sees the user's keys without the preset
+            return self
+        if self.max_steps is None and self.max_epochs is None:
+            raise ValueError("give max_steps or max_epochs (both null: training would never end)")
+        if self.schedule == "poly" and self.min_lr > 0 and not self.poly_floor:
+            raise ValueError(f"min_lr={self.min_lr} with schedule=poly: torch's PolynomialLR decays to 0; "
+                             "use schedule=cosine for a floor, or min_lr=0")
+        return self
 
 
 # -- each segmenter's own options (the model modules import them from here; the command line
@@ -57,7 +82,12 @@ class LFDOptions(SegmenterOptions):
     optimizer: Literal["adamw", "adam", "sgd"] = "sgd"
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    # LFD's LR_Scheduler (models/scheduler/lr_scheduler.py): per-iteration cosine from lr to 1e-5
+    schedule: Literal["poly", "constant", "multistep", "cosine"] = "cosine"
     min_lr: float = Field(1e-5, ge=0)
+    # epochs the LR schedule spans when training stops before (max_epochs < this): SeaS keeps
+    # LFD's 150-epoch cosine but evaluates the epoch-100 checkpoint. None: the schedule ends with training
+    schedule_epochs: Optional[int] = Field(None, gt=0)
 
 
 class MMSegOptions(SegmenterOptions):
@@ -67,6 +97,8 @@ class MMSegOptions(SegmenterOptions):
     # SyncBN under multi-GPU DDP: None follows the packaged config (SyncBN there -> SyncBN here)
     sync_bn: Optional[bool] = None
 
+    poly_floor: ClassVar[bool] = True  # mmengine's PolyLR (eta_min = min_lr), as the configs use it
+
 
 class STDCOptions(MMSegOptions):
     variant: Literal["stdc1", "stdc2"] = "stdc1"
@@ -74,4 +106,5 @@ class STDCOptions(MMSegOptions):
 
 class SegFormerOptions(MMSegOptions):
     variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = "b0"
-    head_lr_mult: float = Field(10.0, gt=0)  # mmseg's paramwise_cfg: 'head' lr x10, no decay on norms / pos_block
+    # the config's paramwise_cfg 'head' lr_mult (10); its other custom keys come from the config
+    head_lr_mult: float = Field(10.0, gt=0)

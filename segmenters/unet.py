@@ -59,10 +59,10 @@ class SmpUNet(Segmenter):
         "smoke": {"encoder": "resnet18", "max_steps": 400, "batch_size": 8, "lr": 1e-3},
         # No paper trains this exact network: DefectDiffu gives no U-Net configuration (NOTES 4.7) and
         # AnomalyDiffusion / BADG use DRAEM's U-Net (`unet-draem`). `paper` applies their U-Net
-        # schedule (NOTES 2.7, 3.2, A.2): 256 px, 200 epochs x 63 steps = 12,600 steps, batch 8,
-        # Adam lr 1e-4, LR x0.2 at 80 % / 90 %.
-        "paper": {"max_steps": 12_600, "batch_size": 8, "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0,
-                  "schedule": "multistep"},
+        # schedule (BADG Sec. 4.3.1; AnomalyDiffusion train-localization.py, NOTES 2.3, A.2): 256 px,
+        # 200 epochs of 500 samples (63 steps each), batch 8, Adam lr 1e-4, LR x0.2 at epochs 160, 180.
+        "paper": {"max_steps": None, "max_epochs": 200, "epoch_samples": 500, "batch_size": 8, "lr": 1e-4,
+                  "optimizer": "adam", "weight_decay": 0.0, "schedule": "multistep"},
     }
 
     def build_model(self):

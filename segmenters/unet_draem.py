@@ -8,7 +8,7 @@ max-pool between blocks (input side divisible by 32). Decoder: five steps of bil
 resolution, then two (conv3x3 + BN + ReLU); a final conv3x3 gives 2-class logits at full size.
 
 Training as in AnomalyDiffusion: focal loss (gamma 2) on the softmax output, Adam lr 1e-4, batch 8,
-LR x0.2 at 80 % and 90 % of training, weights initialised N(0, 0.02) (convs) / N(1, 0.02) (BN scale).
+200 epochs of 500 samples, LR x0.2 at 80 % and 90 % of the epochs, weights initialised N(0, 0.02) (convs) / N(1, 0.02) (BN scale).
 Inputs are RGB in [0, 1] without mean/std normalisation (DRAEM's loaders divide by 255 only).
 """
 
@@ -99,11 +99,13 @@ class DraemUNet(Segmenter):
     presets = {
         # tiny: base width 16 (1.8M parameters instead of 28.4M), higher LR for few steps
         "smoke": {"max_steps": 150, "batch_size": 8, "base_width": 16, "lr": 1e-3},
-        # AnomalyDiffusion train-localization.py (NOTES 2.7, A.2; BADG follows it, NOTES 3.2/3.7):
-        # 256 px, per category, 200 epochs of a 500-sample dataset at batch 8 (63 steps) = 12,600
-        # steps, Adam lr 1e-4, MultiStepLR x0.2 at 80 % / 90 %.
-        "paper": {"max_steps": 12_600, "batch_size": 8, "base_width": 64, "optimizer": "adam", "lr": 1e-4,
-                  "weight_decay": 0.0, "schedule": "multistep"},
+        # Epochs, as the sources count them: BADG Sec. 4.3.1 trains the U-Net "for 200 epochs followed
+        # by the framework of Anomalydiffusion"; AnomalyDiffusion's train-localization.py (NOTES 2.3,
+        # A.2): 200 epochs, each of a fixed 500 draws (unet_utils/data_loader.py, length=500), batch 8
+        # with the last batch kept (63 steps), Adam lr 1e-4, MultiStepLR x0.2 at epochs 160 and 180
+        # (stepped per epoch), 256 px, per category. 200 x 63 = 12,600 steps whatever the set's size.
+        "paper": {"max_steps": None, "max_epochs": 200, "epoch_samples": 500, "batch_size": 8, "base_width": 64,
+                  "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "multistep"},
     }
 
     def build_model(self) -> nn.Module:

@@ -19,7 +19,8 @@ from generators.anomalydiffusion.spatial_encoder import SpatialEncoder, spatial_
 from generators.anomalydiffusion.torch_model import (DDIM_SETTINGS, AdaptiveAttentionReweighting,  # noqa: E402
                                                      DdimSettings, adaptive_scaling_softmax, attention_weight_map,
                                                      binarise_mask, blend_latents, blended_ddim_sampling,
-                                                     guided_mask_eps, to_latent_grid, touches_border)
+                                                     guided_mask_eps, StoredSetDenoiser, to_latent_grid,
+                                                     touches_border)
 from generators.diffusion.attention import CrossAttentionHook, CrossAttentionProcessor  # noqa: E402
 from generators.diffusion.noise import PerSampleNoise  # noqa: E402
 from generators.diffusion.schedulers import make_scheduler  # noqa: E402
@@ -289,6 +290,37 @@ def test_touches_border_is_the_authors_one_third_rule():
     masks[2, 0, 2:5, 5] = 1  # 3 on the right column: rejected
     masks[3, 0, 1:5, 1:5] = 1  # large but inside: kept
     assert touches_border(masks).tolist() == [False, True, True, False]
+
+
+def test_stored_set_denoiser_is_the_posterior_mean_over_the_stored_latents():
+    # two stored 1-element latents 0 and 2, x_t = 1.2, abar = 0.64 (sqrt 0.8, 1 - abar = 0.36):
+    # squared distances to sqrt(abar) x_i: 1.2^2 = 1.44 and (1.2 - 1.6)^2 = 0.16, over 2 * 0.36 = 0.72
+    # -> log-weights -2 and -2/9; x0_hat = 2 * w_2
+    w2 = E ** (-2 / 9) / (E ** -2 + E ** (-2 / 9))
+    denoiser = StoredSetDenoiser(torch.tensor([[0.0], [2.0]]))
+    x_t = torch.tensor([[1.2]])
+    assert denoiser.x0(x_t, 0.64).item() == pytest.approx(2 * w2, rel=1e-6)
+    assert denoiser.eps(x_t, 0.64).item() == pytest.approx((1.2 - 0.8 * 2 * w2) / 0.6, rel=1e-6)
+    # a 2-element latent sums the squared distance over elements: x_t = (1, 0), stored (0, 0) and
+    # (1, 1), abar = 0.5: squared distances 1 and (1 - s)^2 + s^2 with s = sqrt(0.5); 2(1 - abar) = 1
+    s = math.sqrt(0.5)
+    d2 = (1 - s) ** 2 + s ** 2
+    w = 1 / (1 + E ** (d2 - 1))  # weight of (1, 1): e^-d2 / (e^-1 + e^-d2)
+    x0 = StoredSetDenoiser(torch.tensor([[0.0, 0.0], [1.0, 1.0]])).x0(torch.tensor([[1.0, 0.0]]), 0.5)
+    assert x0.tolist()[0] == pytest.approx([w, w], rel=1e-6)
+
+
+def test_stored_set_denoiser_sampling_ends_on_a_stored_mask():
+    # DDIM with the ideal denoiser of one stored latent lands on it whatever the start
+    stored = torch.zeros(1, 3, 4, 4) - 1
+    stored[..., 1:3, 1:2] = 1
+    denoiser = StoredSetDenoiser(stored)
+    scheduler = make_scheduler("ddim")
+    scheduler.set_timesteps(10)
+    z = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    for t in scheduler.timesteps:
+        z = scheduler.step(denoiser.eps(z, scheduler.alphas_cumprod[t]), t, z, eta=1.0).prev_sample
+    assert torch.allclose(z, stored.expand(2, -1, -1, -1), atol=1e-3)
 
 
 # -- blended DDIM --------------------------------------------------------------------------------------
@@ -635,3 +667,40 @@ def test_mask_embedding_loss_trains_on_the_mask_images_and_adds_to_the_total(spl
     total.backward()
     slots = [gen.tokens.concepts.index("mask/" + gen.train_set.concepts[k]) for k in ids.tolist()]
     assert all(gen.tokens.vectors[s].grad.abs().sum() > 0 for s in slots)
+
+
+def test_stored_masks_smoke_denoiser_generates_the_types_augmented_masks(split, caplog):
+    import logging
+
+    import numpy as np
+
+    from generators.anomalydiffusion import AnomalyDiffusion
+    from generators.base import MASK_SYNTHESIZED
+
+    torch.manual_seed(0)
+    options = AnomalyDiffusion.Options(backbone="tiny", train_steps=4, train_batch_size=2, ddim_steps=2, mask_ddim_steps=4,
+                                       pairs_per_type=2, batch_size=2, tokens_per_type=2, spatial_arch="resnet18",
+                                       spatial_fpn_channels=8, spatial_grid=2, aar=False, mask_denoiser="stored_masks",
+                                       stored_masks_per_type=3)
+    gen = AnomalyDiffusion(options, 64)
+    gen.setup_split(split)
+    assert not any(c.startswith("mask/") for c in gen.tokens.concepts)  # no e_m is learned
+    _trainer(max_steps=4, max_epochs=-1).fit(gen)
+    bank = gen.stored_masks
+    assert len(bank.masks) == len(bank.owner) >= 2 and bank.masks.shape[1:] == (64, 64)
+    assert all(int((bank.owner == k).sum()) <= 3 for k in (0, 1))
+    requests = gen.plan(split, seed=0)
+    with caplog.at_level(logging.INFO, logger="generators.anomalydiffusion.lightning_model"):
+        pairs = _generate(gen, requests)
+    assert "4 of 4 masks generated" in caplog.text and "0 fell back" in caplog.text
+    assert [p.mask_origin for p in pairs] == [MASK_SYNTHESIZED] * 4
+    for p in pairs:  # each generated mask is one of its own type's stored (jointly augmented) masks
+        k = gen.split_concept_names.index(f"wood/{p.request.defect}")
+        own = bank.masks[bank.owner == k].numpy() > 0
+        assert any(np.array_equal(p.mask, m) for m in own)
+    # the stored masks travel in the trained state: a fresh generator makes the same pairs
+    fresh = AnomalyDiffusion(options, 64)
+    fresh.setup_split(split)
+    fresh.load_trained_state(gen.trained_state())
+    for a, b in zip(pairs, _generate(fresh, requests)):
+        assert np.array_equal(a.mask, b.mask) and np.array_equal(a.image, b.image)

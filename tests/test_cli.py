@@ -191,5 +191,16 @@ def test_readme_names_everything_a_run_folder_holds(cutpaste_run):
     found += [f"{d}/{p.name}/" if p.is_dir() else f"{d}/{p.name}" for d in per_image for p in (cutpaste_run / d).iterdir()]
     assert {"segmenter/unified.pt", "synthetic/manifest.jsonl", "predictions/maps/"} <= set(found)  # the walk saw them
     top_dirs = {p.name for p in cutpaste_run.iterdir() if p.is_dir() and p.name != "synthetic"}
-    missing = [f for f in found if f not in named and f not in top_dirs and f != "checkpoints/unified"]
+    missing = [f for f in found if f not in named and f not in top_dirs]
     assert not missing, f"README's run folder section does not name {missing}"
+
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+
+
+def test_a_finished_run_folder_holds_one_copy_of_the_segmenter_weights(cutpaste_run):
+    """Issue 18: the Lightning checkpoint of a finished fit is gone; segmenter/unified.pt stays."""
+    stored = sorted(p.relative_to(cutpaste_run).as_posix() for p in cutpaste_run.rglob("*")  # links not followed
+                    if p.suffix in WEIGHT_SUFFIXES and p.parts[len(cutpaste_run.parts)] != "synthetic")
+    assert stored == ["segmenter/unified.pt"]
+    assert not (cutpaste_run / "checkpoints").exists()

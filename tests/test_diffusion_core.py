@@ -159,6 +159,39 @@ def test_learned_tokens_train_only_their_vectors(backbone):
     assert list(backbone.text_encoder.state_dict()) == keys  # the frozen table keeps its name
 
 
+def test_a_concept_absent_from_the_batch_is_left_alone_by_adamw(backbone):
+    tokens = LearnedTokens(backbone.tokenizer, backbone.text_encoder, per_concept=2)
+    tokens.add("a/x")
+    tokens.add("b/y")
+    optimizer = torch.optim.AdamW(tokens.parameters(), lr=5e-3)  # the base's optimizer (weight decay 0.01)
+
+    def step(concept):
+        optimizer.zero_grad()
+        tokens.encode([tokens.prompt(concept, "t")], 77).square().sum().backward()
+        tokens.drop_absent_gradients()
+        optimizer.step()
+
+    step("a/x")
+    step("b/y")  # b gets Adam moments and one update
+    b_after_its_step, a_before = tokens.vectors[1].detach().clone(), tokens.vectors[0].detach().clone()
+    for _ in range(4):
+        step("a/x")
+    assert torch.equal(tokens.vectors[1], b_after_its_step)  # no decay, no stale-momentum drift
+    assert not torch.equal(tokens.vectors[0], a_before)  # the concept in the batch still trains
+    assert tokens.vectors[1].grad is None and tokens.vectors[0].grad is not None
+
+
+def test_the_generator_base_drops_absent_concepts_before_each_optimizer_step(backbone, monkeypatch):
+    from generators.diffusion.generator import LatentDiffusionGenerator
+
+    calls = []
+    tokens = LearnedTokens(backbone.tokenizer, backbone.text_encoder, per_concept=1)
+    monkeypatch.setattr(tokens, "drop_absent_gradients", lambda: calls.append(1))
+    holder = type("Holder", (), {"tokens": tokens})()
+    LatentDiffusionGenerator.on_before_optimizer_step(holder, None)
+    assert calls == [1]
+
+
 def test_learned_tokens_save_and_load(backbone, tiny_folder):
     tokens = LearnedTokens(backbone.tokenizer, backbone.text_encoder, per_concept=2)
     for c in ("a/x", "b/y"):

@@ -205,6 +205,17 @@ def test_newest_run_per_generator_and_protocol_wins(tmp_path):
     assert row.values["miou"]["mean"] == 0.5 and row.run["where"].endswith("new.json")
 
 
+def test_a_method_variant_is_its_own_row_next_to_the_paper_run(tmp_path):
+    paper = write(tmp_path / "paper.json", make_results("stage", 0.4, time="2026-01-01T00:00:00+00:00"))
+    variant = make_results("stage", 0.5, time="2026-02-01T00:00:00+00:00")
+    variant["config"]["generator"]["options"] = {"follows": "authors-code"}
+    rows = reproduced.load_reproduced([paper, write(tmp_path / "variant.json", variant)])
+    assert sorted((r.label, r.values["miou"]["mean"]) for r in rows) == [("stage", 0.4), ("stage (authors-code)", 0.5)]
+    board = command.load_rows(args_for("--results", str(tmp_path)))
+    labels = {r.label for r in board if r.origin == "reproduced" and r.generator == "stage"}
+    assert labels == {"STAGE", "STAGE (authors-code)"}  # the paper's spelling, the variant kept
+
+
 def test_html_page_has_the_tables_and_embedded_bar_charts(tmp_path):
     write(tmp_path / "results" / "a.json", make_results("cutpaste", 0.6))
     write(tmp_path / "results" / "b.json", make_results("draem", 0.7))
@@ -247,7 +258,7 @@ def test_readme_is_idempotent_and_the_committed_one_is_current(tmp_path):
     assert command.run(args_for("--dir", str(board_dir), "--readme", str(readme))) == 0
     assert readme.read_bytes() == first
     committed = command.REPO_README
-    current = command.readme_text(layout.build(command.load_rows(args_for())), committed)
+    current = command.readme_text(command.build_board(args_for()), committed)
     assert committed.read_text() == current, "leaderboards/README.md is stale: run `bench leaderboard --readme`"
     assert "](../benchmark/leaderboard/data/results/smoke-cutpaste-unet.json)" in current
     with pytest.raises(BenchError, match="--readme"):

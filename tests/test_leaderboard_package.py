@@ -39,7 +39,7 @@ def test_wheel_ships_the_leaderboard_data_and_the_command_runs_from_it(tmp_path)
     wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     data = {str(p.relative_to(ROOT)) for p in command.DATA_DIR.rglob("*") if p.suffix in {".yaml", ".json"}}
-    assert {Path(p).parent.name for p in data} == {"reported", "results"}
+    assert {Path(p).parent.name for p in data} == {"reported", "quality", "results"}
     assert data <= names, f"missing from the wheel: {sorted(data - names)}"
     assert not {n for n in names if n.split("/")[0] in {"tools", "tests", "benchmarks", "leaderboards"}}
 

@@ -178,7 +178,7 @@ def test_a_valid_file_loads_with_table_numbers_as_text(tmp_path):
 # ------------------------------------------------------------------------ import direction
 
 PACKAGE = Path(command.__file__).parent
-ORDER = ["rows", "protocol", "reproduced", "reported", "layout", "render", "command"]
+ORDER = ["rows", "protocol", "reproduced", "reported", "quality", "layout", "render", "command"]
 
 
 def test_each_module_imports_only_modules_below_it():

@@ -14,7 +14,8 @@ import pytest
 from benchmark.errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRA_MODULES = {"mmseg": ("mmseg", "mmcv", "mmengine"), "wandb": ("wandb",), "quality": ("lpips", "torch_fidelity")}
+EXTRA_MODULES = {"mmseg": ("mmseg", "mmcv", "mmengine"), "wandb": ("wandb",), "quality": ("lpips", "torch_fidelity"),
+                 "slurm": ("submitit",)}
 
 # makes the extras' top-level modules unimportable and their distributions unknown, as in an
 # environment where `pip install sias-bench` ran without extras (torchmetrics and lightning decide
@@ -41,7 +42,7 @@ def _hide(lookup):
 for _name in ("version", "distribution", "metadata", "requires"):
     setattr(importlib.metadata, _name, _hide(getattr(importlib.metadata, _name)))
 """
-EXTRA_DISTRIBUTIONS = {"torch-fidelity", "lpips", "wandb", "mmsegmentation", "mmcv", "mmcv-lite", "mmengine"}
+EXTRA_DISTRIBUTIONS = {"torch-fidelity", "lpips", "wandb", "mmsegmentation", "mmcv", "mmcv-lite", "mmengine", "submitit"}
 
 
 def block(monkeypatch, *top_level: str) -> None:
@@ -58,11 +59,11 @@ def test_extras_hold_the_heavy_optional_packages_and_test_installs_all():
     core = " ".join(project["dependencies"])
     extras = project["optional-dependencies"]
     for extra, distributions in {"mmseg": ("mmsegmentation", "mmcv-lite", "mmengine"), "wandb": ("wandb",),
-                                 "quality": ("lpips", "torch-fidelity")}.items():
+                                 "quality": ("lpips", "torch-fidelity"), "slurm": ("submitit",)}.items():
         for dist in distributions:
             assert dist not in core, f"{dist} is a core dependency; it belongs to the '{extra}' extra"
             assert any(spec.startswith(dist) for spec in extras[extra]), (extra, dist)
-    assert extras["all"] == ["sias-bench[mmseg,wandb,quality]"]
+    assert extras["all"] == ["sias-bench[mmseg,wandb,quality,slurm]"]
     assert "sias-bench[all]" in extras["test"]  # the test suite exercises every extra
 
 
@@ -75,6 +76,15 @@ def test_an_mmseg_segmenter_without_the_mmseg_extra_names_the_extra(monkeypatch)
         cls(cls.Options())
     assert "segmenter 'segformer' needs the 'mmseg' extra" in str(err.value)
     assert "pip install 'sias-bench[mmseg]'" in str(err.value)
+
+
+def test_a_submitit_sweep_launcher_without_the_slurm_extra_names_the_extra(monkeypatch, tmp_path):
+    from benchmark.sweep.grid import LauncherOptions
+    from benchmark.sweep.launchers import SubmititLauncher
+
+    block(monkeypatch, "submitit")
+    with pytest.raises(BenchError, match=r"bench sweep --launcher slurm needs the 'slurm' extra .*sias-bench\[slurm\]"):
+        SubmititLauncher(tmp_path, "slurm", LauncherOptions(name="slurm"))
 
 
 def test_quality_networks_without_the_quality_extra_name_the_extra(monkeypatch, tmp_path):

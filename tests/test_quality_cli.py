@@ -96,12 +96,13 @@ def test_report_has_every_metric_per_defect_category_and_mean_and_says_not_compa
 
     from rich.console import Console
 
-    from benchmark.quality.evaluate import quality_table, wandb_metrics
+    from benchmark.quality.evaluate import quality_metric_table, wandb_metrics
+    from benchmark.tables import print_tables
 
     flat = wandb_metrics(report)
     assert flat and all(k.startswith("quality_random_test/") for k in flat)
-    console = Console(record=True, width=160)
-    console.print(quality_table(report))
+    console = Console(record=True, width=80)
+    print_tables(quality_metric_table(report), console)
     assert "NOT COMPARABLE" in console.export_text()
 
 

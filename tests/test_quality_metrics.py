@@ -101,8 +101,9 @@ def test_inception_score_of_identical_confident_predictions_is_one_and_of_distin
 
 
 # -- IC-LPIPS --------------------------------------------------------------------------------------
-def brute_force_ic(generated: list[float], centres: list[float]) -> float | None:
-    """Ojha et al.'s protocol written out with loops, distance |a - b|."""
+def brute_force_ic(generated: list[float], centres: list[float], small_zero: bool = False) -> float | None:
+    """Ojha et al.'s protocol written out with loops, distance |a - b|; small_zero: a cluster of
+    fewer than two images scores 0 and counts (SeaS's evaluation code)."""
     clusters = {c: [] for c in range(len(centres))}
     for g in generated:
         best, best_d = None, None
@@ -116,11 +117,14 @@ def brute_force_ic(generated: list[float], centres: list[float]) -> float | None
         pairs = [abs(a - b) for a, b in itertools.combinations(members, 2)]
         if pairs:
             per_cluster.append(sum(pairs) / len(pairs))
+        elif small_zero:
+            per_cluster.append(0.0)
     return sum(per_cluster) / len(per_cluster) if per_cluster else None
 
 
+@pytest.mark.parametrize("small_clusters", ["zero", "skip"])
 @pytest.mark.parametrize("seed", range(6))
-def test_ic_lpips_matches_brute_force_on_a_toy_distance(seed):
+def test_ic_lpips_matches_brute_force_on_a_toy_distance(seed, small_clusters):
     rng = np.random.default_rng(seed)
     centres = list(rng.uniform(0, 10, size=rng.integers(1, 5)))
     generated = list(rng.uniform(0, 10, size=rng.integers(2, 25)))
@@ -131,8 +135,8 @@ def test_ic_lpips_matches_brute_force_on_a_toy_distance(seed):
         v = g[list(members)]
         return np.abs(v[:, None] - v[None, :])
 
-    result = intra_cluster_lpips(to_centres, pairwise, cap=1000)
-    expected = brute_force_ic(generated, centres)
+    result = intra_cluster_lpips(to_centres, pairwise, cap=1000, small_clusters=small_clusters)
+    expected = brute_force_ic(generated, centres, small_zero=small_clusters == "zero")
     if expected is None:
         assert result.value is None
     else:
@@ -150,11 +154,14 @@ def test_ic_lpips_cap_samples_members_of_the_cluster_reproducibly():
     assert first[1] == [80, 81, 82]
 
 
-def test_ic_lpips_clusters_without_a_pair_do_not_count():
-    to_centres = np.array([[0.0, 9.0], [0.1, 9.0], [9.0, 0.0]])  # 2 in cluster 0, 1 in cluster 1
-    result = intra_cluster_lpips(to_centres, lambda m: np.array([[0.0, 0.3], [0.3, 0.0]]), cap=50)
-    assert result.value == pytest.approx(0.3) and result.scored_clusters == 1
-    assert result.cluster_sizes == [2, 1]
+def test_ic_lpips_clusters_without_a_pair_score_zero_or_do_not_count():
+    to_centres = np.array([[0.0, 9.0, 9.0], [0.1, 9.0, 9.0], [9.0, 0.0, 9.0]])  # sizes 2, 1, 0
+    pair = lambda m: np.array([[0.0, 0.3], [0.3, 0.0]])  # noqa: E731
+    skip = intra_cluster_lpips(to_centres, pair, cap=50, small_clusters="skip")
+    assert skip.value == pytest.approx(0.3) and skip.scored_clusters == 1
+    assert skip.cluster_sizes == [2, 1, 0]
+    zero = intra_cluster_lpips(to_centres, pair, cap=50)  # the default, as SeaS's code: (0.3 + 0 + 0) / 3
+    assert zero.value == pytest.approx(0.1) and zero.scored_clusters == 3
 
 
 # -- LPIPS matrices --------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def test_a_stopped_fit_resumes_from_its_checkpoint_and_ends_with_the_same_table(
     assert bench("run", "--output", str(out), "--resume") == 0  # no other flag: the stored config
     assert starts == [0, step]  # the resumed fit started at the checkpoint's step, not at 0
     resumed = json.loads((out / "results.json").read_text())
+    assert not (out / "checkpoints").exists() and (out / "segmenter" / "unified.pt").exists()  # one copy
     assert resumed["categories"] == uninterrupted["categories"]
     assert resumed["config"] == uninterrupted["config"]
     final_state = json.loads((out / "state.json").read_text())
@@ -103,3 +104,4 @@ def test_a_stopped_generator_fit_resumes_from_its_checkpoint(signal_at_step, tmp
     assert bench("run", "--output", str(out), "--resume") == 0
     assert starts == [0, 3, 0]  # generator fit, its resumed continuation from step 3, segmenter fit
     assert (out / "results.json").exists()
+    assert not (out / "checkpoints").exists()  # the generator's weights are kept once: synthetic/generator.pt

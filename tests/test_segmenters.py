@@ -26,7 +26,7 @@ from benchmark.config import resolve_options
 from benchmark.errors import BenchError
 from benchmark.registry import SEGMENTERS
 from segmenters import mmseg_compat
-from segmenters.base import Segmenter, poly_factor
+from segmenters.base import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,27 +87,21 @@ def test_every_registered_segmenter_resolves_with_smoke_and_paper_presets():
         assert {"smoke", "paper"} <= set(cls.presets), entry.name
         for profile in ("smoke", "paper"):
             options = resolve_options(cls, profile, {})
-            assert options.max_steps > 0 and options.batch_size > 0
+            assert (options.max_steps or options.max_epochs) > 0 and options.batch_size > 0
         assert len(cls.mean) == 3 and len(cls.std) == 3
 
 
 def test_paper_presets_record_the_stated_schedules():
     draem = resolve_options(SEGMENTERS.load("unet-draem"), "paper", {})
-    assert (draem.max_steps, draem.batch_size, draem.optimizer, draem.lr, draem.schedule, draem.base_width) == \
-        (12_600, 8, "adam", 1e-4, "multistep", 64)  # 200 epochs x 63 steps, NOTES A.2
+    assert (draem.max_epochs, draem.epoch_samples, draem.batch_size, draem.optimizer, draem.lr, draem.schedule,
+            draem.base_width) == (200, 500, 8, "adam", 1e-4, "multistep", 64)  # NOTES 2.3, A.2
     lfd = resolve_options(SEGMENTERS.load("lfd"), "paper", {})
-    assert (lfd.batch_size, lfd.optimizer, lfd.lr, lfd.min_lr, lfd.loss) == (8, "sgd", 0.01, 1e-5, "ohem_ce")
+    assert (lfd.max_epochs, lfd.schedule_epochs, lfd.batch_size, lfd.optimizer, lfd.lr, lfd.schedule, lfd.min_lr,
+            lfd.loss) == (100, 150, 8, "sgd", 0.01, "cosine", 1e-5, "ohem_ce")
     segformer = resolve_options(SEGMENTERS.load("segformer"), "paper", {})
     assert (segformer.optimizer, segformer.lr, segformer.warmup_steps, segformer.poly_power) == ("adamw", 6e-5, 1500, 1.0)
     assert resolve_options(SEGMENTERS.load("upernet"), "smoke", {}).max_steps < \
         resolve_options(SEGMENTERS.load("segformer"), "smoke", {}).max_steps
-
-
-def test_poly_schedule_matches_mmseg_warmup_and_floor():
-    assert poly_factor(0, 100, warmup=10, warmup_ratio=0.1) == pytest.approx(0.1)
-    assert poly_factor(10, 100, warmup=10) == pytest.approx(1.0)
-    assert poly_factor(100, 100, floor=0.01) == pytest.approx(0.01)
-    assert poly_factor(50, 100, power=1.0) == pytest.approx(0.5)
 
 
 # -- parameter counts ---------------------------------------------------------------------------

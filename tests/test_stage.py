@@ -166,6 +166,40 @@ def test_mask_guidance_adapter_shapes_and_widths():
     assert torch.equal(residual(eps, m), eps)  # starts as the frozen UNet's prediction
 
 
+def test_mask_guidance_adapter_in_the_authors_layer_order():
+    """The authors' MGA: conv - BN - ReLU blocks and a 1x1 head. A hand computation of one block
+    with known weights tells the two orders apart (ReLU before BN keeps no negative input to BN)."""
+    mga = MaskGuidanceAdapter(latent_channels=1, hidden=(1,), layer_order="conv-bn-relu", head_kernel=1).eval()
+    kinds = [type(m).__name__ for m in mga.body]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d"] and mga.body[-1].kernel_size == (1, 1)
+    conv, bn, _, head = mga.body
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0  # the block's conv passes the eps channel through
+        conv.bias.zero_()
+        bn.running_mean.fill_(1.0)  # BN in eval: (x - 1) / sqrt(1 + eps_bn)
+        head.weight.fill_(2.0)
+        head.bias.fill_(0.5)
+    eps = torch.tensor([[[[-1.0, 0.5], [2.0, 3.0]]]])
+    out = mga(eps, torch.zeros(1, 1, 2, 2))
+    expected = 2.0 * torch.tensor([[[[0.0, 0.0], [1.0, 2.0]]]]) / (1 + 1e-5) ** 0.5 + 0.5  # relu((x - 1)/s)
+    assert torch.allclose(out, expected, atol=1e-6)
+    paper = MaskGuidanceAdapter(latent_channels=1, hidden=(1,)).eval()
+    conv, _, bn, head = paper.body
+    with torch.no_grad():  # the same weights in the paper's order; a 3x3 head used at its centre only
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+        conv.bias.zero_()
+        bn.running_mean.fill_(1.0)
+        head.weight.zero_()
+        head.weight[0, 0, 1, 1] = 2.0
+        head.bias.fill_(0.5)
+    expected_paper = 2.0 * (eps.clamp(min=0) - 1) / (1 + 1e-5) ** 0.5 + 0.5
+    assert torch.allclose(paper(eps, torch.zeros(1, 1, 2, 2)), expected_paper, atol=1e-6)
+    with pytest.raises(ValueError, match="layer_order"):
+        MaskGuidanceAdapter(layer_order="bn-conv")
+
+
 # -- Eq. 12: the loss ------------------------------------------------------------------------------
 def test_loss_terms():
     e, p = torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2)
@@ -198,6 +232,9 @@ def test_stage_loss_feeds_full_latent_to_aware_and_masked_latent_to_only(abar):
     assert torch.equal(probe.seen["mask_aware"], mask_t) and torch.equal(probe.seen["m0"], m0)
     assert torch.allclose(out["loss_only"], e1.abs().mean())
     assert torch.allclose(out["loss_aware"], (mask_t * e2).abs().mean())
+    assert torch.allclose(out["loss"], e1.abs().mean() + (mask_t * e2).abs().mean())  # Eq. 12: 1 : 1
+    weighted = stage_loss(probe, x0, m0, None, index, e1, e2, abar, T, TS, aware_weight=4.0)  # authors' code
+    assert torch.allclose(weighted["loss"], e1.abs().mean() + 4 * (mask_t * e2).abs().mean())
     assert torch.allclose(out["loss"], out["loss_only"] + out["loss_aware"])
 
 
@@ -362,8 +399,19 @@ def test_presets_and_option_checks(split):
     assert paper.intervals == ((1000, 800), (400, 300)) and paper.adapter_channels == (64, 256, 512, 256, 64)
     smoke = resolve_options(StageGenerator, "smoke", {"intervals": [[800, 700], [400, 300]]})
     assert smoke.backbone == "tiny" and smoke.train_steps <= 300 and smoke.intervals == ((800, 700), (400, 300))
+    assert (paper.follows, paper.adapter_layer_order, paper.adapter_head_kernel, paper.aware_loss_weight,
+            paper.inference_mask) == ("paper", "conv-relu-bn", 3, 1.0, "m0")
+    authors = resolve_options(StageGenerator, "smoke", {"follows": "authors-code"})
+    assert (authors.adapter_layer_order, authors.adapter_head_kernel, authors.aware_loss_weight,
+            authors.tokens_per_type, authors.intervals, authors.inference_mask) == (
+        "conv-bn-relu", 1, 4.0, 4, ((800, 700), (400, 300)), "ema")
+    mixed = resolve_options(StageGenerator, "paper", {"follows": "authors-code", "tokens_per_type": 8})
+    assert mixed.tokens_per_type == 8 and mixed.inference_mask == "ema"  # explicit options win
+    assert authors.model_dump(mode="json")["follows"] == "authors-code"  # what results.json records
     with pytest.raises(Exception):
         resolve_options(StageGenerator, "smoke", {"no_such_option": 1})
+    with pytest.raises(BenchError, match="follows"):
+        resolve_options(StageGenerator, "smoke", {"follows": "authors"})
     with pytest.raises(BenchError, match="multiple of 16"):
         StageGenerator(_options(), 72)
     with pytest.raises(BenchError, match="within T"):

@@ -128,7 +128,9 @@ def reference(x_back, m0, draws, abar, cfg: SamplingConfig, denoise):
             seen.append((index, AWARE, x, m_t))
             eps = denoise(x, index, AWARE, m_t)
             x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-            if cfg.anomaly_inference:  # Eq. 4-6: the clean background outside M0
+            if cfg.anomaly_inference and cfg.inference_mask == "ema":  # the authors' code: x0 blended by M_t^p
+                x0 = soft(m_t, x0, x_back)
+            elif cfg.anomaly_inference:  # Eq. 4-6: the clean background outside M0
                 x0 = hard(m0, x0, x_back)
             mean, var = gaussian_posterior(x0, x, a_t, a_prev)
             x_new = mean + math.sqrt(var) * z
@@ -150,6 +152,7 @@ CONFIGS = {
     "no-aif": SamplingConfig(anomaly_inference=False),
     "authors-interval": SamplingConfig(intervals=((800, 700),)),
     "reversed-bounds": SamplingConfig(intervals=((300, 400), (799, 900))),
+    "authors-code": SamplingConfig(intervals=((800, 700), (400, 300)), inference_mask="ema"),
 }
 
 
@@ -189,3 +192,24 @@ def test_ema_blend_differs_from_a_hard_mask_blend():
     _, paper = reference(x_back, m0, draws, abar, PAPER, ToyDenoiser())
     _, binary = reference(x_back, m0, draws, abar, CONFIGS["binary-mask"], ToyDenoiser())
     assert (paper - binary).abs().max() > 1e-3
+
+
+def test_ema_inference_mask_keeps_generated_context_outside_m0():
+    """The authors' sampler (Eq. 4-6 with M_t^p): outside M0 the x0 that enters the posterior is
+    zeta(t) * prediction + (1 - zeta(t)) * x^back, so at t = T (zeta = 1) the background of x0 is
+    the network's own prediction. Checked on the first step by hand: x_T and the toy eps are known."""
+    x_back, m0, draws = setup()
+    abar = abar_schedule()
+    cfg = CONFIGS["authors-code"]
+    model = ToyDenoiser()
+    graded_diffusion(model, x_back, m0, TIMESTEPS[:2], abar, ScriptedNoise(draws), cfg)
+    a_t, a_prev = float(abar[999]), float(abar[899])
+    x_T = draws[0]
+    eps = model(x_T, 999, AWARE, torch.ones_like(m0))  # zeta(1000) = 1: the EMA mask is all ones
+    x0_pred = (x_T - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    mean, var = gaussian_posterior(x0_pred, x_T, a_t, a_prev)  # nothing replaced by x^back
+    back = math.sqrt(a_prev) * x_back + math.sqrt(1 - a_prev) * draws[2]
+    expected = mean + math.sqrt(var) * draws[3]  # the blend with M_T^p = 1 keeps the posterior sample
+    _, _, x_second, _ = model.calls[1]
+    assert torch.allclose(x_second, expected, atol=1e-9)
+    assert not torch.allclose(x_second, back)

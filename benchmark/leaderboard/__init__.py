@@ -9,6 +9,8 @@ Modules, imports pointing one way (each imports only those before it):
   protocol    protocol_of(results), protocol descriptions
   reproduced  results.json files, run folders and W&B runs -> rows; load_results, flatten
   reported    the papers' numbers: data/reported/*.yaml, validated by a pydantic schema -> rows
+  quality     generation quality (IS / IC-LPIPS): data/quality/*.yaml and results.json `quality`,
+              its own tables after the segmentation sections
   layout      rows -> a Leaderboard of sections, groups and best values
   render      Markdown, HTML (with bar charts) and rich output
   command     the CLI: arguments, sources, writing files

@@ -22,7 +22,8 @@ REPO_README = Path(__file__).resolve().parents[2] / "leaderboards" / "README.md"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="only this dataset (e.g. mvtec_ad, visa, btad, demo)")
-    parser.add_argument("--segmenter", help="only this segmenter (e.g. unet, bisenetv2, segformer)")
+    parser.add_argument("--segmenter", help="only this segmenter (e.g. unet, bisenetv2, segformer); leaves out "
+                                            "the generation-quality tables, which do not depend on it")
     parser.add_argument("--metric", action="append", metavar="M",
                         help="only this metric, a results.json path such as pixel.ap or miou (repeatable)")
     parser.add_argument("--out", type=Path, metavar="FILE",
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="regenerate the committed board from all reported and accepted rows "
                              "(default FILE: leaderboards/README.md of the source checkout)")
     parser.add_argument("--dir", type=Path, default=DATA_DIR,
-                        help="folder holding reported/*.yaml and results/*.json (default: the installed package's data)")
+                        help="folder holding reported/*.yaml, quality/*.yaml and results/*.json "
+                             "(default: the installed package's data)")
     parser.add_argument("--results", type=Path, action="append", default=[], metavar="PATH",
                         help="add runs: a results.json, a run folder, or a folder of run folders (repeatable); "
                              "shown beside the accepted rows")
@@ -40,14 +42,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb", metavar="PROJECT", help="also read runs from this W&B project (online only)")
 
 
+def run_files(args) -> tuple[list[Path], list[Path]]:
+    """The accepted runs' results files and those --results adds (an accepted file given again
+    is not a second run)."""
+    accepted_dir = Path(args.dir) / "results"
+    accepted_files = results_files(accepted_dir) if any(accepted_dir.glob("*.json")) else []
+    known = {f.resolve() for f in accepted_files}
+    return accepted_files, [f for path in args.results for f in results_files(path) if f.resolve() not in known]
+
+
 def load_rows(args) -> list[Row]:
     """Reported rows, accepted runs (newest per protocol and method) and added runs (newest per
     protocol and method among them), so an added run shows beside the accepted one."""
-    accepted_dir = Path(args.dir) / "results"
-    accepted_files = results_files(accepted_dir) if any(accepted_dir.glob("*.json")) else []
+    accepted_files, added_files = run_files(args)
     accepted = newest_per_generator([row_from_results(load_results(f), str(f), accepted=True) for f in accepted_files])
-    known = {f.resolve() for f in accepted_files}  # an accepted file given again is not a second run
-    added_files = [f for path in args.results for f in results_files(path) if f.resolve() not in known]
     added = newest_per_generator([row_from_results(load_results(f), str(f)) for f in added_files])
     if args.wandb:
         from benchmark.leaderboard.reproduced import load_wandb
@@ -56,16 +64,47 @@ def load_rows(args) -> list[Row]:
     reported = load_reported(Path(args.dir) / "reported")
     names = {r.generator: (r.label, r.kind) for r in reported}  # the papers' spelling of a method
     for row in [*accepted, *added]:
-        row.label, row.kind = names.get(row.generator, (row.label, "real_only" if row.generator == "realonly" else "generator"))
+        if row.generator in names:
+            label, row.kind = names[row.generator]
+            row.label = row.labelled(label)
+        elif row.generator == "realonly":
+            row.kind = "real_only"
     return accepted + added + ([] if args.no_reported else reported)
+
+
+def load_quality_rows(args) -> list:
+    """IS / IC-LPIPS rows: every run (accepted or added) whose results.json holds `quality`, and
+    the papers' reported ones (data/quality/*.yaml); W&B runs are not read for these."""
+    from benchmark.leaderboard import quality
+
+    accepted_files, added_files = run_files(args)
+    rows = [quality.row_from_results(load_results(f), str(f)) for f in [*accepted_files, *added_files]]
+    rows = [r for r in rows if r is not None]
+    reported = quality.load_reported_quality(Path(args.dir) / "quality")
+    names = {r.generator: r.label for r in [*load_reported(Path(args.dir) / "reported"), *reported]}
+    for row in rows:  # the papers' spelling of a method
+        row.label = names.get(row.generator, row.label)
+    if not args.no_reported:
+        rows += reported
+    if args.segmenter:  # quality does not depend on the segmenter: a segmenter's view leaves it out
+        return []
+    return quality.select(rows, args.dataset, args.metric)
+
+
+def build_board(args) -> Leaderboard:
+    """The segmentation sections (filtered) and the generation-quality rows."""
+    board = build(load_rows(args), args.dataset, args.segmenter, args.metric)
+    board.quality = load_quality_rows(args)
+    return board
 
 
 def readme_text(board: Leaderboard, readme: Path) -> str:
     """The committed board: a pure function of the data, so re-running it changes nothing."""
     from benchmark.leaderboard.render import DATA_PATHS, render_markdown
 
-    preamble = (f"Generated by `bench leaderboard --readme` from `{DATA_PATHS}/reported/*.yaml` (numbers the "
-                f"papers published) and `{DATA_PATHS}/results/` (accepted runs); do not edit by hand.")
+    preamble = (f"Generated by `bench leaderboard --readme` from `{DATA_PATHS}/reported/*.yaml` and "
+                f"`{DATA_PATHS}/quality/*.yaml` (numbers the papers published) and `{DATA_PATHS}/results/` "
+                "(accepted runs); do not edit by hand.")
     return render_markdown(board, link_dir=Path(readme).parent, preamble=preamble)
 
 
@@ -90,8 +129,8 @@ def run(args) -> int:
     if args.readme and not args.readme.parent.is_dir():
         raise BenchError(f"--readme: no folder {args.readme.parent} (the default is leaderboards/README.md of a "
                          "source checkout); give the file to write, e.g. --readme board.md")
-    board = build(load_rows(args), args.dataset, args.segmenter, args.metric)
-    if not board.sections:
+    board = build_board(args)
+    if not board.sections and not board.quality:
         raise BenchError("no leaderboard rows match the filters "
                          f"(dataset={args.dataset}, segmenter={args.segmenter}, metric={args.metric})")
     if args.readme:

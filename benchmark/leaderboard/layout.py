@@ -7,7 +7,7 @@ holds their details (package versions, settings such as the threshold).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from benchmark.leaderboard.protocol import definition_conflict, describe_protocol
 from benchmark.leaderboard.rows import (DATASET_NAMES, METRIC_NAMES, Row, canonical_dataset, canonical_metric,
@@ -39,6 +39,7 @@ class Leaderboard:
     protocols: dict[str, dict]
     run_ids: dict[str, str]  # reproduced row's run["where"] -> "R1"
     runs: dict[str, Row]  # "R1" -> its row
+    quality: list = field(default_factory=list)  # QualityRow: IS / IC-LPIPS (benchmark.leaderboard.quality)
 
 
 def build(rows: list[Row], dataset: str | None = None, segmenter: str | None = None,

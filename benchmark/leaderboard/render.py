@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.leaderboard.layout import Leaderboard, Section
+from benchmark.leaderboard.quality import html_parts, markdown_lines, print_rich as print_quality
 from benchmark.leaderboard.protocol import describe_protocol, short_protocol
 from benchmark.leaderboard.rows import DATASET_NAMES, KINDS, METRIC_NAMES, Row
 
@@ -157,6 +158,7 @@ def render_markdown(board: Leaderboard, link_dir: Path | None = None, title: str
         lines += ["Protocols: " + "; ".join(legend) + ".", ""]
         notes = section_notes(board, section)
         lines += [f"- {note}" for note in notes] + ([""] if notes else [])
+    lines += markdown_lines(board.quality)
     lines += ["## Protocols", ""]
     for key, pid in board.protocol_ids.items():
         headline, details = describe_protocol(board.protocols[key])
@@ -238,6 +240,7 @@ def render_html(board: Leaderboard, link_dir: Path | None = None, title: str = R
         chart = bar_chart(board, section)
         if chart:
             out.append(f'<img alt="{html.escape(section.title)}" src="data:image/png;base64,{chart}">')
+    out += html_parts(board.quality)
     out.append('<h2 id="protocols">Protocols</h2><dl>')
     for key, pid in board.protocol_ids.items():
         headline, details = describe_protocol(board.protocols[key])
@@ -291,6 +294,7 @@ def print_rich(board: Leaderboard, console=None) -> None:
                 shown = [*cells[:3], *(cells[3 + i] for i in chunk), cells[-1]]
                 table.add_row(*[Text(c.text, style="bold" if c.bold else "") for c in shown])
             console.print(table)
+    print_quality(board.quality, console)
     for key, pid in board.protocol_ids.items():
         headline, details = describe_protocol(board.protocols[key])
         console.print(Text(f"{pid}: {headline}", style="bold"))

@@ -69,7 +69,8 @@ def row_from_results(results: dict, where: str, accepted: bool = False) -> Row:
     generator = (results.get("config", {}).get("generator") or {}).get("name")
     if not generator:
         raise BenchError(f"{where}: results.json has no config.generator.name")
-    row = Row(generator=canonical_name(generator), label=str(generator), origin="reproduced",
+    follows = str((results["config"]["generator"].get("options") or {}).get("follows") or "paper")
+    row = Row(generator=canonical_name(generator), label=str(generator), origin="reproduced", follows=follows,
               protocol=protocol_of(results), mean_over=tuple(sorted(results["categories"])), accepted=accepted)
     blocks = {**results["categories"], "mean": results.get("mean") or {}}
     for cell, block in blocks.items():
@@ -78,6 +79,7 @@ def row_from_results(results: dict, where: str, accepted: bool = False) -> Row:
         for name, value in settings_of(block).items():
             row.settings.setdefault(name, {})[str(cell)] = value
     run = results.get("run") or {}
+    row.label = row.labelled(row.label)
     row.run = {"id": run.get("id"), "time": str(run.get("time") or ""), "where": where,
                "config_hash": str(run.get("config_hash") or ""), "versions": run.get("versions") or {}}
     return row
@@ -122,7 +124,7 @@ def load_reproduced(paths: list[Path], accepted: bool = False) -> list[Row]:
 def newest_per_generator(rows: list[Row]) -> list[Row]:
     newest: dict[tuple[str, str], Row] = {}
     for row in sorted(rows, key=lambda r: (r.run["time"], r.run["where"])):
-        newest[(row.key, row.generator)] = row
+        newest[(row.key, row.generator, row.follows)] = row  # an authors-code run never hides the paper's
     return list(newest.values())
 
 

@@ -1,7 +1,7 @@
 """The leaf of the leaderboard package: `Row`, the canonical ids rows are keyed by, display names.
 
 Every other module of the package imports from here; this one imports nothing of the package, so
-the arrows point one way: rows <- protocol, reproduced, reported <- layout <- render <- command.
+the arrows point one way: rows <- protocol, reproduced, reported, quality <- layout <- render <- command.
 """
 
 from __future__ import annotations
@@ -92,6 +92,11 @@ class Row:
     mean_over: tuple[str, ...] | None = None  # reproduced: categories behind "mean"
     settings: dict[str, dict[str, float]] = field(default_factory=dict)  # reproduced: SETTINGS per cell
     accepted: bool = False  # reproduced: a committed run of the package data (not --results / --wandb)
+    follows: str = "paper"  # reproduced: whose choices the generator followed (STAGE: "authors-code"); its own row
+
+    def labelled(self, name: str) -> str:
+        """The method's name, with whose choices it followed when not the paper's."""
+        return name if self.follows == "paper" else f"{name} ({self.follows})"
 
     @property
     def key(self) -> str:

@@ -18,8 +18,7 @@ LAYOUT_CHOICES = ["mvtec", "visa", "btad", "mvtec3d", "loco", "folder"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from benchmark.quality.options import DEFAULT_CLUSTER_CAP
-    from benchmark.quality.networks import WEIGHTS_ENV
+    from benchmark.quality.options import DEFAULT_CLUSTER_CAP, WEIGHTS_ENV  # a leaf: no torch at parser build
 
     p.add_argument("--synthetic", required=True, help="a synthetic set folder, or a run folder (uses its synthetic/ and split.json)")
     p.add_argument("--real", default=None, help="real dataset root (default: the run folder's split, else the demo dataset)")
@@ -34,7 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=256, help="every image is resized to this square size (default 256)")
     p.add_argument("--reference", default="all", choices=["all", "train", "holdout"],
                    help="real anomalies for FID/KID/nearest LPIPS (IC-LPIPS centres are always the training ones)")
-    p.add_argument("--cluster-cap", type=int, default=DEFAULT_CLUSTER_CAP, help="images per IC-LPIPS cluster (random sample)")
+    p.add_argument("--cluster-cap", type=int, default=DEFAULT_CLUSTER_CAP,
+                   help=f"images per IC-LPIPS cluster (random sample; default {DEFAULT_CLUSTER_CAP}, as SeaS's code)")
+    p.add_argument("--small-clusters", default="zero", choices=["zero", "skip"],
+                   help="IC-LPIPS: a cluster of fewer than two images scores 0 (default, SeaS's code) or is left out")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
 
@@ -52,6 +54,7 @@ def options_from_args(args):
 
     return QualityOptions(features=args.features, weights=args.weights, lpips_net=args.lpips_net,
                           image_size=args.image_size, reference=args.reference, cluster_cap=args.cluster_cap,
+                          small_clusters=args.small_clusters,
                           batch_size=args.batch_size, seed=args.seed)
 
 
@@ -60,7 +63,7 @@ def main(args) -> int:
     from benchmark.errors import BenchError
 
     try:
-        from benchmark.quality.evaluate import evaluate_synthetic_set, quality_table, write_report
+        from benchmark.quality.evaluate import evaluate_synthetic_set, write_report
 
         report = evaluate_synthetic_set(Path(args.synthetic), Path(args.real) if args.real else None,
                                         options_from_args(args), layout=args.layout,
@@ -73,10 +76,11 @@ def main(args) -> int:
     if args.json_path:
         write_report(report, Path(args.json_path))
     if not getattr(args, "quiet", False):
-        from rich.console import Console
+        from benchmark.quality.evaluate import quality_metric_table
+        from benchmark.tables import output_console, print_tables
 
-        console = Console() if sys.stdout.isatty() else Console(width=160)
-        console.print(quality_table(report))
+        console = output_console()
+        print_tables(quality_metric_table(report), console)
         if not report["comparable"]:
             console.print(f"warning: {report['warning']}")
     if args.json_path:

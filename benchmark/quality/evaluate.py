@@ -29,23 +29,23 @@ from benchmark.quality.image_sets import (DefectGroup, check_files, defect_group
 from benchmark.quality.inception_metrics import frechet_distance, inception_score, kernel_inception_distance
 from benchmark.quality.lpips_distance import LPIPSDistance
 from benchmark.quality.networks import NOT_COMPARABLE, FeatureNetworks, load_feature_networks
-from benchmark.quality.options import QualityOptions
+from benchmark.quality.options import METRICS, QualityOptions
 
 log = logging.getLogger(__name__)
 
-METRICS = ("is", "is_std", "fid", "kid_mean", "kid_std", "lpips_nearest_real", "ic_lpips", "ic_lpips_anomaly")
 MEAN_OVER_TYPES = ("is", "is_std", "ic_lpips", "ic_lpips_anomaly")
 
 
 def evaluate_synthetic_set(synthetic_root, split_or_real_root=None, options: QualityOptions | dict | None = None,
                            layout: str = "mvtec", split_fraction: float = 1 / 3,
-                           networks: FeatureNetworks | None = None) -> dict:
+                           networks: FeatureNetworks | None = None, on_defect=None) -> dict:
     """The quality report of a synthetic set (a set folder or a run folder) as a dict.
 
     split_or_real_root: a FewShotSplit (the runner passes its own), a real dataset folder (read
     with `layout`, split with `split_fraction`), or None (the run folder's split.json, else the
     demo dataset). Raises BenchError before computing anything when the input is unusable, and
-    MissingWeightsError (exit code 2) when weight files are missing."""
+    MissingWeightsError (exit code 2) when weight files are missing. on_defect(category, defect):
+    called after each defect type (the runner's progress bar)."""
     from benchmark.data.split import FewShotSplit
 
     opts = QualityOptions.model_validate(options or {})
@@ -65,7 +65,7 @@ def evaluate_synthetic_set(synthetic_root, split_or_real_root=None, options: Qua
     categories: dict[str, dict] = {}
     for category in sorted({g.category for g in groups}):
         members = [g for g in groups if g.category == category]
-        categories[category] = _category(members, nets, distance, opts)
+        categories[category] = _category(members, nets, distance, opts, on_defect)
     report = {
         "comparable": nets.comparable,
         "features": nets.backend,
@@ -117,8 +117,10 @@ def _defect(group: DefectGroup, nets, distance: LPIPSDistance, opts) -> tuple[di
             cache[key] = distance.pairwise(image_loader(sub, opts.image_size), len(sub))
         return cache[key][which]
 
-    ic = intra_cluster_lpips(glob[:, centre_cols], lambda m: pairwise(m, 0), opts.cluster_cap, opts.seed)
-    ic_a = intra_cluster_lpips(region[:, centre_cols], lambda m: pairwise(m, 1), opts.cluster_cap, opts.seed)
+    ic = intra_cluster_lpips(glob[:, centre_cols], lambda m: pairwise(m, 0), opts.cluster_cap, opts.seed,
+                             opts.small_clusters)
+    ic_a = intra_cluster_lpips(region[:, centre_cols], lambda m: pairwise(m, 1), opts.cluster_cap, opts.seed,
+                               opts.small_clusters)
     is_ = inception_score(gen_logits, opts.is_splits, opts.seed)
     kid = kernel_inception_distance(ref_pool, gen_pool, opts.kid_subsets, opts.kid_subset_size, opts.seed)
     metrics = {
@@ -136,12 +138,14 @@ def _defect(group: DefectGroup, nets, distance: LPIPSDistance, opts) -> tuple[di
     return {"metrics": metrics, **counts}, {"pool": gen_pool, "ref_pool": ref_pool, "nearest": nearest}
 
 
-def _category(groups: list[DefectGroup], nets, distance, opts) -> dict:
+def _category(groups: list[DefectGroup], nets, distance, opts, on_defect=None) -> dict:
     defects, pooled = {}, []
     for group in groups:
-        log.info("quality: %s/%s (%d generated)", group.category, group.defect, len(group.generated))
+        log.debug("quality: %s/%s (%d generated)", group.category, group.defect, len(group.generated))
         defects[group.defect], keep = _defect(group, nets, distance, opts)
         pooled.append(keep)
+        if on_defect is not None:
+            on_defect(group.category, group.defect)
     per_type = [d["metrics"] for d in defects.values()]
     metrics = {k: _mean_of([m[k] for m in per_type]) for k in MEAN_OVER_TYPES}
     gen = torch.cat([p["pool"] for p in pooled])
@@ -189,25 +193,28 @@ def wandb_metrics(report: dict) -> dict[str, float]:
     return out
 
 
-def quality_table(report: dict):
-    """A rich table: categories (and their defect types) x metrics; the title says when the
-    numbers are not comparable."""
-    from rich.table import Table
+QUALITY_COLUMNS = {"is": "IS", "fid": "FID", "kid_mean": "KID", "lpips_nearest_real": "LPIPS-real",
+                   "ic_lpips": "IC-LPIPS", "ic_lpips_anomaly": "IC-LPIPS(a)"}
 
-    title = "generation quality" + ("" if report["comparable"] else " (random-test features: NOT COMPARABLE)")
-    table = Table(title=title)
-    table.add_column("category / defect")
-    headers = {"is": "IS", "fid": "FID", "kid_mean": "KID", "lpips_nearest_real": "LPIPS-real",
-               "ic_lpips": "IC-LPIPS", "ic_lpips_anomaly": "IC-LPIPS(a)"}
-    for h in headers.values():
-        table.add_column(h, justify="right")
+
+def quality_title(report: dict) -> str:
+    """The table title; says when the numbers are not comparable."""
+    return "generation quality" + ("" if report["comparable"] else " (random-test features: NOT COMPARABLE)")
+
+
+def quality_metric_table(report: dict):
+    """Categories (each followed by its defect types) and the mean x metrics, as a MetricTable
+    (fits the terminal; also Markdown)."""
+    from benchmark.tables import Column, MetricTable
 
     def cells(m):
-        return [("-" if m.get(k) is None else f"{m[k]:.4g}") for k in headers]
+        return {k: "-" if m.get(k) is None else f"{m[k]:.4g}" for k in QUALITY_COLUMNS}
 
+    rows = []
     for name, cat in report["categories"].items():
-        table.add_row(name, *cells(cat["metrics"]), style="bold")
-        for defect, entry in cat["defects"].items():
-            table.add_row(f"  {defect}", *cells(entry["metrics"]))
-    table.add_row("mean", *cells(report["mean"]), style="bold")
-    return table
+        rows.append((name, cells(cat["metrics"])))
+        rows.extend((f"  {defect}", cells(entry["metrics"])) for defect, entry in cat["defects"].items())
+    rows.append(("mean", cells(report["mean"])))
+    columns = [Column(k, h, "quality") for k, h in QUALITY_COLUMNS.items()]
+    return MetricTable(quality_title(report), "category / defect", columns, rows,
+                       bold={*report["categories"], "mean"})

@@ -6,11 +6,14 @@ supplement C.2) and SeaS (appendix A.3 "Metrics"; Tables 19-21 in A.6) use it fo
 2. each generated image joins the centre it is closest to under LPIPS (ties: the first centre);
 3. per cluster, the mean LPIPS over all pairs of its generated members, a cluster with more than
    `cap` members represented by `cap` of them drawn at random (seeded);
-4. IC-LPIPS = the mean over clusters with at least two members (fewer: no pair, not counted).
+4. IC-LPIPS = the mean over the k clusters, a cluster with fewer than two members scoring 0
+   (`small_clusters="zero"`), or over the clusters with a pair only (`"skip"`).
 
-The number of images per cluster is not given in the papers' text; the public IC-LPIPS
-evaluation scripts that follow Ojha et al. sample 50 per cluster, the default here. The cost is
-quadratic in the cluster size: cap^2/2 LPIPS pairs per cluster at most, whatever the set size.
+The papers' text gives neither the cap nor the rule for small clusters. SeaS's public evaluation
+code ([EXT], the script behind its Table 19, whose AnomalyDiffusion column matches AnomalyDiffusion's
+own Table 1) caps clusters at 140 images and scores a cluster of at most one image as 0: those are
+the defaults. The cost is quadratic in the cluster size: cap^2/2 LPIPS pairs per cluster at
+most, whatever the set size.
 
 The functions here take distances, not images, so the algorithm can be checked on a toy distance.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -57,17 +61,24 @@ def cluster_members(assignment: np.ndarray, n_centres: int, cap: int, seed: int 
 
 def intra_cluster_lpips(distance_to_centres: np.ndarray,
                         pairwise: Callable[[Sequence[int]], np.ndarray],
-                        cap: int = DEFAULT_CLUSTER_CAP, seed: int = 0) -> ICLPIPSResult:
+                        cap: int = DEFAULT_CLUSTER_CAP, seed: int = 0,
+                        small_clusters: Literal["zero", "skip"] = "zero") -> ICLPIPSResult:
     """IC-LPIPS from the generated-to-centre distances and a function giving the pairwise
-    distance matrix of a list of generated images."""
+    distance matrix of a list of generated images. small_clusters: a cluster with fewer than two
+    members scores 0 and counts ("zero", SeaS's code) or is left out ("skip"). A cluster whose
+    pairs all lack a distance (IC-LPIPS(a): both masks empty) is left out either way."""
     if cap < 2:
         raise ValueError("IC-LPIPS needs a cluster cap of at least 2")
+    if small_clusters not in ("zero", "skip"):
+        raise ValueError(f"small_clusters must be 'zero' or 'skip', not {small_clusters!r}")
     n_centres = distance_to_centres.shape[1]
     assignment = assign_to_centres(distance_to_centres)
     sizes = [int((assignment == c).sum()) for c in range(n_centres)]
     means = []
     for members in cluster_members(assignment, n_centres, cap, seed):
         if len(members) < 2:
+            if small_clusters == "zero":
+                means.append(0.0)
             continue
         d = pairwise(members)
         upper = d[np.triu_indices(len(members), k=1)]

@@ -25,6 +25,7 @@ works as it is):
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import warnings
@@ -35,8 +36,8 @@ import torch
 from torch import nn
 
 from benchmark.errors import BenchError, missing_extra
+from benchmark.quality.options import WEIGHTS_ENV
 
-WEIGHTS_ENV = "SIAS_BENCH_QUALITY_WEIGHTS"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 TRUNK_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 LPIPS_NETS = tuple(TRUNK_FILES)
@@ -69,39 +70,59 @@ def weights_folder(option: str | Path | None) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+# How the user gives the weights folder / picks the random-test backend, in the words of the
+# command that failed: `bench quality` flags, or `bench run` config keys.
+CLI_HINTS = {"weights": "--weights <folder>", "random": "use --features random-test (not comparable)"}
+RUN_HINTS = {"weights": "--set quality.weights=<folder>",
+             "random": "use --set quality.features=random-test (not comparable), or --set quality.enabled=false"}
+
+
 def load_feature_networks(backend: str = "inception", lpips_net: str = "vgg",
                           weights: str | Path | None = None) -> FeatureNetworks:
     """The one loader of every network the quality metrics use (see the module docstring)."""
+    files = weight_files(backend, lpips_net, weights)
+    if backend == "random-test":
+        return FeatureNetworks(RandomTestInception(), random_test_lpips(lpips_net), backend, lpips_net,
+                               comparable=False, files={})
+    return FeatureNetworks(
+        inception=load_inception(files["inception"]),
+        lpips=load_lpips(lpips_net, files["lpips_trunk"], files["lpips_heads"]),
+        backend=backend, lpips_net=lpips_net, comparable=True, files={k: str(v) for k, v in files.items()},
+    )
+
+
+def weight_files(backend: str = "inception", lpips_net: str = "vgg", weights: str | Path | None = None,
+                 hints: dict[str, str] = CLI_HINTS) -> dict[str, Path]:
+    """The weight files a backend reads, checked to exist (nothing is loaded: cheap enough for
+    `bench run` to call before its first stage). random-test reads none."""
     if backend not in FEATURE_BACKENDS:
         raise BenchError(f"unknown feature backend '{backend}'; known: {', '.join(FEATURE_BACKENDS)}")
     if lpips_net not in LPIPS_NETS:
         raise BenchError(f"unknown LPIPS network '{lpips_net}'; known: {', '.join(LPIPS_NETS)}")
     if backend == "random-test":
-        return FeatureNetworks(RandomTestInception(), random_test_lpips(lpips_net), backend, lpips_net,
-                               comparable=False, files={})
+        packaged_lpips_heads(lpips_net)  # the lpips package (the quality extra) is there
+        return {}
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise missing_extra("quality", "the Inception features (IS, FID, KID)",
+                            ModuleNotFoundError(name="torch_fidelity"))
     folder = weights_folder(weights)
-    inception_path = _required(folder, INCEPTION_FILE, "Inception-v3 for IS/FID/KID")
-    trunk_path = _required(folder, TRUNK_FILES[lpips_net], f"torchvision {lpips_net} trunk for LPIPS")
+    inception_path = _required(folder, INCEPTION_FILE, "Inception-v3 for IS/FID/KID", hints)
+    trunk_path = _required(folder, TRUNK_FILES[lpips_net], f"torchvision {lpips_net} trunk for LPIPS", hints)
     heads_path = folder / f"lpips-{lpips_net}-v0.1.pth"
     if not heads_path.is_file():
         heads_path = packaged_lpips_heads(lpips_net)
-    return FeatureNetworks(
-        inception=load_inception(inception_path),
-        lpips=load_lpips(lpips_net, trunk_path, heads_path),
-        backend=backend, lpips_net=lpips_net, comparable=True,
-        files={"inception": str(inception_path), "lpips_trunk": str(trunk_path), "lpips_heads": str(heads_path)},
-    )
+    return {"inception": inception_path, "lpips_trunk": trunk_path, "lpips_heads": heads_path}
 
 
-def _required(folder: Path | None, name: str, what: str) -> Path:
+def _required(folder: Path | None, name: str, what: str, hints: dict[str, str]) -> Path:
     if folder is None:
         raise MissingWeightsError(
             f"no weights folder for the quality metrics: put {name} ({what}) in a folder and pass "
-            f"--weights <folder> or set {WEIGHTS_ENV}; or use --features random-test (not comparable)")
+            f"{hints['weights']} or set {WEIGHTS_ENV}; or {hints['random']}")
     path = folder / name
     if not path.is_file():
         raise MissingWeightsError(f"{path}: weight file missing ({what}); put {name} in {folder} "
-                                  "(nothing is downloaded), or use --features random-test (not comparable)")
+                                  f"(nothing is downloaded), or {hints['random']}")
     return path
 
 

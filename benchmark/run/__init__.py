@@ -54,9 +54,15 @@ class Run:
     def resolved_config(self) -> dict:
         return self.ctx.resolved_config()
 
+    @property
+    def is_global_zero(self) -> bool:
+        """False in the processes of ranks > 0 of a multi-device run (they print nothing)."""
+        return self.ctx.ranks.is_zero
+
     def execute(self, resume: bool = False, overwrite: bool = False, until: str = "report") -> dict | None:
         import lightning as L
 
+        from benchmark.run.ranks import launch_ranks
         from benchmark.run.stages import STAGES
 
         ctx = self.ctx
@@ -64,28 +70,47 @@ class Run:
             from benchmark.run.folds import execute_folds
 
             return execute_folds(self, resume, overwrite, until)
-        ctx.folder.claim(ctx.resolved_config(), resume, overwrite)
+        # first: on N devices this starts the other N-1 processes, which run this command too
+        ctx.ranks = launch_ranks(ctx.cfg.trainer)
+        if not ctx.ranks.is_zero:  # one display and one log: rank zero's (warnings still show)
+            ctx.progress = RunProgress(quiet=True)
+            logging.disable(logging.INFO)
+        ctx.ranks.on_zero(lambda: self._claim(resume, overwrite))
         stages = [cls() for cls in STAGES]
-        stages = stages[: [s.name for s in stages].index(until) + 1]
+        stages = [s for s in stages[: [s.name for s in stages].index(until) + 1] if s.enabled(ctx)]
         try:
+            for stage in stages:  # before any work: a missing weight file must not cost hours of training
+                if not stage.is_done(ctx):
+                    stage.preflight(ctx)
             with ctx.stop, ctx.progress:
                 for stage in stages:
                     ctx.stop.check(f"before {stage.name}")
                     # Re-seed per stage: a stage's randomness (segmenter init, flips) must not depend
                     # on whether earlier stages ran here or were reused from the cache / a resumed run.
                     L.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
-                    if stage.is_done(ctx):
+                    # rank zero decides, so all ranks take the same path through the collectives
+                    if ctx.ranks.broadcast(stage.is_done(ctx) if ctx.ranks.is_zero else None):
                         stage.load(ctx)
                         continue
                     self._run_stage(stage)
+                    ctx.ranks.barrier()  # what the stage wrote is complete before anyone reads it
         except BenchError:
-            if not ctx.folder.is_done("data"):
+            if ctx.ranks.is_zero and not ctx.folder.is_done("data"):
                 ctx.folder.remove_if_created()
             raise
+        ctx.ranks.close()
         if until == "generate":
             ctx.progress.log(f"synthetic set: {ctx.synthetic.root} ({len(ctx.synthetic)} pairs)")
             return None
         return ctx.results
+
+    def _claim(self, resume: bool, overwrite: bool) -> None:
+        ctx = self.ctx
+        ctx.folder.claim(ctx.resolved_config(), resume, overwrite)
+        if ctx.cfg.wandb:  # the W&B run id, made once here: other ranks read it, never race to write it
+            from benchmark.tracking import wandb_run_id
+
+            wandb_run_id(ctx.folder.root)
 
     def _run_stage(self, stage) -> None:
         ctx = self.ctx
@@ -93,15 +118,19 @@ class Run:
         try:
             stage.run(ctx)
         except RunInterrupted as e:
-            ctx.folder.record(stage.name, time.perf_counter() - start, done=False)
+            self._record(stage.name, time.perf_counter() - start, done=False)
             raise RunInterrupted(ctx.progress.where() or f"{stage.name} {e.where}".strip(), e.signal_name) from None
         except (KeyboardInterrupt, SystemExit) as e:
             # Lightning turns a KeyboardInterrupt inside fit/predict into SystemExit(1)
-            ctx.folder.record(stage.name, time.perf_counter() - start, done=False)
+            self._record(stage.name, time.perf_counter() - start, done=False)
             if isinstance(e, SystemExit) and not ctx.stop.requested and e.code not in (1, None):
                 raise
             raise RunInterrupted(ctx.progress.where() or stage.name, ctx.stop.signal_name or "SIGINT") from None
         except BaseException:
-            ctx.folder.record(stage.name, time.perf_counter() - start, done=False)
+            self._record(stage.name, time.perf_counter() - start, done=False)
             raise
-        ctx.folder.record(stage.name, time.perf_counter() - start, done=True)
+        self._record(stage.name, time.perf_counter() - start, done=True)
+
+    def _record(self, stage: str, seconds: float, done: bool) -> None:
+        if self.ctx.ranks.is_zero:  # state.json has one writer
+            self.ctx.folder.record(stage, seconds, done)

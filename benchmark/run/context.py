@@ -14,6 +14,7 @@ from benchmark.config import RunConfig
 from benchmark.progress import RunProgress
 from benchmark.run.folder import RunFolder
 from benchmark.run.interrupt import StopRequest
+from benchmark.run.ranks import RunRanks
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,11 @@ class RunContext:
     segmenter_options: Any
     generator_checkpoint: Path | None = None
     save_predictions: bool = True  # <run>/predictions: not part of the config (it changes no number)
+    ranks: RunRanks = field(default_factory=RunRanks)  # set by Run.execute once the processes are up
     # produced by the stages
     split: Any = None
     synthetic: Any = None
+    quality: dict | None = None  # the generation-quality report (quality.enabled)
     models: dict = field(default_factory=dict)
     per_category: dict = field(default_factory=dict)
     results: dict | None = None
@@ -92,25 +95,32 @@ class RunContext:
         return d
 
     def resolved_precision(self) -> str:
-        import torch
+        from benchmark.run.gpu_policy import resolved_precision
 
-        return self.cfg.trainer.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
+        return resolved_precision(self.cfg)
+
+    def resolved_determinism(self) -> dict:
+        from benchmark.run.gpu_policy import resolved_determinism
+
+        return resolved_determinism(self.cfg)
 
     # -- Lightning plumbing --------------------------------------------------------------------
-    def trainer(self, max_steps=None, callbacks=(), logger=False, devices_for: str = "fit"):
+    def trainer(self, max_steps=None, callbacks=(), logger=False, max_epochs=None):
+        """A Trainer with the run's settings. On N devices every stage uses all of them: fit is
+        data-parallel, generation and evaluation each predict a shard (docs/scale.md)."""
         import lightning as L
 
         from benchmark.progress import ProgressCallback
 
         t = self.cfg.trainer
-        # evaluation gathers maps in one process; fit and generate use every device
-        devices = 1 if devices_for == "evaluate" else t.devices
         return L.Trainer(
-            accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes,
-            strategy=t.strategy if devices_for != "evaluate" else "auto",
+            accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+            # one process: no DDP wrapper (a 1-process DDP would still shard and wrap for nothing)
+            strategy=t.strategy if self.ranks.distributed else "auto",
             precision=self.resolved_precision(), max_steps=max_steps if max_steps is not None else -1,
-            max_epochs=-1 if max_steps is not None else None,
-            deterministic=t.deterministic, logger=logger, enable_progress_bar=False,
+            # epochs and steps both given: Lightning stops at whichever comes first
+            max_epochs=max_epochs if max_epochs is not None else (-1 if max_steps is not None else None),
+            deterministic=self.resolved_determinism()["lightning"], logger=logger, enable_progress_bar=False,
             enable_model_summary=False, enable_checkpointing=any(
                 type(c).__name__ == "ModelCheckpoint" for c in callbacks),
             # progress first: a stop requested during a batch is reported with that batch counted
@@ -118,22 +128,35 @@ class RunContext:
             log_every_n_steps=10,
         )
 
-    def fit(self, module, checkpoint_dir: Path, max_steps: int, progress: tuple, logger=False, **fit_kwargs):
-        """`trainer.fit` with one checkpoint system: Lightning's `last.ckpt` in `checkpoint_dir`,
-        saved every `checkpoint_every(max_steps)` steps and when a stop is requested; a fit that
-        finds one continues from it. Returns the trainer."""
+    def fit(self, module, checkpoint_dir: Path, max_steps: int | None, progress: tuple, logger=False,
+            max_epochs: int | None = None, total_steps: int | None = None, **fit_kwargs):
+        """`trainer.fit` for `max_steps` and/or `max_epochs` (`total_steps`: the steps that makes,
+        when counting epochs) with one checkpoint system: Lightning's `last.ckpt` in
+        `checkpoint_dir`, saved every `checkpoint_every(total_steps)` steps and when a stop is
+        requested; a fit that finds one continues from it. Returns the trainer."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         from benchmark.run.interrupt import StopAtBatchEnd
 
         last = checkpoint_dir / "last.ckpt"
         periodic = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
-                                   every_n_train_steps=checkpoint_every(max_steps))
+                                   every_n_train_steps=checkpoint_every(total_steps or max_steps))
         trainer = self.trainer(max_steps=max_steps, callbacks=[StopAtBatchEnd(self.stop, last), periodic],
-                               logger=logger, devices_for="fit")
+                               logger=logger, max_epochs=max_epochs)
         with self.progress.stage(*progress):
             trainer.fit(module, ckpt_path=str(last) if last.exists() else None, weights_only=True, **fit_kwargs)
         return trainer
+
+    def drop_fit_checkpoints(self, checkpoint_dir: Path) -> None:
+        """After a fit's final weights are saved (`segmenter/<group>.pt`, `generator.pt`): its
+        Lightning checkpoints only serve to resume the fit mid-way, so they go; the run folder
+        keeps one copy of each model's weights (issue 18: two copies made a smoke folder ~220 MB)."""
+        import shutil
+
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        parent = checkpoint_dir.parent
+        if parent.name == "checkpoints" and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
 
     def wandb_logger(self):
         if not self.cfg.wandb:

@@ -8,7 +8,8 @@ predictions, `results.json`, plots). Fold 1 trains on the first half of each def
 and evaluates the second, fold 2 the other way round (`benchmark.data.split`); each fold's
 generator is fitted on, and draws its few-shot masks from, its own training half only. The folds
 run one after the other through the ordinary stages, so `--resume` continues the fold that was
-stopped and reuses the finished one. The run folder's `results.json` then holds the averaged table
+stopped and reuses the finished one. One process only: on several devices, run each fold alone
+(`split.fold=k`, an ordinary run). The run folder's `results.json` then holds the averaged table
 (`benchmark.results.fold_mean`) and, under `folds`, each fold's; `metrics.csv` and
 `per_category.png` show the averaged table.
 """
@@ -41,6 +42,7 @@ def execute_folds(run, resume: bool, overwrite: bool, until: str) -> dict | None
         raise BenchError(f"{ctx.generator_checkpoint}: a given trained generator with split.folds=2 would serve "
                          "both folds, but each fold trains its own on its half; give it to one fold "
                          "(--set split.fold=1 or 2)")
+    refuse_several_processes(ctx.cfg.trainer)
     ctx.folder.claim(ctx.resolved_config(), resume, overwrite)
     if until == REPORT and ctx.folder.is_done(REPORT) and (root / "results.json").exists():
         ctx.results = json.loads((root / "results.json").read_text())
@@ -68,6 +70,24 @@ def execute_folds(run, resume: bool, overwrite: bool, until: str) -> dict | None
     ctx.results = write_fold_report(ctx, outcomes)
     ctx.folder.record(REPORT, time.perf_counter() - start, done=True)
     return ctx.results
+
+
+def refuse_several_processes(trainer) -> None:
+    """The fold loop, its run folder and its averaged report are written by one process; a run on
+    several devices starts the command once per rank (benchmark/run/ranks.py), which this loop
+    does not coordinate yet. Each fold alone (`split.fold=k`) is an ordinary run and can use them."""
+    from lightning.fabric import Fabric
+
+    strategy = str(trainer.strategy)
+    try:
+        world_size = Fabric(accelerator=trainer.accelerator, devices=trainer.devices, num_nodes=trainer.num_nodes,
+                            strategy="ddp" if strategy.startswith("ddp") else strategy).world_size
+    except (ValueError, RuntimeError, TypeError):
+        return  # bad trainer settings: the fold's own launch names them
+    if world_size > 1:
+        raise BenchError(f"split.folds=2 on {world_size} processes (trainer.devices={trainer.devices}, "
+                         f"num_nodes={trainer.num_nodes}) is not supported yet; run each fold on its own with "
+                         "--set split.fold=1 and --set split.fold=2, or use one device (--set trainer.devices=1)")
 
 
 def fold_summary(fold: int, results: dict) -> dict:

@@ -65,10 +65,12 @@ class StopAtBatchEnd(Callback):
         self.checkpoint = checkpoint
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.stop.requested:
+        # under DDP every rank stops after the same step (saving a checkpoint is collective): a
+        # stop requested on any rank stops all of them
+        if trainer.strategy.reduce_boolean_decision(self.stop.requested, all=False):
             if self.checkpoint is not None:
                 trainer.save_checkpoint(self.checkpoint)
-            raise RunInterrupted(f"step {trainer.global_step}", self.stop.signal_name)
+            raise RunInterrupted(f"step {trainer.global_step}", self.stop.signal_name or "SIGTERM")
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.stop.requested:  # pairs and metrics written so far are kept

@@ -16,6 +16,14 @@ from benchmark.storage import atomic_torch_save, atomic_write_text, config_diges
 class Stage:
     name: str
 
+    def enabled(self, ctx: RunContext) -> bool:
+        """False: the configuration leaves this stage out (it is skipped, not recorded)."""
+        return True
+
+    def preflight(self, ctx: RunContext) -> None:
+        """Checks of what the stage needs from outside the run (e.g. weight files), made before
+        the run's first stage, so a missing file answers in seconds, not after hours of training."""
+
     def is_done(self, ctx: RunContext) -> bool:
         return ctx.folder.is_done(self.name)
 
@@ -30,7 +38,8 @@ class Stage:
 
 # -- data and split --------------------------------------------------------------------------------
 class DataStage(Stage):
-    """Reads the dataset (or makes the demo), checks it, and writes the few-shot split."""
+    """Reads the dataset (or makes the demo), checks it, and writes the few-shot split (on rank
+    zero; the other ranks read the split once it is written)."""
 
     name = "data"
 
@@ -43,6 +52,11 @@ class DataStage(Stage):
         return super().is_done(ctx) and (ctx.folder.root / "split.json").exists()
 
     def run(self, ctx: RunContext) -> None:
+        ctx.ranks.on_zero(lambda: self.make_split(ctx))
+        if not ctx.ranks.is_zero:
+            self.load(ctx)
+
+    def make_split(self, ctx: RunContext) -> None:
         from benchmark.data.layouts import read_dataset
         from benchmark.data.split import few_shot_split
 
@@ -108,7 +122,11 @@ def synthetic_key(ctx: RunContext) -> str:
 
 class GenerateStage(Stage):
     """Fits the generator (when it learns; resumable from its Lightning checkpoint) and writes the
-    synthetic set to the cache, skipping pairs already there; links it into the run folder."""
+    synthetic set to the cache, skipping pairs already there; links it into the run folder.
+
+    On N ranks: the fit is data-parallel, each rank writes the pairs of its shard of the pending
+    requests to its own manifest shard, and rank zero merges the shards after a barrier (no shard
+    is removed while another rank may still read it)."""
 
     name = "generate"
 
@@ -123,33 +141,44 @@ class GenerateStage(Stage):
         generator = ctx.generator_cls(ctx.generator_options, ctx.cfg.data.image_size)
         generator.setup_split(ctx.split)
         requests = generator.plan(ctx.split, ctx.cfg.seed)
-        pending = synthetic.pending(requests)
+        # rank zero reads the set, so every rank predicts the same list (its sampler shards it)
+        pending_ids = set(ctx.ranks.broadcast([r.id for r in synthetic.pending(requests)]
+                                              if ctx.ranks.is_zero else None))
+        pending = [r for r in requests if r.id in pending_ids]
         ctx.synthetic = synthetic
         if not pending:
-            link_synthetic(ctx)
+            ctx.ranks.on_zero(lambda: link_synthetic(ctx))
             return
-        synthetic.write_meta({
-            "generator": ctx.cfg.generator.name, "key": key, "config": ctx.resolved_config()["generator"],
-            "code_version": getattr(ctx.generator_cls, "code_version", 1),
-            "image_size": ctx.cfg.data.image_size, "seed": ctx.cfg.seed, "versions": package_versions(),
-            "requests": len(requests),
-        })
+        if ctx.ranks.is_zero:
+            synthetic.write_meta({
+                "generator": ctx.cfg.generator.name, "key": key, "config": ctx.resolved_config()["generator"],
+                "code_version": getattr(ctx.generator_cls, "code_version", 1),
+                "image_size": ctx.cfg.data.image_size, "seed": ctx.cfg.seed, "versions": package_versions(),
+                "requests": len(requests),
+            })
         if ctx.generator_cls.trainable:
             fit_generator(ctx, generator, synthetic.root / "generator.pt")
         from benchmark.run.interrupt import StopAtBatchEnd
 
         trainer = ctx.trainer(callbacks=[SyntheticSetWriter(synthetic, ctx.cfg.generator.name),
-                                         StopAtBatchEnd(ctx.stop)], devices_for="generate")
+                                         StopAtBatchEnd(ctx.stop)])
         loader = DataLoader(pending, batch_size=ctx.generator_options.batch_size, collate_fn=collate_requests)
-        with ctx.progress.stage("generate", len(pending)):
+        with ctx.progress.stage("generate", ctx.ranks.share(len(pending))):
             trainer.predict(generator, dataloaders=loader, return_predictions=False)
-        if trainer.is_global_zero:
-            synthetic.merge_manifests()
-        missing = {r.id for r in requests} - synthetic.done_ids()
-        if missing:
-            raise BenchError(f"{synthetic.root}: {len(missing)} requested pairs were not written "
-                             f"(e.g. {sorted(missing)[0]}); run again with --resume")
-        link_synthetic(ctx)
+        ctx.ranks.barrier()  # every rank's shard is written
+        ctx.ranks.on_zero(lambda: finish_synthetic(ctx, requests))
+
+
+def finish_synthetic(ctx: RunContext, requests) -> None:
+    """Rank zero, after every rank wrote its pairs: merge the manifest shards, check that no pair
+    is missing, link the set into the run folder."""
+    synthetic = ctx.synthetic
+    synthetic.merge_manifests()
+    missing = {r.id for r in requests} - synthetic.done_ids()
+    if missing:
+        raise BenchError(f"{synthetic.root}: {len(missing)} requested pairs were not written "
+                         f"(e.g. {sorted(missing)[0]}); run again with --resume")
+    link_synthetic(ctx)
 
 
 def fit_generator(ctx: RunContext, generator, trained: Path) -> None:
@@ -159,13 +188,15 @@ def fit_generator(ctx: RunContext, generator, trained: Path) -> None:
     if ctx.generator_checkpoint is not None:
         generator.load_trained(ctx.generator_checkpoint)
         return
-    if trained.exists():
+    if ctx.ranks.broadcast(trained.exists() if ctx.ranks.is_zero else None):
         generator.load_trained(trained)
         return
     steps = getattr(generator.options, "train_steps", None)
-    trainer = ctx.fit(generator, ctx.folder.root / "checkpoints" / "generator", steps, ("fit-gen", steps))
+    checkpoints = ctx.folder.root / "checkpoints" / "generator"
+    trainer = ctx.fit(generator, checkpoints, steps, ("fit-gen", steps))
     if trainer.is_global_zero:
         generator.save_trained(trained)
+        ctx.drop_fit_checkpoints(checkpoints)
 
 
 def link_synthetic(ctx: RunContext) -> None:
@@ -174,10 +205,54 @@ def link_synthetic(ctx: RunContext) -> None:
         link.symlink_to(ctx.synthetic.root.resolve(), target_is_directory=True)
 
 
+# -- generation quality ----------------------------------------------------------------------------
+class QualityStage(Stage):
+    """With `quality.enabled`: IS, FID, KID, LPIPS and IC-LPIPS of the synthetic set against the
+    split's real anomalies (docs/quality.md), written to quality.json; the report adds them to
+    results.json under `quality`. Weight files are checked before the run starts."""
+
+    name = "quality"
+
+    def enabled(self, ctx: RunContext) -> bool:
+        return ctx.cfg.quality.enabled
+
+    def preflight(self, ctx: RunContext) -> None:
+        from benchmark.quality.networks import RUN_HINTS, weight_files
+
+        q = ctx.cfg.quality
+        weight_files(q.features, q.lpips_net, q.weights, RUN_HINTS)
+
+    def is_done(self, ctx: RunContext) -> bool:
+        return super().is_done(ctx) and (ctx.folder.root / "quality.json").exists()
+
+    def load(self, ctx: RunContext) -> None:
+        ctx.quality = json.loads((ctx.folder.root / "quality.json").read_text())
+
+    def run(self, ctx: RunContext) -> None:
+        from benchmark.quality.evaluate import evaluate_synthetic_set, write_report
+
+        def measure() -> dict:
+            types = {(r["category"], r["defect"]) for r in ctx.synthetic.records()}
+            with ctx.progress.stage("quality", len(types)):
+                report = evaluate_synthetic_set(ctx.synthetic.root, ctx.split, ctx.cfg.quality,
+                                                on_defect=lambda category, defect: ctx.progress.advance(1))
+            write_report(report, ctx.folder.root / "quality.json")
+            return report
+
+        ctx.quality = ctx.ranks.broadcast(ctx.ranks.on_zero(measure))  # one rank measures, the others wait
+
+
 # -- segmenter training ----------------------------------------------------------------------------
+def training_steps(max_steps: int | None, max_epochs: int | None, batches_per_epoch: int) -> int:
+    """Optimizer steps a fit makes (in one process): Lightning stops at `max_steps` or after
+    `max_epochs` epochs, whichever comes first."""
+    limits = [n for n in (max_steps, None if max_epochs is None else max_epochs * batches_per_epoch) if n is not None]
+    return min(limits)
+
+
 class TrainStage(Stage):
     """One segmenter (unified) or one per category; each fit resumes from its Lightning checkpoint
-    and ends in `segmenter/<group>.pt`."""
+    and ends in `segmenter/<group>.pt`, the one copy of its weights kept (the checkpoint goes)."""
 
     name = "train"
 
@@ -194,19 +269,24 @@ class TrainStage(Stage):
             tag = group or "unified"
             final = ctx.folder.root / "segmenter" / f"{tag}.pt"
             model = ctx.segmenter_cls(ctx.segmenter_options)
-            if final.exists():
+            if ctx.ranks.broadcast(final.exists() if ctx.ranks.is_zero else None):
                 model.load_state_dict(load_weights(final))
                 ctx.models[group] = model
+                if ctx.ranks.is_zero:  # left by a kill after the save
+                    ctx.drop_fit_checkpoints(ctx.folder.root / "checkpoints" / tag)
                 continue
-            single_process = ctx.cfg.trainer.devices in (1, "1") and ctx.cfg.trainer.num_nodes == 1
+            # on N ranks Lightning shards the loader with a DistributedSampler (resumable per epoch)
+            o = ctx.segmenter_options
             data = SegmentationDataModule(training_items(ctx.split, ctx.synthetic, group), ctx.cfg.data.image_size,
-                                          ctx.segmenter_options.batch_size, ctx.cfg.seed,
-                                          ctx.cfg.trainer.num_workers, resumable=single_process)
-            steps = ctx.segmenter_options.max_steps
-            trainer = ctx.fit(model, ctx.folder.root / "checkpoints" / tag, steps, ("train", steps, tag),
-                              logger=ctx.wandb_logger(), datamodule=data)
-            if trainer.is_global_zero:
+                                          o.batch_size, ctx.cfg.seed, ctx.cfg.trainer.num_workers,
+                                          resumable=not ctx.ranks.distributed, epoch_samples=o.epoch_samples)
+            steps = training_steps(o.max_steps, o.max_epochs, data.batches_per_epoch())
+            checkpoints = ctx.folder.root / "checkpoints" / tag
+            trainer = ctx.fit(model, checkpoints, o.max_steps, ("train", steps, tag),
+                              logger=ctx.wandb_logger(), max_epochs=o.max_epochs, total_steps=steps, datamodule=data)
+            if trainer.is_global_zero:  # DDP left the same weights on every rank
                 atomic_torch_save(model.state_dict(), final)
+                ctx.drop_fit_checkpoints(checkpoints)
             ctx.models[group] = model
 
     def load(self, ctx: RunContext) -> None:
@@ -220,7 +300,8 @@ EVALUATED_AS = "evaluated_as"
 
 class EvaluateStage(Stage):
     """Per category: predict the held-out defects and test normals, feed the metric engine;
-    finished categories are kept in evaluation.json."""
+    finished categories are kept in evaluation.json. On N ranks each predicts a shard of the
+    images and the engine's states are gathered before `compute` (torchmetrics' sync)."""
 
     name = "evaluate"
 
@@ -232,7 +313,8 @@ class EvaluateStage(Stage):
         from benchmark.segmentation_data import SegmentationDataset, evaluation_items
 
         path = ctx.folder.root / "evaluation.json"
-        done = json.loads(path.read_text()) if path.exists() else {}
+        done = ctx.ranks.broadcast((json.loads(path.read_text()) if path.exists() else {})
+                                   if ctx.ranks.is_zero else None)
         for name in sorted(ctx.split.categories):
             if name in done:
                 continue
@@ -246,11 +328,13 @@ class EvaluateStage(Stage):
                 from benchmark.predictions import PredictionWriter
 
                 callbacks.append(PredictionWriter(ctx.folder.root / "predictions"))
-            trainer = ctx.trainer(callbacks=callbacks, devices_for="evaluate")
-            with ctx.progress.stage("evaluate", len(loader), name):
+            trainer = ctx.trainer(callbacks=callbacks)
+            batches = -(-ctx.ranks.share(len(loader.dataset)) // loader.batch_size)
+            with ctx.progress.stage("evaluate", batches, name):
                 trainer.predict(model, dataloaders=loader, return_predictions=False)
-            done[name] = {**collector.compute(), EVALUATED_AS: collector.provenance()}
-            atomic_write_text(path, json.dumps(done, indent=2))
+            done[name] = {**collector.compute(), EVALUATED_AS: collector.provenance(ctx.ranks)}
+            if ctx.ranks.is_zero:
+                atomic_write_text(path, json.dumps(done, indent=2))
         ctx.per_category = done
 
     def load(self, ctx: RunContext) -> None:
@@ -262,11 +346,15 @@ class EvaluateStage(Stage):
 
 # -- report ----------------------------------------------------------------------------------------
 class ReportStage(Stage):
-    """results.json, metrics.csv, samples.png, per_category.png, and the W&B run."""
+    """results.json, metrics.csv, samples.png, per_category.png, and the W&B run (rank zero)."""
 
     name = "report"
 
     def run(self, ctx: RunContext) -> None:
+        if ctx.ranks.is_zero:
+            self.write(ctx)
+
+    def write(self, ctx: RunContext) -> None:
         from benchmark import report
         from benchmark.results import build_results
 
@@ -278,8 +366,12 @@ class ReportStage(Stage):
             timings={k: v for k, v in ctx.folder.timings().items() if k != self.name},
             evaluation=evaluation_provenance(ctx),
             precision=ctx.resolved_precision(), **source_revision(),
+            determinism={k: v for k, v in ctx.resolved_determinism().items() if k != "lightning"},
+            world_size=ctx.ranks.world_size,
             synthetic_set=str(ctx.synthetic.root), synthetic_pairs=len(ctx.synthetic),
         )
+        if ctx.quality is not None:
+            results["quality"] = ctx.quality
         report.write_results(results, root)
         report.sample_grid(ctx.synthetic, ctx.split, root / "samples.png", ctx.cfg.data.image_size)
         report.category_bars(results, root / "per_category.png")
@@ -290,7 +382,8 @@ class ReportStage(Stage):
         ctx.results = results
 
     def load(self, ctx: RunContext) -> None:
-        ctx.results = json.loads((ctx.folder.root / "results.json").read_text())
+        if ctx.ranks.is_zero:
+            ctx.results = json.loads((ctx.folder.root / "results.json").read_text())
 
     def is_done(self, ctx: RunContext) -> bool:
         return super().is_done(ctx) and (ctx.folder.root / "results.json").exists()
@@ -310,4 +403,4 @@ def evaluation_provenance(ctx: RunContext) -> dict:
             "categories": per_category}
 
 
-STAGES: tuple[type[Stage], ...] = (DataStage, GenerateStage, TrainStage, EvaluateStage, ReportStage)
+STAGES: tuple[type[Stage], ...] = (DataStage, GenerateStage, QualityStage, TrainStage, EvaluateStage, ReportStage)

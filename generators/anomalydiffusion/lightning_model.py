@@ -16,6 +16,8 @@ own objective; the paper trains it in a separate 30K-iteration run).
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from typing import ClassVar, Literal
 
 import torch
@@ -31,7 +33,7 @@ from generators.anomalydiffusion.spatial_encoder import IMAGENET_RESNET50, Spati
 from generators.anomalydiffusion.torch_model import (DDIM_SETTINGS, MASK_GUIDANCE_SCALE, MASK_THRESHOLDS,
                                                      MASK_TOKENS, AdaptiveAttentionReweighting, DdimSettings,
                                                      binarise_mask, blended_ddim_sampling, guided_mask_eps,
-                                                     touches_border)
+                                                     StoredSetDenoiser, touches_border)
 from generators.diffusion.attention import CrossAttentionHook
 from generators.diffusion.concepts import concept_name, prompt_text, split_concepts
 from generators.diffusion.ddpm import add_noise
@@ -40,6 +42,8 @@ from generators.diffusion.latents import (decode_latents, encode_images, encode_
                                           masks_to_tensor)
 from generators.diffusion.noise import PerSampleNoise
 from generators.diffusion.schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
 
 
 class AnomalyDiffusionOptions(LatentDiffusionOptions):
@@ -70,17 +74,22 @@ class AnomalyDiffusionOptions(LatentDiffusionOptions):
     mask_border_rule: bool = True  # the authors' rejection of masks along the border (not in the paper)
     mask_ddim_steps: int = Field(DDIM_SETTINGS["authors_masks"].steps, ge=1)
     mask_tries: int = Field(4, ge=1)  # draws per request before falling back to the given mask
+    # the denoiser of Eq. 10: "backbone" = the frozen LDM steered by e_m (the paper); "stored_masks" =
+    # the ideal denoiser of the jointly augmented few-shot masks seen in the fit (smoke: the random
+    # tiny U-Net has no prior for e_m to steer; no e_m is then learned)
+    mask_denoiser: Literal["backbone", "stored_masks"] = "backbone"
+    stored_masks_per_type: int = Field(32, ge=1)
 
     @model_validator(mode="after")
     def _check_mask_tokens(self):
-        if self.mask_source == "generated" and self.mask_tokens > self.tokens_per_type:
+        if self.mask_source == "generated" and self.mask_denoiser == "backbone" and self.mask_tokens > self.tokens_per_type:
             raise ValueError("mask_tokens (k') cannot exceed tokens_per_type (k): e_m shares the token table")
         return self
 
 
 class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
     name = "anomalydiffusion"
-    code_version: ClassVar[int] = 1
+    code_version: ClassVar[int] = 2  # 2: smoke masks from the stored-mask denoiser
     Options = AnomalyDiffusionOptions
     presets: ClassVar[dict[str, dict]] = {
         "paper": {"backbone": "CompVis/ldm-text2im-large-256", "resolution": 256, "train_steps": 300_000,
@@ -88,7 +97,7 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
                   "spatial_arch": "resnet50", "spatial_encoder_weights": IMAGENET_RESNET50},
         "smoke": {"backbone": "tiny", "train_steps": 150, "train_batch_size": 4, "pairs_per_type": 4,
                   "ddim_steps": 10, "spatial_arch": "resnet18", "spatial_fpn_channels": 16, "spatial_grid": 2,
-                  "aar_x0_from": "previous", "mask_ddim_steps": 10},
+                  "aar_x0_from": "previous", "mask_ddim_steps": 10, "mask_denoiser": "stored_masks"},
     }
 
     def __init__(self, options: AnomalyDiffusionOptions, image_size: int):
@@ -97,6 +106,9 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
         self.spatial_encoder = SpatialEncoder(dim, options.spatial_tokens, options.spatial_arch,
                                               options.spatial_fpn_channels, options.spatial_grid,
                                               options.spatial_encoder_weights)
+        self.stored_masks = (StoredMasks() if options.mask_source == "generated" and options.mask_denoiser == "stored_masks"
+                             else None)
+        self.mask_origins: Counter = Counter()  # of the pairs made, by mask origin (logged at the end)
 
     def check_options(self, T: int) -> None:
         o = self.options
@@ -105,7 +117,12 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
                              f"must lie within T = {T}")
 
     def trained_parts(self) -> dict[str, nn.Module]:
-        return {**super().trained_parts(), "spatial_encoder": self.spatial_encoder}  # e_a and E (Eq. 6)
+        parts = {**super().trained_parts(), "spatial_encoder": self.spatial_encoder}  # e_a and E (Eq. 6)
+        return parts if self.stored_masks is None else {**parts, "stored_masks": self.stored_masks}
+
+    @property
+    def learns_mask_embedding(self) -> bool:
+        return self.options.mask_source == "generated" and self.stored_masks is None
 
     def condition(self, concepts: list[str], texts: list[str], masks: torch.Tensor) -> torch.Tensor:
         """e = {e_a, e_s}: the prompt with the type's e_a tokens, then E(mask) (Sec. 3.2)."""
@@ -128,7 +145,9 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
         ids = concept_ids.tolist()
         context = self.condition([self.train_set.concepts[k] for k in ids], [self.train_set.texts[k] for k in ids], masks)
         losses = self.training_loss(x0, m0, context, rng)
-        if self.options.mask_source == "generated":
+        if self.stored_masks is not None:
+            self.stored_masks.add(masks, ids, self.options.stored_masks_per_type)
+        if self.learns_mask_embedding:
             losses["loss_diff"] = losses["loss"]
             losses["loss_mask"] = self.mask_loss(masks, [self.train_set.concepts[k] for k in ids], rng)
             losses["loss"] = losses["loss_diff"] + losses["loss_mask"]
@@ -146,7 +165,8 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
     # -- the mask embedding e_m: Eq. 9 in training, Eq. 10 in sampling --------------------------------
     def setup_split(self, split) -> None:
         super().setup_split(split)
-        if self.options.mask_source == "generated":
+        self.split_concept_names = [concept_name(c, d) for c, d in split_concepts(split)]  # FewShotDefects' order
+        if self.learns_mask_embedding:
             for category, defect in split_concepts(split):
                 self.tokens.add(mask_concept(concept_name(category, defect)))
 
@@ -173,7 +193,7 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
         draws that are empty or break the authors' border rule are redrawn from the request's own
         stream, and after `mask_tries` the request's given mask is used (and recorded so)."""
         o = self.options
-        cond, uncond = self.mask_context(batch.concepts, len(batch.concepts)), self.mask_context(None, len(batch.concepts))
+        eps_cond, eps_uncond = self.mask_eps_functions(batch.concepts)
         masks, origins = list(batch.masks), [MASK_GIVEN] * len(batch.masks)
         todo = list(range(len(masks)))
         # a stream of its own per request: how many draws the others need never moves its image noise
@@ -185,9 +205,7 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
             scheduler.set_timesteps(o.mask_ddim_steps, device=self.device)
             z = noise.randn_like(batch.x_back)
             for t in scheduler.timesteps:
-                tt = t.expand(len(z))
-                eps_c = self.unet(z, tt, encoder_hidden_states=cond).sample
-                eps_u = self.unet(z, tt, encoder_hidden_states=uncond).sample
+                eps_c, eps_u = eps_cond(z, t), eps_uncond(z, t)
                 z = scheduler.step(guided_mask_eps(eps_u, eps_c, o.mask_guidance), t, z, eta=o.ddim_eta,
                                    variance_noise=noise.randn_like(z)).prev_sample
             drawn = binarise_mask(decode_latents(self.vae, z), o.mask_threshold)
@@ -198,15 +216,54 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
                     todo.remove(i)
         return masks, origins
 
+    def mask_eps_functions(self, concepts: list[str]):
+        """(conditional, unconditional) noise predictions of Eq. 10 as functions of (z_t, t): the
+        frozen U-Net with e_m's first k' tokens and with the empty prompt, or (stored_masks) the
+        ideal denoiser of the type's stored masks and of every type's."""
+        if self.stored_masks is None:
+            cond, uncond = self.mask_context(concepts, len(concepts)), self.mask_context(None, len(concepts))
+            return (lambda z, t: self.unet(z, t.expand(len(z)), encoder_hidden_states=cond).sample,
+                    lambda z, t: self.unet(z, t.expand(len(z)), encoder_hidden_states=uncond).sample)
+        if not len(self.stored_masks.masks):
+            raise BenchError("anomalydiffusion: no stored masks (mask_denoiser=stored_masks keeps the masks seen "
+                             "in the fit); fit the generator or load its trained state first")
+        latents = encode_masks(self.vae, self.stored_masks.masks[:, None].to(self.device))
+        owner = self.stored_masks.owner.to(self.device)
+        own = {c: latents[owner == self.split_concept_names.index(c)] for c in set(concepts)}
+        missing = sorted(c for c, s in own.items() if not len(s))
+        if missing:
+            raise BenchError(f"anomalydiffusion: no stored masks of {', '.join(missing)}; the fit saw none of its defects")
+        own = {c: StoredSetDenoiser(s) for c, s in own.items()}
+        every = StoredSetDenoiser(latents)
+
+        def cond(z, t):
+            return torch.cat([own[c].eps(z[i:i + 1], self.abar[t]) for i, c in enumerate(concepts)])
+
+        return cond, lambda z, t: every.eps(z, self.abar[t])
+
     def predict_step(self, batch, batch_idx: int = 0):
         encoded = self.encode_requests(batch)
         if self.options.mask_source == "given":
-            return self.decode_pairs(encoded, self.sample(encoded))
-        masks, origins = self.sample_masks(encoded)
-        encoded.masks = masks
-        encoded.m0 = mask_to_latent(masks_to_tensor(masks, self.device), encoded.x_back.shape[-2:])
-        pairs = self.decode_pairs(encoded, self.sample(encoded))
-        return [SyntheticPair(p.request, p.image, p.mask, origin) for p, origin in zip(pairs, origins)]
+            pairs = self.decode_pairs(encoded, self.sample(encoded))
+        else:
+            masks, origins = self.sample_masks(encoded)
+            encoded.masks = masks
+            encoded.m0 = mask_to_latent(masks_to_tensor(masks, self.device), encoded.x_back.shape[-2:])
+            pairs = [SyntheticPair(p.request, p.image, p.mask, origin)
+                     for p, origin in zip(self.decode_pairs(encoded, self.sample(encoded)), origins)]
+        self.mask_origins.update(p.mask_origin for p in pairs)
+        return pairs
+
+    def on_predict_start(self) -> None:
+        self.mask_origins = Counter()
+
+    def on_predict_end(self) -> None:
+        if self.options.mask_source == "given" or not self.mask_origins:
+            return
+        fell_back, total = self.mask_origins[MASK_GIVEN], sum(self.mask_origins.values())
+        report = log.warning if fell_back else log.info
+        report("anomalydiffusion: %d of %d masks generated (mask_origin synthesized), %d fell back to the given "
+               "mask after %d draws (mask_origin given)", total - fell_back, total, fell_back, self.options.mask_tries)
 
     # -- generation: blended DDIM with AAR --------------------------------------------------------------
     def sample(self, batch: EncodedRequests) -> torch.Tensor:
@@ -235,6 +292,31 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
 
 
 MASK_STREAM = 1 << 40  # offset of the mask-sampling seed from the request's seed
+
+
+class StoredMasks(nn.Module):
+    """The jointly augmented few-shot masks the fit saw, as uint8 (N,R,R) with the index of their
+    type in the split's concept order (N,): the set `stored_set_eps` denoises towards. Buffers, so
+    they travel in the trained state; a load resizes them to the saved set."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("masks", torch.zeros(0, 0, 0, dtype=torch.uint8))
+        self.register_buffer("owner", torch.zeros(0, dtype=torch.long))
+
+    def add(self, masks: torch.Tensor, types: list[int], per_type: int) -> None:
+        """Keep each (1,R,R) mask of the batch while its type has fewer than `per_type`."""
+        for m, k in zip(masks, types):
+            if m.any() and int((self.owner == k).sum()) < per_type:
+                m = m[0].round().to(torch.uint8).cpu()[None]
+                self.masks = m if not len(self.masks) else torch.cat([self.masks, m])
+                self.owner = torch.cat([self.owner, torch.tensor([k])])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("masks", "owner"):  # the saved set's size, not the empty one of a fresh module
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def mask_concept(concept: str) -> str:

@@ -184,6 +184,10 @@ class LatentDiffusionGenerator(Generator):
     def configure_optimizers(self):
         return torch.optim.AdamW(self.trainable_parameters(), lr=self.options.lr)
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.tokens is not None:  # concepts absent from the batch: no AdamW decay or momentum step
+            self.tokens.drop_absent_gradients()
+
     def on_fit_start(self) -> None:
         self._train_rng = torch.Generator().manual_seed(self.options.seed * 1000 + self.global_rank)
         if self._resumed_rng is not None and self.trainer.world_size == 1:

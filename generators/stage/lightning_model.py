@@ -9,6 +9,10 @@ per (product, defect) type. One shared model keeps the smoke profile inside its 
 the 80k-iteration budget comparable to AnomalyDiffusion's unified setup; the tokens still tell
 the types apart.
 
+`follows="authors-code"` takes the authors' public code where it differs from the paper
+(`AUTHORS_CODE` below; docs/stage.md section 3 lists every difference); it only fills options the
+user has not set, and results.json records `follows` with the resolved options.
+
 Deviations, each an option: fewer sampling steps than T = 1000 respace the ancestral DDPM
 ("trailing" spacing, so sampling starts at t = T); `intervals` defaults to the paper's
 [1000, 800] and [400, 300] (the authors' code: [800, 700] and [400, 300]); `adapter_residual`
@@ -33,8 +37,21 @@ from generators.stage.loss import stage_loss
 from generators.stage.torch_model import SamplingConfig, StageModel, graded_diffusion
 
 
+# the authors' public code (Chhro123/STAGE) where it differs from the paper; docs/stage.md section 3
+AUTHORS_CODE = {
+    "adapter_layer_order": "conv-bn-relu",  # class MGA; the paper's Sec. III-D: conv, ReLU, BN
+    "adapter_head_kernel": 1,  # a 1x1 last conv; the paper does not say (here 3x3)
+    "aware_loss_weight": 4.0,  # l_simple_weight = 4 on the anomaly-aware term; the paper's Eq. 12: 1:1
+    "tokens_per_type": 4,  # num_vectors_per_token in the MVTec config; the paper's Sec. IV-A: 8
+    "intervals": ((800, 700), (400, 300)),  # its sampler's `800 >= i >= 700`; the paper: [1000, 800]
+    "inference_mask": "ema",  # Eq. 4-6 with the EMA mask (p_mean_variance); the paper: M0
+}
+
+
 class StageOptions(LatentDiffusionOptions):
     """Defaults are the paper's (Sec. IV-A); the `smoke` preset shrinks them."""
+
+    follows: Literal["paper", "authors-code"] = "paper"  # whose choices fill the options below
 
     pairs_per_type: int = 500
     tokens_per_type: int = Field(8, ge=1)
@@ -42,12 +59,24 @@ class StageOptions(LatentDiffusionOptions):
     prompt: str = "{category} {defect}"  # the text before the learned tokens; BTAD in the paper: "damaged"
     adapter_channels: tuple[int, ...] = (64, 256, 512, 256, 64)  # authors' code
     adapter_residual: bool = False
+    adapter_layer_order: Literal["conv-relu-bn", "conv-bn-relu"] = "conv-relu-bn"
+    adapter_head_kernel: Literal[1, 3] = 3
+    aware_loss_weight: float = Field(1.0, gt=0)
+    inference_mask: Literal["m0", "ema"] = "m0"
     sampling_steps: int = Field(1000, ge=1)  # < T: respaced ancestral DDPM (a deviation, for speed)
     intervals: tuple[tuple[int, int], ...] = ((1000, 800), (400, 300))  # anomaly-only branch, paper's t
     t_s: int = Field(200, ge=0)
     graded_diffusion: bool = True
     anomaly_inference: bool = True
     mask_alignment: Literal["ema", "binary", "none"] = "ema"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _follow_the_authors_code(cls, data):
+        """`follows` fills what the user left unset; explicit options still win."""
+        if isinstance(data, dict) and data.get("follows") == "authors-code":
+            return {**AUTHORS_CODE, **data}
+        return data
 
     @model_validator(mode="after")
     def _check(self):
@@ -67,17 +96,18 @@ class StageGenerator(LatentDiffusionGenerator):
         "paper": {"backbone": "CompVis/ldm-text2im-large-256", "resolution": 256, "train_steps": 80_000,
                   "train_batch_size": 4, "lr": 1e-3, "pairs_per_type": 500, "sampling_steps": 1000},
         "smoke": {"backbone": "tiny", "train_steps": 150, "train_batch_size": 4, "sampling_steps": 20,
-                  "pairs_per_type": 4, "adapter_channels": (32, 32), "tokens_per_type": 8},
+                  "pairs_per_type": 4, "adapter_channels": (32, 32)},
     }
 
     def __init__(self, options: StageOptions, image_size: int):
         super().__init__(options, image_size)
         self.model = StageModel(self.unet, self.backbone.latent_channels, tuple(options.adapter_channels),
-                                options.adapter_residual)
+                                options.adapter_residual, options.adapter_layer_order, options.adapter_head_kernel)
         self.sampling = SamplingConfig(T=self.T, intervals=tuple(tuple(i) for i in options.intervals),
                                        t_s=options.t_s, graded=options.graded_diffusion,
                                        anomaly_inference=options.anomaly_inference,
-                                       mask_alignment=options.mask_alignment)
+                                       mask_alignment=options.mask_alignment,
+                                       inference_mask=options.inference_mask)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # a Lightning checkpoint written before STAGE moved onto the base keeps its tokens under
@@ -102,7 +132,8 @@ class StageGenerator(LatentDiffusionGenerator):
         """Eq. 12 at uniform timesteps, independent noise for the two branches."""
         index = self.draw_timesteps(len(x0), rng)
         eps_1, eps_2 = self.draw_noise(x0, rng), self.draw_noise(x0, rng)
-        return stage_loss(self.model, x0, m0, context, index, eps_1, eps_2, self.abar, self.T, self.sampling.t_s)
+        return stage_loss(self.model, x0, m0, context, index, eps_1, eps_2, self.abar, self.T, self.sampling.t_s,
+                          self.options.aware_loss_weight)
 
     def sample(self, batch: EncodedRequests) -> torch.Tensor:
         """Algorithm 1 with Eq. 7 inside the request masks."""

@@ -54,7 +54,9 @@ def anomaly_inference_step(x0_anomaly, x_back, x_t, m0, abar_t, abar_prev, noise
     """Eq. 4-6: mean = M0 * mu(x0_anomaly, x_t^p) (Eq. 5 top) + (1 - M0) * mu(x^back, x_t^back)
     (Eq. 5 bottom), one shared variance (Eq. 6). The posterior is per pixel and linear in x0, so
     with binary M0 this is the posterior of the composed x0 = M0 * x0_anomaly + (1 - M0) * x^back
-    (Eq. 3) and x_t: one posterior instead of two. At the last step it is x^back outside M0."""
+    (Eq. 3) and x_t: one posterior instead of two. At the last step it is x^back outside M0.
+    The authors' code passes the soft EMA mask as `m0`; by the same linearity that is the posterior
+    of m * x0_anomaly + (1 - m) * x^back, which is what their `p_mean_variance` computes."""
     mean, var = posterior(compose(m0, x0_anomaly, x_back), x_t, abar_t, abar_prev)  # Eq. 3-5
     return mean + var**0.5 * noise  # Eq. 6
 
@@ -73,6 +75,7 @@ class SamplingConfig:
     graded: bool = True  # False: the anomaly-aware branch at every step (ablation "AIF+EMA")
     anomaly_inference: bool = True  # False: plain DDPM posterior (ablations without AIF)
     mask_alignment: str = "ema"  # "ema" (Eq. 8), "binary" (M0: the "AIF+PD" ablation), "none" (no re-injection)
+    inference_mask: str = "m0"  # Eq. 4-6 with M0 (paper) or with the EMA mask M_t^p (authors' code, docs/stage.md 1)
 
 
 # denoise(x_t, timestep_index, branch, mask) -> predicted noise
@@ -110,7 +113,8 @@ def graded_diffusion(denoise: Denoise, x_back: torch.Tensor, m0: torch.Tensor, t
         else:
             x0 = predict_x0(x, denoise(x, index, AWARE, mask_t), a_t)
             if cfg.anomaly_inference:
-                x_prev = anomaly_inference_step(x0, x_back, x, m0, a_t, a_prev, z)
+                m_inference = mask_t if cfg.inference_mask == "ema" else m0
+                x_prev = anomaly_inference_step(x0, x_back, x, m_inference, a_t, a_prev, z)
             else:
                 x_prev = ddpm_step(x0, x, a_t, a_prev, z)
             x = x_prev if cfg.mask_alignment == "none" else compose(mask_t, x_prev, back_prev)  # Eq. 7, otherwise
@@ -122,20 +126,29 @@ def graded_diffusion(denoise: Denoise, x_back: torch.Tensor, m0: torch.Tensor, t
 
 
 # -- Sec. III-D: mask guidance adapter ---------------------------------------------------------------
+ADAPTER_LAYER_ORDERS = ("conv-relu-bn", "conv-bn-relu")  # the paper's Sec. III-D; the authors' class `MGA`
+
+
 class MaskGuidanceAdapter(nn.Module):
     """[frozen denoiser output, mask] -> N x (conv 3x3, ReLU, BN) -> conv 3x3 -> noise.
 
     The authors' code repeats the mask to the latent's 4 channels (8 input channels) and uses
-    hidden widths 64-256-512-256-64. `residual=True` (not in the paper) adds the UNet's own
-    prediction back, with a zero-initialised last conv, so training starts from the frozen model."""
+    hidden widths 64-256-512-256-64; its blocks are conv-BN-ReLU with a 1x1 last conv
+    (`layer_order="conv-bn-relu"`, `head_kernel=1`). `residual=True` (not in the paper) adds the
+    UNet's own prediction back, with a zero-initialised last conv, so training starts from the
+    frozen model."""
 
-    def __init__(self, latent_channels: int = 4, hidden: tuple[int, ...] = (64, 256, 512, 256, 64), residual: bool = False):
+    def __init__(self, latent_channels: int = 4, hidden: tuple[int, ...] = (64, 256, 512, 256, 64), residual: bool = False,
+                 layer_order: str = "conv-relu-bn", head_kernel: int = 3):
         super().__init__()
+        if layer_order not in ADAPTER_LAYER_ORDERS:
+            raise ValueError(f"layer_order must be one of {ADAPTER_LAYER_ORDERS}, not {layer_order!r}")
         layers, c = [], 2 * latent_channels
         for h in hidden:
-            layers += [nn.Conv2d(c, h, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(h)]
+            relu, bn = nn.ReLU(inplace=True), nn.BatchNorm2d(h)
+            layers += [nn.Conv2d(c, h, 3, padding=1), *((relu, bn) if layer_order == "conv-relu-bn" else (bn, relu))]
             c = h
-        self.body = nn.Sequential(*layers, nn.Conv2d(c, latent_channels, 3, padding=1))
+        self.body = nn.Sequential(*layers, nn.Conv2d(c, latent_channels, head_kernel, padding=head_kernel // 2))
         self.residual = residual
         if residual:
             nn.init.zeros_(self.body[-1].weight)
@@ -153,10 +166,12 @@ class StageModel(nn.Module):
     module's own trained state."""
 
     def __init__(self, unet: nn.Module, latent_channels: int = 4,
-                 adapter_channels: tuple[int, ...] = (64, 256, 512, 256, 64), adapter_residual: bool = False):
+                 adapter_channels: tuple[int, ...] = (64, 256, 512, 256, 64), adapter_residual: bool = False,
+                 adapter_layer_order: str = "conv-relu-bn", adapter_head_kernel: int = 3):
         super().__init__()
         self.__dict__["unet"] = unet  # a plain reference: the generator registers and moves it
-        self.adapters = nn.ModuleDict({b: MaskGuidanceAdapter(latent_channels, adapter_channels, adapter_residual)
+        self.adapters = nn.ModuleDict({b: MaskGuidanceAdapter(latent_channels, adapter_channels, adapter_residual,
+                                                              adapter_layer_order, adapter_head_kernel)
                                        for b in (AWARE, ONLY)})
 
     def denoise(self, x_t: torch.Tensor, index, context: torch.Tensor, mask: torch.Tensor, branch: str) -> torch.Tensor:

@@ -10,8 +10,8 @@ Reports
    pair) vs `LPIPSDistance.pairwise` (one trunk pass per image per block);
 3. how IC-LPIPS cost grows with the number of generated images N per defect type (k centres):
    assigning N images to centres is linear in N, the within-cluster pairs are quadratic in the
-   cluster size and capped at `cap` members per cluster (the papers' protocol samples 50), so past
-   k * cap images the pair count stops growing.
+   cluster size and capped at `cap` members per cluster (measured with 50 to stay short; the
+   default, as SeaS's evaluation code, is 140), so past k * cap images the pair count stops growing.
 
 Random weights throughout: speed does not depend on weight values.
 """
