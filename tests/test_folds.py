@@ -191,3 +191,13 @@ def test_wandb_groups_a_two_fold_run_and_names_its_folds_after_it(tmp_path, monk
     assert (run["name"], run["group"]) == ("r", "r")
     assert (fold2["name"], fold2["group"]) == ("r-fold-2", "r")
     assert (single["name"], single.get("group")) == ("s", None)
+
+
+def test_two_folds_on_several_processes_are_refused_with_the_fix():
+    from benchmark.run.folds import refuse_several_processes
+
+    ddp = build_config("smoke", [parse_override(s) for s in ("split.folds=2", "trainer.accelerator=cpu",
+                                                              "trainer.devices=2", "trainer.strategy=ddp")])
+    with pytest.raises(BenchError, match=r"split\.folds=2 on 2 processes .* --set split\.fold=1"):
+        refuse_several_processes(ddp.trainer)
+    refuse_several_processes(build_config("smoke", [parse_override("split.folds=2")]).trainer)  # one device: runs
