@@ -214,7 +214,8 @@ def cmd_generate(args) -> int:
     run, output = make_run(args, "generate", generator_checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     run.execute(resume=args.resume, overwrite=args.overwrite, until="generate")
     if run.is_global_zero:
-        print(f"synthetic set: {output / 'synthetic'}")
+        for link in sorted(output.glob("fold-*/synthetic")) or [output / "synthetic"]:  # split.folds=2: one per fold
+            print(f"synthetic set: {link}")
     return 0
 
 

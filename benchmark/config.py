@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from benchmark.errors import BenchError, describe_errors
 from benchmark.metrics.options import MetricOptions
@@ -41,6 +41,32 @@ class DataConfig(Strict):
 class SplitConfig(Strict):
     fraction: float = Field(1 / 3, gt=0, lt=1)
     order: Literal["id", "random"] = "id"
+    # 2: BADG's protocol (App. A.1), two halves that each train once and evaluate once, results
+    # averaged; the run folder holds one sub-folder per fold (benchmark/run/folds.py)
+    folds: int = 1
+    # which fold this folder holds: set by the fold loop in each fold's sub-folder; set it yourself
+    # to run one fold alone. None: every fold (folds=2), or the one split (folds=1)
+    fold: Optional[int] = None
+
+    @field_validator("folds")
+    @classmethod
+    def _two_halves(cls, folds: int, info: ValidationInfo) -> int:
+        if folds not in (1, 2):
+            raise ValueError("should be 1 (one split by split.fraction) or 2 (two halves, each trains once and "
+                             "is evaluated once, results averaged: BADG App. A.1)")
+        fraction = info.data.get("fraction")
+        if folds == 2 and fraction is not None and abs(fraction - 0.5) > 1e-9:
+            raise ValueError(f"the two folds are halves, but split.fraction={fraction:g}; "
+                             "drop split.fraction (two folds set it to 0.5) or set split.folds=1")
+        return folds
+
+    @field_validator("fold")
+    @classmethod
+    def _fold_of_folds(cls, fold: int | None, info: ValidationInfo) -> int | None:
+        folds = info.data.get("folds")
+        if fold is not None and folds is not None and not 1 <= fold <= folds:
+            raise ValueError(f"should be between 1 and split.folds ({folds}), or unset to run every fold")
+        return fold
 
 
 class TrainerConfig(Strict):
@@ -150,9 +176,11 @@ def build_config(profile: str = "smoke", overrides: list[dict] | None = None) ->
         raise BenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
     raw = deep_merge(RunConfig().model_dump(), {"profile": profile})
     raw = deep_merge(raw, PROFILES[profile])
+    raw = deep_merge(raw, _method_protocol(raw, profile, overrides or []))
     for o in overrides or []:
         raw = deep_merge(raw, o)
     raw["metrics"] = _with_metric_preset(raw["metrics"], overrides or [])
+    raw["split"] = _with_fold_fraction(raw["split"], overrides or [])
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
@@ -223,6 +251,24 @@ def resolve_components(cfg: RunConfig) -> dict:
         cls = registry.load(getattr(cfg, kind).name)
         out[kind] = (cls, resolve_options(cls, cfg.profile, getattr(cfg, kind).options, f"{kind}.options"))
     return out
+
+
+def _method_protocol(raw: dict, profile: str, overrides: list[dict]) -> dict:
+    """The run settings the generator's registry entry gives for this profile (its paper's
+    protocol, e.g. BADG's two folds): above the profile, below a file, flags and --set."""
+    name = raw["generator"]["name"]
+    for o in overrides:
+        name = (o.get("generator") or {}).get("name", name)
+    if name not in GENERATORS:
+        return {}  # validation names the known generators
+    return GENERATORS.get(name).protocol.get(profile, {})
+
+
+def _with_fold_fraction(split: dict, overrides: list[dict]) -> dict:
+    """Two folds are halves: split.fraction becomes 0.5 unless given explicitly (then the schema
+    says it contradicts split.folds=2)."""
+    given = any("fraction" in (o.get("split") or {}) for o in overrides)
+    return {**split, "fraction": 0.5} if split.get("folds") == 2 and not given else split
 
 
 def _with_metric_preset(metrics: dict, overrides: list[dict]) -> dict:

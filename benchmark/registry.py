@@ -7,7 +7,7 @@ mmseg (each costs 5-10 s); the class is imported only when a run asks for it.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from benchmark.errors import BenchError, did_you_mean
 
@@ -23,6 +23,9 @@ class Entry:
     # "module:Class" of its Options in a pydantic-only module, so the command line checks
     # `<kind>.options.*` before torch loads; None: only the shared options are checked early
     options: str | None = None
+    # run settings of the method's paper protocol, per profile (e.g. {"paper": {"split": {"folds": 2}}}):
+    # applied above the profile, below a config file, flags and --set (benchmark.config.build_config)
+    protocol: dict = field(default_factory=dict)
 
     def load(self):
         return _import(self.target)
@@ -90,7 +93,8 @@ GENERATORS = Registry("generator", [
                  "image, 90% needed; the tiny DiT's images are noise); paper preset not yet run with DiT-XL/2 "
                  "weights"),
     Entry("badg", "generators.badg.lightning_model:BadgGenerator",
-          "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention)."),
+          "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention).",
+          protocol={"paper": {"split": {"folds": 2}}}),  # two 1/2 folds, averaged (BADG App. A.1)
 ])
 
 SEGMENTERS = Registry("segmenter", [

@@ -60,7 +60,8 @@ def results_table(results: dict):
     cfg = results["config"]
     rows = [(name, {k: percent(flat_metrics(entry).get(k)) for k, _, _ in TABLE_COLUMNS})
             for name, entry in [*results["categories"].items(), ("mean", results["mean"])]]
-    return MetricTable(f"{cfg['generator']['name']} -> {cfg['segmenter']['name']} on {cfg['data']['name']} (%)",
+    folds = f", mean of {len(results['folds'])} folds" if results.get("folds") else ""
+    return MetricTable(f"{cfg['generator']['name']} -> {cfg['segmenter']['name']} on {cfg['data']['name']} (%{folds})",
                        "category", [Column(*c) for c in TABLE_COLUMNS], rows, bold={"mean"})
 
 

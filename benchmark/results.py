@@ -14,6 +14,13 @@ checkout. `evaluation` says how the numbers were computed: the resolved metric o
 size the metrics were computed at, and per category whether the pixel curves were `exact` or
 `binned` (mode `auto` decides by the pixel count).
 
+A two-fold run (`split.folds=2`, benchmark/run/folds.py) adds `"folds": [{fold, folder, categories,
+mean, timings, evaluation, synthetic_set, synthetic_pairs}, ...]`, each fold's own table as its
+`<folder>/results.json` has it; its top-level `categories` are then the mean over the folds of each
+category's metrics (`fold_mean`), `mean` the mean of those over categories, and `timings` each
+stage's seconds summed over the folds. `bench compare`, the leaderboard and the printed table read
+the top-level (averaged) tables.
+
 Metrics are fractions in [0, 1]. The mean of a metric skips categories where it is undefined (NaN,
 e.g. AUROC of a category with no defect) and is NaN only if it is undefined everywhere; NaN is
 written as null, so results.json is strict JSON.
@@ -38,6 +45,22 @@ def mean_table(categories: dict[str, dict]) -> dict:
         elif isinstance(value, (int, float)):
             out[key] = mean_of(categories[c].get(key) for c in categories)
     return out
+
+
+def fold_mean(folds: list[dict[str, dict]]) -> dict[str, dict]:
+    """Per-category tables of the folds -> per category, the mean over folds of every metric (BADG
+    Sec. 4.3.1: "we report the average performance of each split fold"); a metric undefined (NaN) in
+    one fold is the other fold's value, as `mean_table` skips NaN."""
+    names = sorted({c for fold in folds for c in fold})
+    return {c: mean_table({str(k): _nulls_as_nan(fold[c]) for k, fold in enumerate(folds) if c in fold})
+            for c in names}
+
+
+def _nulls_as_nan(entry: dict) -> dict:
+    """A table read back from results.json (NaN written as null) with its NaN again, so a metric
+    undefined in the first fold keeps its key (`mean_table` takes the keys of the first entry)."""
+    return {k: _nulls_as_nan(v) if isinstance(v, dict) else float("nan") if v is None else v
+            for k, v in entry.items()}
 
 
 def build_results(*, run_id: str, config: dict, config_hash: str, versions: dict, categories: dict,

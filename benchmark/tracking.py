@@ -53,7 +53,12 @@ def make_wandb_logger(cfg, run_dir: Path, resolved: dict, quiet: bool = False):
     if quiet:
         os.environ["WANDB_SILENT"] = "true"  # also read by wandb's service process
     settings = wandb.Settings(silent=quiet, console="off" if quiet else "auto")
-    logger = WandbLogger(project=cfg.wandb_project, name=run_dir.name, save_dir=str(save_dir),
+    # a two-fold run (benchmark/run/folds.py): its average and its folds in one W&B group, the folds
+    # named after the run
+    fold_of = run_dir.parent.name if cfg.split.fold is not None else None
+    group = fold_of or (run_dir.name if cfg.split.folds > 1 else None)
+    logger = WandbLogger(project=cfg.wandb_project, name=f"{fold_of}-{run_dir.name}" if fold_of else run_dir.name,
+                         group=group, save_dir=str(save_dir),
                          offline=mode == "offline", config=resolved, mode=mode, id=wandb_run_id(run_dir),
                          resume="allow", settings=settings)
     # Lightning passes anonymous=None to wandb.init, which wandb 0.31 answers with a deprecation

@@ -1,6 +1,7 @@
 """Session-wide test settings: offline, seeded, and a private cache folder."""
 
 import os
+import signal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -33,3 +34,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def signal_at_step(monkeypatch):
+    """Sends `signal` to this process after training step `step` of the `fit`-th fit this test
+    starts (the first by default; a two-fold run's second fit is fold 2's); records the step every
+    fit starts from."""
+    from benchmark.progress import ProgressCallback
+
+    starts, armed = [], {}
+    original_end, original_start = ProgressCallback.on_train_batch_end, ProgressCallback.on_train_start
+
+    def on_train_start(self, trainer, pl_module):
+        starts.append(trainer.global_step)
+        original_start(self, trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        original_end(self, trainer, pl_module, outputs, batch, batch_idx)
+        if armed and len(starts) >= armed["fit"] and trainer.global_step == armed["step"]:
+            os.kill(os.getpid(), armed.pop("signal"))
+            armed.clear()
+
+    monkeypatch.setattr(ProgressCallback, "on_train_start", on_train_start)
+    monkeypatch.setattr(ProgressCallback, "on_train_batch_end", on_train_batch_end)
+
+    def arm(step: int, sig=signal.SIGINT, fit: int = 1):
+        armed.update(step=step, signal=sig, fit=fit)
+        return starts
+
+    return arm

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from benchmark.cli import main
-from benchmark.progress import ProgressCallback, RunProgress
+from benchmark.progress import RunProgress
 
 TINY = ["--image-size", "64", "--categories", "carpet_like,pill", "--set", "segmenter.options.batch_size=4",
         "--set", "generator.options.pairs_per_type=2", "--no-wandb"]
@@ -19,32 +19,7 @@ def bench(*args) -> int:
     return main(["--quiet", *args])
 
 
-@pytest.fixture
-def signal_at_step(monkeypatch):
-    """Sends `signal` to this process after training step `step` of the first fit that reaches
-    it; records the step every fit starts from."""
-    starts, armed = [], {}
-    original_end, original_start = ProgressCallback.on_train_batch_end, ProgressCallback.on_train_start
-
-    def on_train_start(self, trainer, pl_module):
-        starts.append(trainer.global_step)
-        original_start(self, trainer, pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        original_end(self, trainer, pl_module, outputs, batch, batch_idx)
-        if armed and trainer.global_step == armed["step"]:
-            os.kill(os.getpid(), armed.pop("signal"))
-
-    monkeypatch.setattr(ProgressCallback, "on_train_start", on_train_start)
-    monkeypatch.setattr(ProgressCallback, "on_train_batch_end", on_train_batch_end)
-
-    def arm(step: int, sig=signal.SIGINT):
-        armed.update(step=step, signal=sig)
-        return starts
-
-    return arm
-
-
+# signal_at_step: tests/conftest.py
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "straight"

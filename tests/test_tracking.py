@@ -4,11 +4,11 @@ the same W&B run, and --quiet keeps wandb's own output off the terminal."""
 import json
 import signal
 
-from test_resume import TINY, bench, signal_at_step  # noqa: F401  (fixture)
+from test_resume import TINY, bench  # signal_at_step: tests/conftest.py
 
 
 def test_wandb_gets_the_table_keeps_the_run_id_on_resume_and_is_silent_when_quiet(
-        signal_at_step, tmp_path, monkeypatch, capfd):  # noqa: F811
+        signal_at_step, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_SILENT", raising=False)
     out = tmp_path / "w"

@@ -3,6 +3,14 @@
 Per defect type, the first `fraction` of defect images by sorted file id train (SeaS/AnomalyDiffusion
 protocol: one third, lowest ids). The authors' code takes `[:n]` for training and `[n-1:]` for
 testing, so one image lands in both; here the two parts are disjoint by construction.
+
+Two folds (`split.folds=2`, BADG App. A.1: "one fold contains the first half of the anomaly test
+samples, while the other fold contains the second half"): per defect type, the images in the same
+order (sorted ids, or the seeded shuffle of `order=random`) are cut into a first half of
+ceil(n / 2) images (so with an odd count the first half has the extra image, and a type with one
+image has an empty second half) and a second half. Fold 1 trains on the first half and evaluates
+the second; fold 2 swaps them, so every defect image is evaluated exactly once over the two folds.
+Normal images are the same in both folds (all training normals train, all test normals evaluate).
 """
 
 from __future__ import annotations
@@ -47,15 +55,19 @@ class FewShotSplit:
     order: str
     seed: int
     categories: dict[str, CategorySplit]
+    fold: int | None = None  # 1 or 2 for a fold of the two-fold protocol; None: one split by fraction
 
     def to_json(self) -> dict:
         def samples(xs):
             return [s.to_json() for s in xs]
 
+        # "fold" only when set: a one-split run's split.json (and the synthetic-set key made from it)
+        # stays what it was before folds existed
         return {
             "fraction": self.fraction,
             "order": self.order,
             "seed": self.seed,
+            **({"fold": self.fold} if self.fold is not None else {}),
             "categories": {
                 name: {
                     "train_good": samples(c.train_good),
@@ -82,7 +94,7 @@ class FewShotSplit:
             )
             for name, c in d["categories"].items()
         }
-        return cls(d["fraction"], d["order"], d["seed"], cats)
+        return cls(d["fraction"], d["order"], d["seed"], cats, d.get("fold"))
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -102,8 +114,15 @@ def n_train(n: int, fraction: float) -> int:
 
 
 def few_shot_split(
-    categories: dict[str, CategoryData], fraction: float = 1 / 3, order: str = "id", seed: int = 0
+    categories: dict[str, CategoryData], fraction: float = 1 / 3, order: str = "id", seed: int = 0,
+    fold: int | None = None,
 ) -> FewShotSplit:
+    """The split by `fraction`; with `fold` (1 or 2), that fold of the two-fold protocol (module
+    docstring): fold 1 is the split at fraction 1/2, fold 2 the same halves swapped."""
+    if fold is not None:
+        if fold not in (1, 2):
+            raise BenchError(f"split fold must be 1 or 2, got {fold}")
+        fraction = 0.5
     if not 0 < fraction < 1:
         raise BenchError(f"split fraction must be in (0, 1), got {fraction}")
     if order not in ("id", "random"):
@@ -116,7 +135,10 @@ def few_shot_split(
             if order == "random":
                 random.Random(f"{seed}/{name}/{defect}").shuffle(samples)
             k = n_train(len(samples), fraction)
-            split.train_defects[defect] = samples[:k]
-            split.holdout_defects[defect] = samples[k:]
+            first, second = samples[:k], samples[k:]
+            if fold == 2:  # the other fold: the half fold 1 evaluated trains, and the other way round
+                first, second = second, first
+            split.train_defects[defect] = first
+            split.holdout_defects[defect] = second
         out[name] = split
-    return FewShotSplit(fraction, order, seed, out)
+    return FewShotSplit(fraction, order, seed, out, fold)

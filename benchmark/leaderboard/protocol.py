@@ -24,7 +24,9 @@ def protocol_of(results: dict) -> dict:
     protocol = {
         "dataset": canonical_dataset(data["name"]),
         "split": {"fraction": None if fraction is None else round(float(fraction), 4),
-                  "order": split.get("order")},
+                  "order": split.get("order"),
+                  # two folds averaged (BADG App. A.1); left out at 1, so runs from before keep their protocol
+                  **({"folds": split["folds"]} if split.get("folds", 1) != 1 else {})},
         "segmenter": canonical_name(segmenter["name"]),
         "image_size": data.get("image_size"),
         "metrics": _metric_options(config.get("metrics") or {}),
@@ -61,7 +63,9 @@ def describe_protocol(protocol: dict) -> tuple[str, list[tuple[str, str]]]:
     fraction = split.get("fraction")
     training = f" ({protocol['training']})" if protocol.get("training") else ""
     headline = f"reproduced · {dataset} · {segmenter}{training} · {protocol.get('image_size')} px"
-    details = [("split", ("?" if fraction is None else f"{100 * fraction:.2f}% of the defects") + f", by {split.get('order')}"),
+    folds = f", {split['folds']} folds (each half trains once, evaluates once), averaged" if split.get("folds") else ""
+    details = [("split", ("?" if fraction is None else f"{100 * fraction:.2f}% of the defects") + f", by {split.get('order')}"
+                + folds),
                ("metric options", ", ".join(f"{k}={v}" for k, v in (protocol.get("metrics") or {}).items()) or "none")]
     return headline, details
 

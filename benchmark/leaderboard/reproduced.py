@@ -87,14 +87,15 @@ def row_from_results(results: dict, where: str, accepted: bool = False) -> Row:
 
 def results_files(path: Path) -> list[Path]:
     """The results of one --results argument: a results.json file; a run folder or a folder of run
-    folders (every results.json below it); or a folder of collected results (its *.json files,
-    each of which must be a results.json, like the accepted runs in the package data)."""
+    folders (every results.json below it, but not the folds of a two-fold run); or a folder of
+    collected results (its *.json files, each of which must be a results.json, like the accepted
+    runs in the package data)."""
     path = Path(path)
     if not path.exists():
         raise BenchError(f"{path}: no such results file or folder")
     if not path.is_dir():
         return [path]
-    found = sorted(path.rglob(RESULTS_FILE))
+    found = sorted(f for f in path.rglob(RESULTS_FILE) if f.parent == path or not is_fold_of_a_run(f.parent))
     if found:
         return found
     if (path / "config.json").exists():
@@ -104,6 +105,12 @@ def results_files(path: Path) -> list[Path]:
     if not found:
         raise BenchError(f"{path}: no {RESULTS_FILE} in this folder or below it")
     return found
+
+
+def is_fold_of_a_run(folder: Path) -> bool:
+    """`<run>/fold-<k>/` of a two-fold run (benchmark/run/folds.py): the run's own results.json,
+    the mean over its folds, is the run's row; a fold's is a row only when asked for by name."""
+    return folder.name.startswith("fold-") and (folder.parent / "config.json").exists()
 
 
 def load_reproduced(paths: list[Path], accepted: bool = False) -> list[Row]:

@@ -3,7 +3,8 @@
 The run is a sequence of stages (`benchmark.run.stages`), each with `is_done` and `run`. Every
 stage writes its output to the run folder (the synthetic set to a cache keyed by what determines
 it), and every fit checkpoints through Lightning, so a killed run started again with `--resume`
-continues from the last checkpoint of the stage it was in.
+continues from the last checkpoint of the stage it was in. With `split.folds=2` each fold is such
+a run in a sub-folder and the run reports their mean (`benchmark.run.folds`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class Run:
         from benchmark.run.stages import STAGES
 
         ctx = self.ctx
+        if ctx.cfg.split.folds > 1 and ctx.cfg.split.fold is None:  # every fold in its sub-folder, then the mean
+            from benchmark.run.folds import execute_folds
+
+            return execute_folds(self, resume, overwrite, until)
         # first: on N devices this starts the other N-1 processes, which run this command too
         ctx.ranks = launch_ranks(ctx.cfg.trainer)
         if not ctx.ranks.is_zero:  # one display and one log: rank zero's (warnings still show)

@@ -72,7 +72,8 @@ class DataStage(Stage):
                 raise BenchError(f"{root}/{name}: category has no normal training images")
             if not cat.defects:
                 raise BenchError(f"{root}/{name}: category has no defect images with masks")
-        ctx.split = few_shot_split(categories, ctx.cfg.split.fraction, ctx.cfg.split.order, ctx.cfg.seed)
+        ctx.split = few_shot_split(categories, ctx.cfg.split.fraction, ctx.cfg.split.order, ctx.cfg.seed,
+                                   fold=ctx.cfg.split.fold)
         ctx.split.save(path)
 
 

@@ -68,6 +68,8 @@ class BadgGenerator(LatentDiffusionGenerator):
     code_version: ClassVar[int] = 1
     Options = BadgOptions
     freeze_backbone: ClassVar[bool] = False  # the U-Net trains; `frozen_modules` keeps the rest in eval
+    # the paper's run protocol, two 1/2 folds averaged (App. A.1), is not a generator option: the
+    # registry entry's `protocol` sets split.folds=2 for the `paper` profile (benchmark/registry.py)
     presets: ClassVar[dict[str, dict]] = {
         "paper": {"backbone": "stable-diffusion-v1-5/stable-diffusion-v1-5", "resolution": 256, "train_steps": 500,
                   "train_batch_size": 1, "lr": 5e-6, "sampling_steps": 50, "inversion_steps": 50},
