@@ -230,14 +230,18 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
     """`tiny`'s text encoder, tokenizer and schedule; a PCA autoencoder fitted to, and a U-Net
     pre-trained on, the pre-training images; written atomically."""
     from diffusers import DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
 
-    from generators.diffusion.backbone import load_backbone
-    from generators.diffusion.hub import TINY
     from generators.diffusion.tiny import TINY_SEED, UNET
 
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
-        base = load_backbone(TINY, freeze=True)  # its text encoder and tokenizer are kept
+        # `tiny`'s text encoder and tokenizer are kept; loaded here directly, because the backbone
+        # loader imports this module (generators.diffusion.backbone's BUILT_BACKBONES)
+        with quiet_hub_libraries():
+            tokenizer = CLIPTokenizer.from_pretrained(tiny_backbone_folder() / "tokenizer")
+            text_encoder = CLIPTextModel.from_pretrained(tiny_backbone_folder() / "text_encoder")
+        text_encoder.eval().requires_grad_(False)
         shutil.copytree(tiny_backbone_folder(), tmp, dirs_exist_ok=True)
         shutil.rmtree(tmp / "unet")
         shutil.rmtree(tmp / "vae")
@@ -249,7 +253,7 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
             torch.manual_seed(TINY_SEED)
             unet = LinearSkipUNet(**{**UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
                                      "block_out_channels": UNET_CHANNELS})
-            losses = pretrain_unet(unet, vae, base.tokenizer, base.text_encoder, scheduler, **PRETRAIN)
+            losses = pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, **PRETRAIN)
             unet.save_pretrained(tmp / "unet")
         index = json.loads((tmp / "model_index.json").read_text())
         index["vae"] = ["generators.diffusion.tiny_demo", "PatchPCAAutoencoder"]
