@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generators.diffusion.attention import AttentionRecord, CrossAttentionHook
+from generators.diffusion.attention import CrossAttentionHook, CrossAttentionProcessor
 from generators.diffusion.backbone import Backbone
 from generators.diffusion.inversion import masked_ddim_inversion
 
@@ -90,66 +90,24 @@ class MaskedCrossAttention(CrossAttentionHook):
     def set(self, mask: torch.Tensor | None, n_inside: int | None = None) -> None:
         self.mask, self.n_inside = mask, n_inside
 
-    def attach(self, unet: nn.Module) -> "MaskedCrossAttention":
-        self._unet, self._original = unet, dict(unet.attn_processors)
-        processors = {}
-        for name, proc in self._original.items():
-            hooked = name.endswith("attn2.processor") and (self.layers is None or any(s in name for s in self.layers))
-            processors[name] = MaskedCrossAttnProcessor(self, name.removesuffix(".processor")) if hooked else proc
-        unet.set_attn_processor(processors)
-        self._pre_hook = unet.register_forward_pre_hook(self._remember_latent_size, with_kwargs=True)
-        return self
 
+class MaskedCrossAttnProcessor(CrossAttentionProcessor):
+    """The project's cross-attention processor with Eq. 10 / 11 in place of the single softmax."""
 
-class MaskedCrossAttnProcessor:
-    """diffusers' plain `AttnProcessor` with Eq. 10 / 11 in place of the single softmax."""
-
-    def __init__(self, hook: MaskedCrossAttention, layer: str):
-        self.hook, self.layer = hook, layer
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def attention_probs(self, attn, query, key, attention_mask, size: tuple[int, int]) -> torch.Tensor:
         hook = self.hook
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape
-        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key, value = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
-        query, key, value = (attn.head_to_batch_dim(t) for t in (query, key, value))
-
-        size = hook.layer_size(query.shape[1])
         if hook.mask is None or hook.n_inside is None:
-            probs = attn.get_attention_scores(query, key, attention_mask)
-        else:
-            inside, outside = token_groups(key.shape[1], hook.n_inside, key.device)
-            m_q = resize_mask(hook.mask, size).flatten(1).repeat_interleave(attn.heads, 0)[..., None]  # (B*heads, q, 1)
-            # two softmaxes through diffusers' own score code (keeps its upcasting), each over one group
-            base = 0 if attention_mask is None else attention_mask
-            m_def = attn.get_attention_scores(query, key, base + _ban(outside, query.dtype))  # softmax over C_def / C_m
-            m_bg = attn.get_attention_scores(query, key, base + _ban(inside, query.dtype))  # softmax over C_bg
-            probs = m_q.to(m_def.dtype) * m_def + (1 - m_q.to(m_def.dtype)) * m_bg  # Eq. 10 / 11
-        if hook.record:
-            kept = probs.detach() if hook.detach else probs
-            hook.records.append(AttentionRecord(self.layer, kept.unflatten(0, (-1, attn.heads)), size))
+            return attn.get_attention_scores(query, key, attention_mask)
+        inside, outside = token_groups(key.shape[1], hook.n_inside, key.device)
+        m_q = resize_mask(hook.mask, size).flatten(1).repeat_interleave(attn.heads, 0)[..., None]  # (B*heads, q, 1)
+        # two softmaxes through diffusers' own score code (keeps its upcasting), each over one group
+        base = 0 if attention_mask is None else attention_mask
+        m_def = attn.get_attention_scores(query, key, base + _ban(outside, query.dtype))  # softmax over C_def / C_m
+        m_bg = attn.get_attention_scores(query, key, base + _ban(inside, query.dtype))  # softmax over C_bg
+        return m_q.to(m_def.dtype) * m_def + (1 - m_q.to(m_def.dtype)) * m_bg  # Eq. 10 / 11
 
-        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+
+MaskedCrossAttention.processor_class = MaskedCrossAttnProcessor
 
 
 def _ban(tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

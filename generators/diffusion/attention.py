@@ -56,7 +56,7 @@ class CrossAttentionHook:
         processors = {}
         for name, proc in self._original.items():
             hooked = name.endswith("attn2.processor") and (self.layers is None or any(s in name for s in self.layers))
-            processors[name] = CrossAttentionProcessor(self, name.removesuffix(".processor")) if hooked else proc
+            processors[name] = self.processor_class(self, name.removesuffix(".processor")) if hooked else proc
         unet.set_attn_processor(processors)
         self._pre_hook = unet.register_forward_pre_hook(self._remember_latent_size, with_kwargs=True)
         return self
@@ -142,16 +142,7 @@ class CrossAttentionProcessor:
         query, key, value = (attn.head_to_batch_dim(t) for t in (query, key, value))
 
         size = hook.layer_size(query.shape[1])
-        if hook.mask is not None and (hook.inside or hook.outside):
-            attention_mask = self._restriction_bias(query, key, size, attn.heads, attention_mask)
-        probs = attn.get_attention_scores(query, key, attention_mask)
-        if hook.weight is not None:
-            scale = hook.spatial(hook.weight, size, attn.heads).to(probs.dtype)  # (B*heads, q, 1)
-            if hook.weight_tokens is not None:
-                chosen = torch.zeros(probs.shape[-1], dtype=torch.bool, device=probs.device)
-                chosen[list(hook.weight_tokens)] = True
-                scale = torch.where(chosen, scale, torch.ones_like(scale))
-            probs = probs * scale
+        probs = self.attention_probs(attn, query, key, attention_mask, size)
         if hook.record:
             kept = probs.detach() if hook.detach else probs
             hook.records.append(AttentionRecord(self.layer, kept.unflatten(0, (-1, attn.heads)), size))
@@ -164,6 +155,22 @@ class CrossAttentionProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
+    def attention_probs(self, attn, query, key, attention_mask, size: tuple[int, int]) -> torch.Tensor:
+        """(B*heads, queries, tokens) probabilities: the softmax, restricted (`hook.restrict`) and
+        re-weighted (`hook.reweight`); a method that changes the softmax itself overrides this."""
+        hook = self.hook
+        if hook.mask is not None and (hook.inside or hook.outside):
+            attention_mask = self._restriction_bias(query, key, size, attn.heads, attention_mask)
+        probs = attn.get_attention_scores(query, key, attention_mask)
+        if hook.weight is not None:
+            scale = hook.spatial(hook.weight, size, attn.heads).to(probs.dtype)  # (B*heads, q, 1)
+            if hook.weight_tokens is not None:
+                chosen = torch.zeros(probs.shape[-1], dtype=torch.bool, device=probs.device)
+                chosen[list(hook.weight_tokens)] = True
+                scale = torch.where(chosen, scale, torch.ones_like(scale))
+            probs = probs * scale
+        return probs
+
     def _restriction_bias(self, query, key, size, heads, attention_mask):
         hook = self.hook
         inside_q = hook.spatial(hook.mask, size, heads) > 0.5  # (B*heads, q, 1)
@@ -175,3 +182,6 @@ class CrossAttentionProcessor:
         banned = (~inside_q & in_tok) | (inside_q & out_tok)  # (B*heads, q, tokens)
         bias = torch.zeros(banned.shape, dtype=query.dtype, device=query.device).masked_fill(banned, torch.finfo(query.dtype).min)
         return bias if attention_mask is None else attention_mask + bias
+
+
+CrossAttentionHook.processor_class = CrossAttentionProcessor  # a subclass of the hook may install its own
