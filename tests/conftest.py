@@ -64,3 +64,48 @@ def signal_at_step(monkeypatch):
         return starts
 
     return arm
+
+
+@pytest.fixture(scope="session")
+def make_toy_split():
+    """The builder below, for the generator tests' module-scoped `split` fixtures."""
+    return toy_few_shot_split
+
+
+def toy_few_shot_split(root, size: int, categories=("wood",), n_good: int = 2,
+                       boxes=(("hole", (10, 20, 30, 44)), ("scratch", (40, 43, 5, 50)))):
+    """A FewShotSplit on disk for generator tests: per category `n_good` normal images, then per
+    defect type 2 images with a dark box (rows r0+i:r1+i, cols c0:c1) and its mask; random grey
+    texture from one seeded generator, drawn in that order."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmark.data.dataset import Sample
+    from benchmark.data.split import CategorySplit, FewShotSplit
+
+    def write(path, array):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+
+    rng = np.random.default_rng(0)
+    cats = {}
+    for cat in categories:
+        good = []
+        for i in range(n_good):
+            p = root / cat / "train" / "good" / f"{i:03d}.png"
+            write(p, rng.integers(60, 200, (size, size, 3), dtype=np.uint8))
+            good.append(Sample(p, cat))
+        defects = {}
+        for d, (r0, r1, c0, c1) in boxes:
+            defects[d] = []
+            for i in range(2):
+                img = rng.integers(60, 200, (size, size, 3), dtype=np.uint8)
+                mask = np.zeros((size, size), np.uint8)
+                mask[r0 + i:r1 + i, c0:c1] = 255
+                img[mask > 0] = 20
+                p, mp = root / cat / "test" / d / f"{i:03d}.png", root / cat / "ground_truth" / d / f"{i:03d}_mask.png"
+                write(p, img)
+                write(mp, mask)
+                defects[d].append(Sample(p, cat, d, (mp,)))
+        cats[cat] = CategorySplit(cat, good, [], defects, {d: [] for d in defects})
+    return FewShotSplit(1 / 3, "id", 0, cats)

@@ -395,41 +395,10 @@ def test_ddim_settings_name_the_authors_values():
 
 
 # -- the generator on the tiny backbone -----------------------------------------------------------------
-def _write(path, array):
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
+def split(tmp_path_factory, make_toy_split):
     """1 category x 2 defect types, 64 px, 2 few-shot defects each, 2 normal images."""
-    import numpy as np
-
-    from benchmark.data.dataset import Sample
-    from benchmark.data.split import CategorySplit, FewShotSplit
-
-    root = tmp_path_factory.mktemp("ad-data")
-    rng = np.random.default_rng(0)
-    good = []
-    for i in range(2):
-        p = root / "wood" / "train" / "good" / f"{i:03d}.png"
-        _write(p, rng.integers(60, 200, (64, 64, 3), dtype=np.uint8))
-        good.append(Sample(p, "wood"))
-    defects = {}
-    for d, box in (("hole", (10, 20, 30, 44)), ("scratch", (40, 43, 5, 50))):
-        defects[d] = []
-        for i in range(2):
-            img = rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)
-            mask = np.zeros((64, 64), np.uint8)
-            mask[box[0] + i:box[1] + i, box[2]:box[3]] = 255
-            img[mask > 0] = 20
-            p, mp = root / "wood" / "test" / d / f"{i:03d}.png", root / "wood" / "ground_truth" / d / f"{i:03d}_mask.png"
-            _write(p, img)
-            _write(mp, mask)
-            defects[d].append(Sample(p, "wood", d, (mp,)))
-    return FewShotSplit(1 / 3, "id", 0, {"wood": CategorySplit("wood", good, [], defects, {d: [] for d in defects})})
+    return make_toy_split(tmp_path_factory.mktemp("ad-data"), 64)
 
 
 def _trainer(**kw):

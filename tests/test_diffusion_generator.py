@@ -13,9 +13,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmark.data.dataset import Sample  # noqa: E402
 from benchmark.data.images import load_mask  # noqa: E402
-from benchmark.data.split import CategorySplit, FewShotSplit  # noqa: E402
 from benchmark.errors import BenchError  # noqa: E402
 from generators.diffusion.few_shot import place_mask  # noqa: E402
 from generators.diffusion.generator import LatentDiffusionGenerator, LatentDiffusionOptions  # noqa: E402
@@ -23,34 +21,11 @@ from generators.diffusion.generator import LatentDiffusionGenerator, LatentDiffu
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-def _write(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
+def split(tmp_path_factory, make_toy_split):
     """1 category x 2 defect types at 32 px, 2 few-shot defects each, 2 normal images."""
-    root = tmp_path_factory.mktemp("ldm-data")
-    rng = np.random.default_rng(0)
-    good = []
-    for i in range(2):
-        p = root / "wood" / "train" / "good" / f"{i:03d}.png"
-        _write(p, rng.integers(60, 200, (32, 32, 3), dtype=np.uint8))
-        good.append(Sample(p, "wood"))
-    defects = {}
-    for d, box in (("hole", (4, 12, 6, 14)), ("scratch", (20, 22, 2, 30))):
-        defects[d] = []
-        for i in range(2):
-            img = rng.integers(60, 200, (32, 32, 3), dtype=np.uint8)
-            mask = np.zeros((32, 32), np.uint8)
-            mask[box[0] + i:box[1] + i, box[2]:box[3]] = 255
-            img[mask > 0] = 20
-            p, mp = root / "wood" / "test" / d / f"{i:03d}.png", root / "wood" / "ground_truth" / d / f"{i:03d}_mask.png"
-            _write(p, img)
-            _write(mp, mask)
-            defects[d].append(Sample(p, "wood", d, (mp,)))
-    return FewShotSplit(1 / 3, "id", 0, {"wood": CategorySplit("wood", good, [], defects, {d: [] for d in defects})})
+    return make_toy_split(tmp_path_factory.mktemp("ldm-data"), 32,
+                              boxes=(("hole", (4, 12, 6, 14)), ("scratch", (20, 22, 2, 30))))
 
 
 class ToyOptions(LatentDiffusionOptions):

@@ -9,13 +9,10 @@ import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from benchmark.config import resolve_options  # noqa: E402
-from benchmark.data.dataset import Sample  # noqa: E402
 from benchmark.data.images import load_mask  # noqa: E402
-from benchmark.data.split import CategorySplit, FewShotSplit  # noqa: E402
 from benchmark.errors import BenchError  # noqa: E402
 from generators.base import MASK_GIVEN, collate_requests  # noqa: E402
 from generators.diffusion.noise import PerSampleNoise  # noqa: E402
@@ -239,37 +236,11 @@ def test_stage_loss_feeds_full_latent_to_aware_and_masked_latent_to_only(abar):
 
 
 # -- the generator on the tiny backbone -----------------------------------------------------------------
-def _write(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
+def split(tmp_path_factory, make_toy_split):
     """2 categories x 2 defect types, 64 px, 2 few-shot defects each, 3 normal images."""
-    root = tmp_path_factory.mktemp("stage-data")
-    rng = np.random.default_rng(0)
-    cats = {}
-    for cat in ("wood", "metal_plate"):
-        good = []
-        for i in range(3):
-            p = root / cat / "train" / "good" / f"{i:03d}.png"
-            _write(p, rng.integers(60, 200, (64, 64, 3), dtype=np.uint8))
-            good.append(Sample(p, cat))
-        defects = {}
-        for d, box in (("hole", (10, 20, 30, 44)), ("long_scratch", (40, 43, 5, 50))):
-            defects[d] = []
-            for i in range(2):
-                img = rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)
-                mask = np.zeros((64, 64), np.uint8)
-                mask[box[0] + i:box[1] + i, box[2]:box[3]] = 255
-                img[mask > 0] = 20
-                p, mp = root / cat / "test" / d / f"{i:03d}.png", root / cat / "ground_truth" / d / f"{i:03d}_mask.png"
-                _write(p, img)
-                _write(mp, mask)
-                defects[d].append(Sample(p, cat, d, (mp,)))
-        cats[cat] = CategorySplit(cat, good, [], defects, {d: [] for d in defects})
-    return FewShotSplit(1 / 3, "id", 0, cats)
+    return make_toy_split(tmp_path_factory.mktemp("stage-data"), 64, ("wood", "metal_plate"), n_good=3,
+                              boxes=(("hole", (10, 20, 30, 44)), ("long_scratch", (40, 43, 5, 50))))
 
 
 def _options(**kw):
