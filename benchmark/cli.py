@@ -397,8 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if type(e).__name__ != "RunInterrupted":
             raise
-        print(f"{e.signal_name.lower().removeprefix('sig')}: stopped during {e.where}; checkpoints and finished "
-              f"stages are kept; resume with: {resume_command(args)}", file=sys.stderr)
+        from benchmark.run.ranks import started_as_rank_zero
+
+        if started_as_rank_zero():  # every rank stops; one of them says how to continue
+            print(f"{e.signal_name.lower().removeprefix('sig')}: stopped during {e.where}; checkpoints and finished "
+                  f"stages are kept; resume with: {resume_command(args)}", file=sys.stderr)
         return 130
 
 

@@ -57,3 +57,32 @@ def test_two_ranks_share_rank_zeros_values_and_stop_together_on_its_bad_input(tm
     assert zero["stopped"] == ["BenchError", "data root does not exist"]
     assert one["stopped"] == ["RankStopped", 2]
     assert zero["closed"] and one["closed"]
+
+
+@pytest.mark.parametrize("environ, zero", [
+    ({}, True),  # a single process
+    ({"RANK": "0", "LOCAL_RANK": "0"}, True),  # torchrun / SLURM, rank zero
+    ({"RANK": "3", "LOCAL_RANK": "1"}, False),
+    ({"RANK": "0", "LOCAL_RANK": "1"}, True),  # RANK is the global rank when given
+    ({"LOCAL_RANK": "1"}, False),  # Lightning's ddp launcher, second device
+    ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False),  # first device of the second node
+])
+def test_only_global_rank_zero_prints_how_to_resume(environ, zero):
+    from benchmark.run.ranks import started_as_rank_zero
+
+    assert started_as_rank_zero(environ) is zero
+
+
+def test_an_interrupted_rank_other_than_zero_prints_nothing(tmp_path, capsys, monkeypatch):
+    from benchmark import cli
+    from benchmark.run import RunInterrupted
+
+    def interrupted(args):
+        raise RunInterrupted("train step 2/3", "SIGTERM")
+
+    monkeypatch.setattr(cli, "cmd_run", interrupted, raising=False)
+    argv = ["run", "--output", str(tmp_path / "r"), "--no-wandb"]
+    for rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert cli.main(argv) == 130
+        assert ("resume with:" in capsys.readouterr().err) is printed

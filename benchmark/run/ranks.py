@@ -22,6 +22,18 @@ T = TypeVar("T")
 FUNCTION_LAUNCHED = ("spawn", "fork", "notebook")
 
 
+def started_as_rank_zero(environ=None) -> bool:
+    """Whether this process is global rank zero by the variables its launcher set (torchrun and
+    SLURM set RANK; Lightning's ddp launcher starts the other ranks with LOCAL_RANK / NODE_RANK),
+    for messages printed after the process group is gone; no variable: a single process."""
+    import os
+
+    env = os.environ if environ is None else environ
+    if env.get("RANK") is not None:
+        return int(env["RANK"]) == 0
+    return int(env.get("LOCAL_RANK") or 0) == 0 and int(env.get("NODE_RANK") or 0) == 0
+
+
 class RunRanks:
     """One process's view of the run's ranks; with `world_size == 1` every method is a no-op."""
 
