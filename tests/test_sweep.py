@@ -376,3 +376,9 @@ def test_a_relative_dataset_folder_is_taken_from_the_current_folder(tmp_path, mo
     (cell,) = expand(grid, tmp_path / "sweep")[1]
     assert cell.config.data.root == str(tmp_path / "data" / "visa") and cell.config.data.layout == "visa"
     assert cell.folder == tmp_path / "sweep" / "runs" / "visa" / "cutpaste-unet-seed0"
+
+
+def test_multi_gpu_jobs_are_refused_until_the_launcher_requests_a_task_per_gpu(tmp_path, capsys):
+    grid = write_yaml(tmp_path / "grid.yaml", {**GRID, "launcher": {"name": "slurm", "gpus_per_job": 2}})
+    assert main(["--quiet", "sweep", "--config", str(grid), "--output", str(tmp_path / "sweep")]) == 2
+    assert "gpus_per_job" in capsys.readouterr().err

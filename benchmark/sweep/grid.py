@@ -78,7 +78,9 @@ class LauncherOptions(Strict):
 
     name: Literal["local", "slurm"] = "local"
     partition: str | None = None
-    gpus_per_job: int = Field(1, ge=0)
+    # at most 1: a multi-GPU Lightning run on SLURM needs one task per GPU, which the jobs do not
+    # request yet (docs/sweep.md, "Launchers")
+    gpus_per_job: int = Field(1, ge=0, le=1)
     cpus_per_job: int | None = Field(None, ge=1)
     mem_gb: float | None = Field(None, gt=0)
     time_min: int | None = Field(None, ge=1)  # per job; unset: 240 on SLURM, none for local jobs
