@@ -78,9 +78,7 @@ class LauncherOptions(Strict):
 
     name: Literal["local", "slurm"] = "local"
     partition: str | None = None
-    # at most 1: a multi-GPU Lightning run on SLURM needs one task per GPU, which the jobs do not
-    # request yet (docs/sweep.md, "Launchers")
-    gpus_per_job: int = Field(1, ge=0, le=1)
+    gpus_per_job: int = Field(1, ge=0)
     cpus_per_job: int | None = Field(None, ge=1)
     mem_gb: float | None = Field(None, gt=0)
     time_min: int | None = Field(None, ge=1)  # per job; unset: 240 on SLURM, none for local jobs
@@ -90,6 +88,15 @@ class LauncherOptions(Strict):
     sbatch: dict[str, Any] = {}  # any other sbatch option, e.g. {constraint: a100}
     setup: list[str] = []  # shell lines run before each job (module load ..., source venv/bin/activate)
     wait: bool = False  # slurm: stay until every job finished (else submit, print the job ids and exit)
+
+    @field_validator("gpus_per_job")
+    @classmethod
+    def _one_gpu_per_job(cls, value: int) -> int:
+        # a multi-GPU Lightning run on SLURM needs one task per GPU, which the jobs do not request yet
+        if value > 1:
+            raise ValueError("at most 1 for now: a multi-GPU run needs one SLURM task per GPU, which sweep jobs "
+                             "do not request yet; run it with `srun bench run` (docs/scale.md, docs/sweep.md)")
+        return value
 
 
 class SweepGrid(Strict):
