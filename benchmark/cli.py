@@ -288,6 +288,7 @@ DELEGATED = {  # name -> (module with add_arguments(parser) and run(args), help)
     "compare": ("benchmark.compare", "diff two results.json per category; non-zero exit on regression"),
     "leaderboard": ("benchmark.leaderboard", "render leaderboards from reported and reproduced results"),
     "predict": ("benchmark.predict", "apply a run's trained segmenter to new images: maps, masks, overlays"),
+    "combine-folds": ("benchmark.combine_folds", "average the results of folds that ran as separate runs (split.fold=k)"),
     "sweep": ("benchmark.sweep", "a grid of runs (generators x segmenters x datasets x seeds), local or on SLURM"),
     "quality": ("benchmark.quality.cli", "generation quality of a synthetic set: IS, FID, KID, LPIPS, IC-LPIPS"),
 }

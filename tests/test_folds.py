@@ -201,3 +201,46 @@ def test_two_folds_on_several_processes_are_refused_with_the_fix():
     with pytest.raises(BenchError, match=r"split\.folds=2 on 2 processes .* --set split\.fold=1"):
         refuse_several_processes(ddp.trainer)
     refuse_several_processes(build_config("smoke", [parse_override("split.folds=2")]).trainer)  # one device: runs
+
+
+def test_folds_run_as_separate_runs_are_combined_into_the_averaged_report(one_thread, tmp_path, capsys):
+    """`bench combine-folds`: two single-fold runs (as two jobs would make them) -> the averaged
+    results.json, checked by hand against the folds' own tables; and what it refuses."""
+    runs = [tmp_path / f"fold{k}" for k in (1, 2)]
+    for k, folder in enumerate(runs, 1):
+        assert bench("run", "--output", str(folder), *TINY, "--set", f"split.fold={k}") == 0
+    out = tmp_path / "combined"
+    assert bench("combine-folds", str(runs[1]), str(runs[0]), "--output", str(out)) == 0  # any order
+    assert f"results: {out / 'results.json'}" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    folds = [json.loads((f / "results.json").read_text()) for f in runs]
+    assert results["config"]["split"] == {"fraction": 0.5, "order": "id", "folds": 2, "fold": None}
+    assert [(f["fold"], f["folder"]) for f in results["folds"]] == [(1, "../fold1"), (2, "../fold2")]
+    for cat in ("carpet_like", "pill"):
+        for group, metric in (("image", "auroc"), ("pixel", "ap"), ("pixel", "pro")):
+            by_hand = (folds[0]["categories"][cat][group][metric] + folds[1]["categories"][cat][group][metric]) / 2
+            assert math.isclose(results["categories"][cat][group][metric], by_hand)
+    assert results["run"]["synthetic_pairs"] == sum(f["run"]["synthetic_pairs"] for f in folds)
+    assert results["run"].get("git_commit") == folds[0]["run"].get("git_commit")  # the same checkout
+    assert (out / "metrics.csv").exists() and (out / "per_category.png").exists()
+
+    from benchmark.leaderboard.reproduced import results_files
+
+    assert results_files(out) == [out / "results.json"]
+
+    def refused(*args):
+        assert bench("combine-folds", *map(str, args)) != 0
+        return capsys.readouterr().err
+
+    assert "exists; pass --overwrite" in refused(*runs, "--output", out)
+    assert bench("combine-folds", *map(str, runs), "--output", str(out), "--overwrite") == 0
+    assert "give each fold 1..2 exactly once" in refused(runs[0], runs[0], "--output", tmp_path / "x")
+    assert "is one of the fold folders" in refused(*runs, "--output", runs[0])
+    assert "nowhere/results.json: missing" in refused(runs[0], tmp_path / "nowhere", "--output", tmp_path / "x")
+    other = json.loads((runs[1] / "results.json").read_text())
+    other["config"]["segmenter"]["options"]["max_steps"] = STEPS + 1
+    (tmp_path / "changed").mkdir()
+    (tmp_path / "changed" / "results.json").write_text(json.dumps(other))
+    assert f"configured differently from {runs[0]} at segmenter.options.max_steps (3 vs 4)" in refused(
+        runs[0], tmp_path / "changed", "--output", tmp_path / "x")
+    assert "not a run of one fold" in refused(out, runs[1], "--output", tmp_path / "x")

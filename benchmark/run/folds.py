@@ -9,7 +9,8 @@ and evaluates the second, fold 2 the other way round (`benchmark.data.split`); e
 generator is fitted on, and draws its few-shot masks from, its own training half only. The folds
 run one after the other through the ordinary stages, so `--resume` continues the fold that was
 stopped and reuses the finished one. One process only: on several devices, run each fold alone
-(`split.fold=k`, an ordinary run). The run folder's `results.json` then holds the averaged table
+(`split.fold=k`, an ordinary run) and average them with `bench combine-folds`
+(`combine_fold_runs`). The run folder's `results.json` then holds the averaged table
 (`benchmark.results.fold_mean`) and, under `folds`, each fold's; `metrics.csv` and
 `per_category.png` show the averaged table.
 """
@@ -17,6 +18,7 @@ stopped and reuses the finished one. One process only: on several devices, run e
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -87,13 +89,16 @@ def refuse_several_processes(trainer) -> None:
     if world_size > 1:
         raise BenchError(f"split.folds=2 on {world_size} processes (trainer.devices={trainer.devices}, "
                          f"num_nodes={trainer.num_nodes}) is not supported yet; run each fold on its own with "
-                         "--set split.fold=1 and --set split.fold=2, or use one device (--set trainer.devices=1)")
+                         "--set split.fold=1 and --set split.fold=2 (each can use the devices), then average them with "
+                         "`bench combine-folds <fold-1 run> <fold-2 run> --output <folder>`; or use one device "
+                         "(--set trainer.devices=1)")
 
 
-def fold_summary(fold: int, results: dict) -> dict:
-    """One fold's entry under `folds` in the run's results.json."""
+def fold_summary(fold: int, results: dict, folder: str | None = None) -> dict:
+    """One fold's entry under `folds` in the run's results.json; `folder` relative to the run folder
+    (default its `fold-<k>/`)."""
     run = results.get("run", {})
-    return {"fold": fold, "folder": fold_folder(Path("."), fold).name, "categories": results["categories"],
+    return {"fold": fold, "folder": folder or fold_folder(Path("."), fold).name, "categories": results["categories"],
             "mean": results["mean"], "timings": results.get("timings", {}), "evaluation": results.get("evaluation"),
             "synthetic_set": run.get("synthetic_set"), "synthetic_pairs": run.get("synthetic_pairs")}
 
@@ -127,24 +132,94 @@ def fold_provenance(folds: list[dict]) -> dict | None:
 def write_fold_report(ctx, outcomes: list[dict]) -> dict:
     """The run folder's results.json (averaged table + per-fold tables), metrics.csv,
     per_category.png, and the W&B run of the average (each fold logs its own)."""
-    from benchmark import report
-    from benchmark.results import build_results, fold_mean
     from benchmark.run.context import package_versions, source_revision
 
     root = ctx.folder.root
     folds = [fold_summary(k, r) for k, r in enumerate(outcomes, 1)]
-    results = build_results(
-        run_id=root.name, config=ctx.resolved_config(), config_hash=config_digest(ctx.resolved_config()),
-        versions=package_versions(), categories=fold_mean([f["categories"] for f in folds]),
-        timings=summed_timings(folds), evaluation=fold_provenance(folds),
-        precision=ctx.resolved_precision(), **source_revision(),
-        synthetic_pairs=sum(f["synthetic_pairs"] or 0 for f in folds),
-    )
-    results["folds"] = folds
-    report.write_results(results, root)
-    report.category_bars(results, root / "per_category.png")
+    results = averaged_results(root, ctx.resolved_config(), folds, precision=ctx.resolved_precision(),
+                               versions=package_versions(), **source_revision())
     if ctx.cfg.wandb:
         from benchmark.tracking import log_results
 
         log_results(ctx.wandb_logger(), results, root)
     return results
+
+
+def averaged_results(root: Path, config: dict, folds: list[dict], versions: dict, **run_extra) -> dict:
+    """results.json of the mean over `folds` (entries of `fold_summary`), written to `root` with
+    its metrics.csv and per_category.png; `run_extra` goes under `run` (precision, git revision)."""
+    from benchmark import report
+    from benchmark.results import build_results, fold_mean
+
+    results = build_results(
+        run_id=root.name, config=config, config_hash=config_digest(config), versions=versions,
+        categories=fold_mean([f["categories"] for f in folds]), timings=summed_timings(folds),
+        evaluation=fold_provenance(folds), synthetic_pairs=sum(f["synthetic_pairs"] or 0 for f in folds),
+        **run_extra,
+    )
+    results["folds"] = folds
+    report.write_results(results, root)
+    report.category_bars(results, root / "per_category.png")
+    return results
+
+
+AGREED_RUN_FIELDS = ("precision", "git_commit", "git_dirty", "determinism")  # kept when every fold has the same
+
+
+def combine_fold_runs(folders: list[Path], output: Path, overwrite: bool = False) -> dict:
+    """The averaged results of folds that ran as separate runs (`--set split.fold=k`, e.g. one job
+    per device, which the fold loop cannot use): the same files as a `split.folds=2` run folder's
+    report, written to `output`. Each fold folder must hold a finished run of one fold, all with one
+    configuration apart from `split.fold`, together covering folds 1..split.folds once."""
+    folders = [Path(f) for f in folders]
+    output = Path(output)
+    fold_results = []
+    for folder in folders:
+        path = folder / "results.json"
+        if not path.exists():
+            raise BenchError(f"{path}: missing; the fold's run has not finished (finish it with "
+                             f"`bench run --output {folder} --resume`)")
+        results = json.loads(path.read_text())
+        split = results.get("config", {}).get("split", {})
+        if split.get("fold") is None or split.get("folds", 1) < 2:
+            raise BenchError(f"{path}: not a run of one fold (its split is {split}); run each fold with "
+                             "--set split.folds=2 --set split.fold=<k>")
+        fold_results.append(results)
+    n = fold_results[0]["config"]["split"]["folds"]
+    numbers = [r["config"]["split"]["fold"] for r in fold_results]
+    if sorted(numbers) != list(range(1, n + 1)):
+        raise BenchError(f"the folders hold folds {numbers} of split.folds={n}; give each fold 1..{n} exactly once")
+    config = _without_fold(fold_results[0]["config"])
+    for folder, results in zip(folders[1:], fold_results[1:]):
+        difference = _first_difference(config, _without_fold(results["config"]))
+        if difference:
+            raise BenchError(f"{folder / 'results.json'}: configured differently from {folders[0]} at {difference}; "
+                             "the folds of one protocol run share every setting but split.fold")
+    resolved = {f.resolve() for f in folders}
+    if output.resolve() in resolved:
+        raise BenchError(f"{output}: is one of the fold folders; give another --output")
+    if (output / "results.json").exists() and not overwrite:
+        raise BenchError(f"{output / 'results.json'}: exists; pass --overwrite to replace it")
+    output.mkdir(parents=True, exist_ok=True)
+    order = sorted(range(len(folders)), key=lambda i: numbers[i])
+    folds = [fold_summary(numbers[i], fold_results[i], os.path.relpath(folders[i].resolve(), output.resolve()))
+             for i in order]
+    runs = [r.get("run", {}) for r in fold_results]
+    agreed = {k: runs[0][k] for k in AGREED_RUN_FIELDS
+              if k in runs[0] and all(r.get(k) == runs[0][k] for r in runs)}
+    return averaged_results(output, config, folds, versions=runs[order[0]].get("versions", {}), **agreed)
+
+
+def _without_fold(config: dict) -> dict:
+    return {**config, "split": {**config.get("split", {}), "fold": None}}
+
+
+def _first_difference(a, b, where: str = "") -> str | None:
+    """The dotted path of the first setting where two configurations differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+            if found:
+                return found
+        return None
+    return None if a == b else f"{where} ({a!r} vs {b!r})"
