@@ -116,3 +116,26 @@ def test_results_written_before_all_metric_options_were_recorded_share_the_proto
     assert protocol_of({"config": older}) == protocol_of({"config": config})
     older["metrics"]["iou_threshold"] = "f1"  # a real difference still separates them
     assert protocol_of({"config": older}) != protocol_of({"config": config})
+
+
+def test_the_grid_options_leave_the_protocol_of_a_run_evaluated_exactly():
+    """bins, mode and exact_max_pixels change no number when every category was evaluated exactly,
+    so runs that differ only in them share a protocol; one binned category keeps them apart."""
+    from benchmark.leaderboard.protocol import protocol_of
+
+    config = build().model_dump(mode="json")
+    config["data"]["name"] = "demo"
+
+    def results(mode, bins, modes):
+        c = json.loads(json.dumps(config))
+        c["metrics"].update(mode=mode, bins=bins)
+        return {"config": c, "evaluation": {"categories": {f"c{i}": {"mode": m} for i, m in enumerate(modes)}}}
+
+    exact = protocol_of(results("auto", 4000, ["exact", "exact"]))  # bins not at their default
+    assert protocol_of(results("exact", 8000, ["exact", "exact"])) == exact
+    assert "bins" not in exact["metrics"] and "mode" not in exact["metrics"]
+    one_binned = protocol_of(results("auto", 4000, ["exact", "binned"]))
+    assert one_binned != exact and one_binned["metrics"]["bins"] == 4000
+    assert protocol_of(results("auto", 8000, ["binned"])) != protocol_of(results("auto", 4000, ["binned"]))
+    no_record = {"config": results("exact", 4000, [])["config"]}  # results from before `evaluation`
+    assert protocol_of(no_record)["metrics"]["mode"] == "exact"

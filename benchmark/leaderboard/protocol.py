@@ -29,7 +29,7 @@ def protocol_of(results: dict) -> dict:
                   **({"folds": split["folds"]} if split.get("folds", 1) != 1 else {})},
         "segmenter": canonical_name(segmenter["name"]),
         "image_size": data.get("image_size"),
-        "metrics": _metric_options(config.get("metrics") or {}),
+        "metrics": _metric_options(config.get("metrics") or {}, evaluated_modes(results)),
     }
     if config.get("training") is not None:  # unified vs per-category segmenter (SeaS Table 8)
         protocol["training"] = config["training"]
@@ -42,9 +42,23 @@ _LATER_DEFAULTS = {k: v for k, v in MetricOptions().to_json().items()
                    if k in ("pixel_score", "pro_curve", "pixel_f1_max", "bins", "exact_max_pixels")}
 
 
-def _metric_options(metrics: dict) -> dict:
-    """The options that change numbers: not the preset's name, not later options at their defaults."""
+# options that choose or shape the histogram grid: no number of a category evaluated exactly depends on them
+_GRID_ONLY = ("mode", "bins", "exact_max_pixels")
+
+
+def evaluated_modes(results: dict) -> set | None:
+    """The curve modes the run's categories were computed in (results.json `evaluation`); None for
+    results written before it was recorded."""
+    categories = (results.get("evaluation") or {}).get("categories") or {}
+    return {c.get("mode") for c in categories.values()} or None
+
+
+def _metric_options(metrics: dict, modes: set | None = None) -> dict:
+    """The options that change numbers: not the preset's name, not later options at their defaults,
+    and not the grid's options when every category was evaluated exactly."""
     kept = {k: v for k, v in metrics.items() if k != "preset" and _LATER_DEFAULTS.get(k, object()) != v}
+    if modes == {"exact"}:
+        kept = {k: v for k, v in kept.items() if k not in _GRID_ONLY}
     return dict(sorted(kept.items()))
 
 
