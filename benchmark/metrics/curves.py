@@ -73,11 +73,12 @@ def pack_keys(scores: np.ndarray, payload: np.ndarray) -> np.ndarray:
     return pack_sparse_keys(scores, index, payload[index])
 
 
-def pack_sparse_keys(scores: np.ndarray, index: np.ndarray, payload: np.ndarray) -> np.ndarray:
-    """`pack_keys` with the payload given where it is non-zero: at `index` of the flattened scores."""
+def pack_sparse_keys(scores: np.ndarray, index: np.ndarray, payload: np.ndarray, positive: bool = False) -> np.ndarray:
+    """`pack_keys` with the payload given where it is non-zero: at `index` of the flattened scores.
+    `positive`: the caller knows every score is > 0, which saves the pass looking for sign bits."""
     scores = np.ascontiguousarray(scores, dtype=np.float32).ravel()
     bits = scores.view(np.int32)
-    if bits.size and int(bits.min()) < 0:  # negative logits or -0.0 (-> +0.0: one key for one number)
+    if not positive and bits.size and int(bits.min()) < 0:  # negative logits or -0.0 (-> +0.0: one key for one number)
         bits = _order_bits((scores + np.float32(0.0)).view(np.int32))
     keys = np.left_shift(bits, 32, dtype=np.int64)  # one pass, whatever the byte order
     keys[index] |= payload.astype(np.int64)
@@ -103,17 +104,15 @@ def unpack_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- building curves
 
 
-def scores_and_positive_keys(chunks, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 scores of every pixel, packed keys of the anomalous ones) of packed-key chunks,
-    without concatenating them: 4 bytes per pixel next to the chunks' 8."""
+def scores_of_chunks(chunks, n_keys: int) -> np.ndarray:
+    """float32 scores of every pixel of packed-key chunks, in one buffer of 4 bytes per pixel
+    (next to the chunks' 8), without concatenating the chunks."""
     scores = np.empty(n_keys, dtype=np.float32)
-    positive, filled = [], 0
+    filled = 0
     for keys in chunks:
-        chunk_scores, payload = unpack_keys(keys)
-        scores[filled : filled + keys.size] = chunk_scores
+        scores[filled : filled + keys.size] = unpack_keys(keys)[0]
         filled += keys.size
-        positive.append(keys[np.nonzero(payload)[0]])  # not flatnonzero: it copies the strided payload first
-    return scores, (np.concatenate(positive) if positive else np.zeros(0, np.int64))
+    return scores
 
 
 def normal_scores(chunks) -> np.ndarray:
@@ -124,16 +123,21 @@ def normal_scores(chunks) -> np.ndarray:
 
 def curve_from_sorted_parts(scores: np.ndarray, positive_keys: np.ndarray) -> Curve:
     """Exact curve from every pixel's float32 score and the anomalous pixels' packed keys, both
-    sorted ascending: one float32 `np.sort` over the pixels, the keys are few."""
+    sorted ascending: one float32 `np.sort` over the pixels, the keys are few. Every anomalous
+    pixel's score is among `scores`."""
     n = scores.size
     if positive_keys.size == 0:
         return Curve.without_positives(n)
     pos_bits = positive_keys >> 32
     first = np.flatnonzero(np.concatenate(([True], pos_bits[1:] != pos_bits[:-1])))
     thresholds = scores_of_high_words(pos_bits[first])
-    # all samples with the group's score lie in sorted positions [start, stop)
+    # all samples with the group's score lie in sorted positions [start, stop); the group's own
+    # positive is one of them, so stop = start + 1 unless the next sorted score is the same
     start = np.searchsorted(scores, thresholds, side="left")
-    stop = np.searchsorted(scores, thresholds, side="right")
+    stop = start + 1
+    tied = np.flatnonzero(scores[np.minimum(stop, n - 1)] == thresholds)
+    tied = tied[stop[tied] < n]
+    stop[tied] = np.searchsorted(scores, thresholds[tied], side="right")
     weights = 1.0 / (positive_keys & 0xFFFFFFFF).astype(np.float64)
     return _curve_from_groups(n, start, stop, first, weights, thresholds.astype(np.float64))
 
@@ -316,6 +320,46 @@ def best_iou_of_image(scores: np.ndarray, positive: np.ndarray) -> float:
     top = np.sort(top)
     predicted = top.size - np.searchsorted(top, thresholds, side="left")
     return float(np.max(tp / (predicted - tp + n_pos)))
+
+
+def best_iou_of_binned_image(scores: np.ndarray, positive: np.ndarray, image_bins: np.ndarray, scale: np.float32) -> float:
+    """`best_iou_of_image` from the image's histogram, which binned mode counts anyway, instead of
+    a partition: `image_bins[i]` counts the pixels whose bin `int(score * scale)` is i (the last
+    entry: the scores equal to 1). Predicting the pixels of bins >= i is predicting score >= the
+    lowest of their scores, a threshold like any other, so the best IoU over the bin edges, L,
+    bounds the answer from below, and a threshold predicting more than M = floor(P / L) pixels
+    has IoU <= P / predicted < L. Only the pixels of the bins from the last one whose suffix
+    count exceeds M up are sorted; the value is exact, whatever the maps."""
+    n_pos = positive.size
+    if n_pos == 0:
+        return float("nan")
+    predicted_from = np.cumsum(image_bins[::-1])[::-1]  # pixels in bins >= i
+    pos = np.sort(scores[positive])
+    pos_bins = (pos * scale).astype(np.intp)  # ascending, like pos
+    edges = np.flatnonzero(np.concatenate(([True], pos_bins[1:] != pos_bins[:-1])))  # first positive of each bin
+    tp, predicted = n_pos - edges, predicted_from[pos_bins[edges]]
+    best = int(np.argmax(tp / (predicted - tp + n_pos)))
+    most_predicted = n_pos * int(predicted[best] - tp[best] + n_pos) // int(tp[best])
+    cut_bin = max(int(np.count_nonzero(predicted_from > most_predicted)) - 1, 0)  # suffix counts fall with i
+    if cut_bin:
+        lowest = _lowest_score_in_bin(cut_bin, scale)
+        top, pos = np.sort(scores[scores >= lowest]), pos[pos >= lowest]
+    else:
+        top = np.sort(scores)
+    first = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))  # one per distinct score
+    tp = pos.size - first  # the positives below the cut are below every kept threshold
+    predicted = top.size - np.searchsorted(top, pos[first], side="left")
+    return float(np.max(tp / (predicted - tp + n_pos)))
+
+
+def _lowest_score_in_bin(index: int, scale: np.float32) -> np.float32:
+    """The smallest float32 x with int(x * scale) >= index (float32 product, as the histograms)."""
+    x = np.float32(index / float(scale))
+    while x > 0 and int(np.float32(np.nextafter(x, np.float32(-1)) * scale)) >= index:
+        x = np.nextafter(x, np.float32(-1))
+    while int(np.float32(x * scale)) < index:
+        x = np.nextafter(x, np.float32(2))
+    return x
 
 
 def quantile_pro_auc(normal_scores: np.ndarray, positive_keys: np.ndarray, n_regions: int, max_fpr: float,

@@ -3,6 +3,7 @@ functional twin. The definitions are in `benchmark/metrics/__init__.py` and docs
 
 States (and how they reduce across ranks):
   pixel_keys       list of int64 packed (score, region area) keys, "cat"   exact mode, 8 B/pixel
+  positive_keys    the anomalous pixels' keys again, "cat"                  exact mode, 8 B/anomalous pixel
   hist_*           per-bin normal / anomalous counts, 1/area weights, "sum"  binned mode
   image_scores     list of float64, image_labels list of int64, "cat"     one entry per image
   confusion        [TP, FP, FN, TN] at a fixed IoU threshold, "sum"
@@ -30,7 +31,8 @@ from benchmark.metrics.options import MetricOptions
 from benchmark.metrics.pro import anomalous_pixels
 
 _HISTOGRAM_CHUNK = 1 << 20  # pixels; whole-batch temporaries measured 3x slower at 1024^2 (fresh pages)
-_LIST_STATES = {"pixel_keys": torch.int64, "image_scores": torch.float64, "image_labels": torch.int64}
+_LIST_STATES = {"pixel_keys": torch.int64, "positive_keys": torch.int64, "image_scores": torch.float64,
+                "image_labels": torch.int64}
 
 
 class AnomalyMetrics(Metric):
@@ -74,7 +76,7 @@ class AnomalyMetrics(Metric):
         maps that the threshold applies to (IoU, F1, mIoU, Acc); the maps themselves are logits."""
         opts = self.options
         logit = opts.pixel_score == "logit"
-        scores, gt = _check_inputs(maps, masks, logit)
+        scores, gt, image_max, lowest = _check_inputs(maps, masks, logit)
         if scores.shape[0] == 0:
             return
         thresholded = scores
@@ -82,19 +84,32 @@ class AnomalyMetrics(Metric):
             if probabilities is None:
                 raise BenchError("pixel_score='logit' with a numeric iou_threshold: pass the anomaly "
                                  "probabilities too, update(logits, masks, probabilities=...), or use iou_threshold='f1'")
-            thresholded, _ = _check_inputs(probabilities, masks)
+            thresholded = _check_inputs(probabilities, masks)[0]
         pixels = anomalous_pixels(gt)
         flat_scores = scores.reshape(scores.shape[0], -1)
         anomalous = pixels.image_start[1:] > pixels.image_start[:-1]
+        self.n_pixels += scores.size
+        binned = self._local_binned()
+        if binned and self.pixel_keys:  # auto mode just crossed the size limit: fold the exact state
+            for keys in self.pixel_keys:
+                self._add_to_histograms(*_histograms_of_keys(keys.cpu().numpy(), opts.bins))
+            self.pixel_keys, self.positive_keys = [], []
 
         # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum
-        iou_sum = 0.0
-        image_offset = np.arange(scores.shape[0]) * flat_scores.shape[1]
-        for row in np.flatnonzero(anomalous):
-            positive = pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - image_offset[row]
-            iou_sum += curves.best_iou_of_image(flat_scores[row], positive)
+        if binned:
+            counts, iou_sum = _histograms_and_best_iou(flat_scores, pixels, anomalous, opts.bins)
+            self._add_to_histograms(*counts)
+        else:
+            iou_sum = 0.0
+            for row in np.flatnonzero(anomalous):
+                positive = pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * flat_scores.shape[1]
+                iou_sum += curves.best_iou_of_image(flat_scores[row], positive)
+            keys = curves.pack_sparse_keys(scores, pixels.index, pixels.area, positive=lowest > 0)
+            self.pixel_keys.append(self._state(keys))
+            self.positive_keys.append(self._state(keys[pixels.index]))
 
-        self.image_scores.append(self._state(image_scores(scores, opts.image_score, opts.pool_kernel)))
+        self.image_scores.append(self._state(image_max.astype(np.float64) if opts.image_score == "max" else
+                                             image_scores(scores, opts.image_score, opts.pool_kernel)))
         self.image_labels.append(self._state(anomalous.astype(np.int64)))
         if opts.iou_threshold != "f1":
             self.confusion += self._state(confusion_at_threshold(thresholded, pixels.index, opts.iou_threshold))
@@ -103,18 +118,8 @@ class AnomalyMetrics(Metric):
             self.grid_predicted += self._state(predicted)
             self.grid_hits += self._state(hits)
         self.n_regions += pixels.n_regions
-        self.n_pixels += scores.size
         self.best_iou_sum += iou_sum
         self.best_iou_count += int(anomalous.sum())
-
-        if self._local_binned():
-            if self.pixel_keys:  # auto mode just crossed the size limit: fold the exact state
-                for keys in self.pixel_keys:
-                    self._add_to_histograms(*_histograms_of_keys(keys.cpu().numpy(), self.options.bins))
-                self.pixel_keys = []
-            self._add_to_histograms(*_histograms(scores.ravel(), pixels.index, pixels.area, self.options.bins))
-        else:
-            self.pixel_keys.append(self._state(curves.pack_sparse_keys(scores, pixels.index, pixels.area)))
 
     def _state(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -146,8 +151,9 @@ class AnomalyMetrics(Metric):
                 normal, anomalous, weight = normal + more[0], anomalous + more[1], weight + more[2]
             pixel_curve = curves.curve_from_histograms(normal, anomalous, weight)
         else:
-            scores, positive_keys = curves.scores_and_positive_keys(chunks, sum(keys.size for keys in chunks))
+            scores = curves.scores_of_chunks(chunks, sum(keys.size for keys in chunks))
             scores.sort()  # in place: float32, the one sort over every pixel
+            positive_keys = _cat(self.positive_keys, np.int64)
             positive_keys.sort()
             pixel_curve = curves.curve_from_sorted_parts(scores, positive_keys)
             del scores
@@ -240,21 +246,63 @@ def _as_list(state) -> list:
     return state if isinstance(state, list) else [state]
 
 
+def _bin_index(scores: np.ndarray, scale: np.float32) -> np.ndarray:
+    """Bin of each float32 score in [0, 1]: int(score * bins), float32 product (exact for a power-of-two
+    number of bins), intp as np.bincount wants it. A score of 1 lands in an extra last bin."""
+    return (scores * scale).astype(np.intp)
+
+
 def _histograms(scores: np.ndarray, positive: np.ndarray, area: np.ndarray, bins: int):
     """Per-bin (normal count, anomalous count, summed 1/area): one pass over every float32 score,
     the anomalous pixels (`positive` indices, their region `area`) apart."""
-    total = np.zeros(bins, np.int64)
-    anomalous_index = np.empty(positive.size, np.int32)
+    scale = np.float32(bins)
+    total = np.zeros(bins + 1, np.int64)
     for start in range(0, scores.size, _HISTOGRAM_CHUNK):  # temporaries stay in cache-sized chunks
-        # float32 product: at most 1 ulp from the float64 bin edge, and half the temporary memory
-        index = (scores[start : start + _HISTOGRAM_CHUNK] * np.float32(bins)).astype(np.int32)
-        np.minimum(index, bins - 1, out=index)
-        total += np.bincount(index, minlength=bins)
-        lo, hi = np.searchsorted(positive, [start, start + index.size])
-        anomalous_index[lo:hi] = index[positive[lo:hi] - start]
-    anomalous_count = np.bincount(anomalous_index, minlength=bins)
-    weight = np.bincount(anomalous_index, weights=1.0 / area, minlength=bins)
-    return total - anomalous_count, anomalous_count, weight
+        total += np.bincount(_bin_index(scores[start : start + _HISTOGRAM_CHUNK], scale), minlength=bins + 1)
+    return _split_histogram(total, _bin_index(scores[positive], scale), area)
+
+
+def _split_histogram(total: np.ndarray, anomalous_index: np.ndarray, area: np.ndarray):
+    """(normal, anomalous, 1/area weight) per bin from every pixel's counts and the anomalous
+    pixels' bins; the extra bin of the scores equal to 1 joins the last bin [1 - 1/bins, 1]."""
+    bins = total.size - 1
+    anomalous_count = np.bincount(anomalous_index, minlength=bins + 1)
+    weight = np.bincount(anomalous_index, weights=1.0 / area, minlength=bins + 1)
+    normal = total - anomalous_count
+    fold = [normal, anomalous_count, weight]
+    for h in fold:
+        h[bins - 1] += h[bins]
+    return tuple(h[:bins] for h in fold)
+
+
+def _histograms_and_best_iou(flat_scores: np.ndarray, pixels, anomalous: np.ndarray, bins: int):
+    """Binned update of a batch (images x pixels): the histograms of `_histograms` and the summed
+    per-image best IoU of its anomalous images, which reuses each anomalous image's own counts
+    (`curves.best_iou_of_binned_image`) instead of a partition."""
+    scale = np.float32(bins)
+    n_images, n = flat_scores.shape
+    total = np.zeros(bins + 1, np.int64)
+    iou_sum = 0.0
+    row = 0
+    while row < n_images:
+        if anomalous[row]:
+            image = flat_scores[row]
+            counts = sum(np.bincount(_bin_index(image[start : start + _HISTOGRAM_CHUNK], scale), minlength=bins + 1)
+                         for start in range(0, n, _HISTOGRAM_CHUNK))
+            positive = pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * n
+            iou_sum += curves.best_iou_of_binned_image(image, positive, counts, scale)
+            total += counts
+            row += 1
+            continue
+        end = row + 1  # a run of normal images is one stretch of pixels
+        while end < n_images and not anomalous[end]:
+            end += 1
+        normal = flat_scores[row:end].ravel()
+        for start in range(0, normal.size, _HISTOGRAM_CHUNK):
+            total += np.bincount(_bin_index(normal[start : start + _HISTOGRAM_CHUNK], scale), minlength=bins + 1)
+        row = end
+    counts = _split_histogram(total, _bin_index(flat_scores.ravel()[pixels.index], scale), pixels.area)
+    return counts, iou_sum
 
 
 def _histograms_of_keys(keys: np.ndarray, bins: int):
@@ -286,9 +334,9 @@ def _as_batch(a: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def _check_inputs(maps, masks, logit: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """-> (float32 BxHxW scores in [0, 1], or any finite numbers with `logit`; bool BxHxW masks),
-    or BenchError."""
+def _check_inputs(maps, masks, logit: bool = False):
+    """-> (float32 BxHxW scores in [0, 1], or any finite numbers with `logit`; bool BxHxW masks;
+    each image's highest score; the lowest score), or BenchError."""
     m = _as_batch(_to_numpy(maps, "anomaly maps"), "anomaly maps")
     g = _as_batch(_to_numpy(masks, "masks"), "masks")
     if m.shape != g.shape:
@@ -299,8 +347,10 @@ def _check_inputs(maps, masks, logit: bool = False) -> tuple[np.ndarray, np.ndar
             " (8-bit maps: divide by 255)"
         )
     m = m.astype(np.float32, copy=False)
+    image_max = m.reshape(m.shape[0], -1).max(axis=1) if m.size else np.zeros(m.shape[0], np.float32)
+    lo = float("nan")
     if m.size:
-        lo, hi = float(m.min()), float(m.max())
+        lo, hi = float(m.min()), float(image_max.max())
         if math.isnan(lo) or math.isnan(hi):  # min and max propagate NaN: no pass of its own
             raise BenchError(f"anomaly maps contain {int(np.count_nonzero(np.isnan(m)))} NaN value(s)")
         if logit and not (math.isfinite(lo) and math.isfinite(hi)):
@@ -315,4 +365,4 @@ def _check_inputs(maps, masks, logit: bool = False) -> tuple[np.ndarray, np.ndar
             bad = np.unique(g[(g != 0) & (g != 1)])[:5]
             raise BenchError(f"masks must be binary (bool or 0/1), found values such as {bad.tolist()}")
         g = g.astype(bool)
-    return m, g
+    return m, g, image_max, lo
