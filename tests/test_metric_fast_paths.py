@@ -83,7 +83,8 @@ def _pinned_cases():
             mode="exact", iou_threshold="f1", pro_curve="quantile-100", pixel_f1_max="grid-21",
             image_score="pooled-max", pool_kernel=5)),
         "exact-ties": lambda: evaluate([q_maps], [q_masks], MetricOptions(mode="exact")),
-        "binned": lambda: evaluate([maps[:4], maps[4:]], [masks[:4], masks[4:]], MetricOptions(mode="binned")),
+        # 1000 bins, the default when these values were recorded (2^16 since issue 21)
+        "binned": lambda: evaluate([maps[:4], maps[4:]], [masks[:4], masks[4:]], MetricOptions(mode="binned", bins=1000)),
         "logit-quantile": logit,
     }
 

@@ -25,7 +25,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from benchmark.errors import BenchError
 from benchmark.metrics import curves
-from benchmark.metrics.confusion import confusion_at_threshold, segmentation_scores
+from benchmark.metrics.confusion import confusion_at_threshold, confusion_from_counts, segmentation_scores
 from benchmark.metrics.image_score import image_scores
 from benchmark.metrics.options import MetricOptions
 from benchmark.metrics.pro import anomalous_pixels
@@ -96,9 +96,14 @@ class AnomalyMetrics(Metric):
             self.pixel_keys, self.positive_keys = [], []
 
         # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum
+        confusion = None
         if binned:
-            counts, iou_sum = _histograms_and_best_iou(flat_scores, pixels, anomalous, opts.bins)
-            self._add_to_histograms(*counts)
+            total, anomalous_bins, iou_sum = _histograms_and_best_iou(flat_scores, pixels, anomalous, opts.bins)
+            self._add_to_histograms(*_split_histogram(total, anomalous_bins, pixels.area))
+            edge = _threshold_bin(opts.iou_threshold, opts.bins)
+            if edge is not None:  # the histogram already counted what the threshold predicts
+                confusion = confusion_from_counts(int(total[edge:].sum()), scores.ravel()[pixels.index],
+                                                  scores.size, opts.iou_threshold)
         else:
             iou_sum = 0.0
             for row in np.flatnonzero(anomalous):
@@ -112,7 +117,9 @@ class AnomalyMetrics(Metric):
                                              image_scores(scores, opts.image_score, opts.pool_kernel)))
         self.image_labels.append(self._state(anomalous.astype(np.int64)))
         if opts.iou_threshold != "f1":
-            self.confusion += self._state(confusion_at_threshold(thresholded, pixels.index, opts.iou_threshold))
+            if confusion is None:
+                confusion = confusion_at_threshold(thresholded, pixels.index, opts.iou_threshold)
+            self.confusion += self._state(confusion)
         if opts.pixel_f1_max == "grid-21":
             predicted, hits = curves.grid_counts(scores, gt)
             self.grid_predicted += self._state(predicted)
@@ -275,10 +282,21 @@ def _split_histogram(total: np.ndarray, anomalous_index: np.ndarray, area: np.nd
     return tuple(h[:bins] for h in fold)
 
 
+def _threshold_bin(threshold, bins: int) -> int | None:
+    """k such that `score >= threshold` (float32, as `confusion_at_threshold` compares) is exactly
+    `bin >= k`: with a power-of-two number of bins, score * bins is exact, so this holds for any
+    threshold on a bin edge (0.5 is one). None otherwise."""
+    if threshold == "f1" or bins & (bins - 1):
+        return None
+    edge = float(np.float32(threshold)) * bins
+    return int(edge) if edge == int(edge) else None
+
+
 def _histograms_and_best_iou(flat_scores: np.ndarray, pixels, anomalous: np.ndarray, bins: int):
-    """Binned update of a batch (images x pixels): the histograms of `_histograms` and the summed
-    per-image best IoU of its anomalous images, which reuses each anomalous image's own counts
-    (`curves.best_iou_of_binned_image`) instead of a partition."""
+    """Binned update of a batch (images x pixels): every pixel's count per bin (the scores equal
+    to 1 in an extra last bin), the anomalous pixels' bins, and the summed per-image best IoU of
+    the anomalous images, which reuses each one's own counts (`curves.best_iou_of_binned_image`)
+    instead of a partition."""
     scale = np.float32(bins)
     n_images, n = flat_scores.shape
     total = np.zeros(bins + 1, np.int64)
@@ -301,8 +319,7 @@ def _histograms_and_best_iou(flat_scores: np.ndarray, pixels, anomalous: np.ndar
         for start in range(0, normal.size, _HISTOGRAM_CHUNK):
             total += np.bincount(_bin_index(normal[start : start + _HISTOGRAM_CHUNK], scale), minlength=bins + 1)
         row = end
-    counts = _split_histogram(total, _bin_index(flat_scores.ravel()[pixels.index], scale), pixels.area)
-    return counts, iou_sum
+    return total, _bin_index(flat_scores.ravel()[pixels.index], scale), iou_sum
 
 
 def _histograms_of_keys(keys: np.ndarray, bins: int):
