@@ -295,71 +295,45 @@ def best_iou(c: Curve) -> float:
     return float(np.max(c.at_pos / (c.at_n - c.at_pos + c.n_pos)))
 
 
+_IOU_SAMPLE = 1 << 14  # pixels of an image sampled to guess how many of its highest scores to sort
+
+
 def best_iou_of_image(scores: np.ndarray, positive: np.ndarray) -> float:
     """`best_iou` of one image (float32 scores, flat; `positive` the anomalous pixels' indices)
-    without sorting every pixel. The IoU at the median anomalous score, L = TP0 / (FP0 + P), bounds
-    the rest: a threshold predicting more than M = floor(P (FP0 + P) / TP0) pixels has
-    FP > M - P, so IoU <= P / (FP + P) < L. Only the M + 1 highest scores are sorted."""
-    n_pos = positive.size
+    without sorting every pixel, exact whatever the maps.
+
+    IoU = TP / (predicted - TP + P) <= P / predicted, so once the best IoU L among the thresholds
+    >= some score c is known exactly, every threshold below c, which predicts at least the S
+    pixels >= c, is bounded by P / S; if P / S <= L, L is the answer. Only the S pixels >= c
+    are sorted. c comes from a sorted sample of every k-th pixel, chosen so that S should be
+    about twice P / L; when the check fails, c is lowered (in the end to every pixel)."""
+    n_pos, n = positive.size, scores.size
     if n_pos == 0:
         return float("nan")
     pos = np.sort(scores[positive])
     first = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))  # one per distinct score
-    thresholds = pos[first]
-    tp = n_pos - first  # anomalous pixels >= each threshold
-    mid = first.size // 2
-    tp0 = int(tp[mid])
-    fp0 = int(np.count_nonzero(scores >= thresholds[mid])) - tp0
-    most_predicted = n_pos * (fp0 + n_pos) // tp0
-    top = scores
-    if most_predicted + 1 < scores.size:
-        cut = np.partition(scores, scores.size - most_predicted - 1)[scores.size - most_predicted - 1]
-        top = scores[scores >= cut]
-        keep = thresholds > cut  # below the cut: more than M pixels predicted
-        thresholds, tp = thresholds[keep], tp[keep]
-    top = np.sort(top)
-    predicted = top.size - np.searchsorted(top, thresholds, side="left")
-    return float(np.max(tp / (predicted - tp + n_pos)))
-
-
-def best_iou_of_binned_image(scores: np.ndarray, positive: np.ndarray, image_bins: np.ndarray, scale: np.float32) -> float:
-    """`best_iou_of_image` from the image's histogram, which binned mode counts anyway, instead of
-    a partition: `image_bins[i]` counts the pixels whose bin `int(score * scale)` is i (the last
-    entry: the scores equal to 1). Predicting the pixels of bins >= i is predicting score >= the
-    lowest of their scores, a threshold like any other, so the best IoU over the bin edges, L,
-    bounds the answer from below, and a threshold predicting more than M = floor(P / L) pixels
-    has IoU <= P / predicted < L. Only the pixels of the bins from the last one whose suffix
-    count exceeds M up are sorted; the value is exact, whatever the maps."""
-    n_pos = positive.size
-    if n_pos == 0:
-        return float("nan")
-    predicted_from = np.cumsum(image_bins[::-1])[::-1]  # pixels in bins >= i
-    pos = np.sort(scores[positive])
-    pos_bins = (pos * scale).astype(np.intp)  # ascending, like pos
-    edges = np.flatnonzero(np.concatenate(([True], pos_bins[1:] != pos_bins[:-1])))  # first positive of each bin
-    tp, predicted = n_pos - edges, predicted_from[pos_bins[edges]]
-    best = int(np.argmax(tp / (predicted - tp + n_pos)))
-    most_predicted = n_pos * int(predicted[best] - tp[best] + n_pos) // int(tp[best])
-    cut_bin = max(int(np.count_nonzero(predicted_from > most_predicted)) - 1, 0)  # suffix counts fall with i
-    if cut_bin:
-        lowest = _lowest_score_in_bin(cut_bin, scale)
-        top, pos = np.sort(scores[scores >= lowest]), pos[pos >= lowest]
-    else:
-        top = np.sort(scores)
-    first = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))  # one per distinct score
-    tp = pos.size - first  # the positives below the cut are below every kept threshold
-    predicted = top.size - np.searchsorted(top, pos[first], side="left")
-    return float(np.max(tp / (predicted - tp + n_pos)))
-
-
-def _lowest_score_in_bin(index: int, scale: np.float32) -> np.float32:
-    """The smallest float32 x with int(x * scale) >= index (float32 product, as the histograms)."""
-    x = np.float32(index / float(scale))
-    while x > 0 and int(np.float32(np.nextafter(x, np.float32(-1)) * scale)) >= index:
-        x = np.nextafter(x, np.float32(-1))
-    while int(np.float32(x * scale)) < index:
-        x = np.nextafter(x, np.float32(2))
-    return x
+    thresholds, tp = pos[first], n_pos - first
+    step = max(n // _IOU_SAMPLE, 1)
+    sample = np.sort(scores[::step])
+    guessed = (sample.size - np.searchsorted(sample, thresholds, side="left")) * step  # ~ pixels >= each
+    wanted = 2 * n_pos * float(np.min(np.maximum(guessed - tp + n_pos, n_pos) / tp))  # 2 P / (best IoU guess)
+    while True:
+        rank = sample.size - int(wanted // step) - 1
+        if rank <= 0:
+            top, kept = np.sort(scores), 0
+        else:
+            top = np.sort(scores[scores >= sample[rank]])
+            kept = int(np.searchsorted(thresholds, sample[rank], side="left"))  # groups below the cut
+            if kept == thresholds.size:  # the cut is above every anomalous score: lower it
+                wanted = 4 * max(wanted, top.size)
+                continue
+        predicted = top.size - np.searchsorted(top, thresholds[kept:], side="left")
+        iou = tp[kept:] / (predicted - tp[kept:] + n_pos)
+        best = int(np.argmax(iou))
+        # below the cut every IoU is <= P / top.size <= L = tp / (predicted - tp + P), in integers
+        if rank <= 0 or n_pos * int(predicted[best] - tp[kept + best] + n_pos) <= top.size * int(tp[kept + best]):
+            return float(iou[best])
+        wanted = 4 * max(wanted, top.size)
 
 
 def quantile_pro_auc(normal_scores: np.ndarray, positive_keys: np.ndarray, n_regions: int, max_fpr: float,

@@ -96,19 +96,19 @@ class AnomalyMetrics(Metric):
             self.pixel_keys, self.positive_keys = [], []
 
         # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum
+        iou_sum = 0.0
+        for row in np.flatnonzero(anomalous):
+            positive = pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * flat_scores.shape[1]
+            iou_sum += curves.best_iou_of_image(flat_scores[row], positive)
         confusion = None
         if binned:
-            total, anomalous_bins, iou_sum = _histograms_and_best_iou(flat_scores, pixels, anomalous, opts.bins)
+            total, anomalous_bins = _bin_counts(scores.ravel(), pixels.index, opts.bins)
             self._add_to_histograms(*_split_histogram(total, anomalous_bins, pixels.area))
             edge = _threshold_bin(opts.iou_threshold, opts.bins)
             if edge is not None:  # the histogram already counted what the threshold predicts
                 confusion = confusion_from_counts(int(total[edge:].sum()), scores.ravel()[pixels.index],
                                                   scores.size, opts.iou_threshold)
         else:
-            iou_sum = 0.0
-            for row in np.flatnonzero(anomalous):
-                positive = pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * flat_scores.shape[1]
-                iou_sum += curves.best_iou_of_image(flat_scores[row], positive)
             keys = curves.pack_sparse_keys(scores, pixels.index, pixels.area, positive=lowest > 0)
             self.pixel_keys.append(self._state(keys))
             self.positive_keys.append(self._state(keys[pixels.index]))
@@ -259,14 +259,14 @@ def _bin_index(scores: np.ndarray, scale: np.float32) -> np.ndarray:
     return (scores * scale).astype(np.intp)
 
 
-def _histograms(scores: np.ndarray, positive: np.ndarray, area: np.ndarray, bins: int):
-    """Per-bin (normal count, anomalous count, summed 1/area): one pass over every float32 score,
-    the anomalous pixels (`positive` indices, their region `area`) apart."""
+def _bin_counts(scores: np.ndarray, positive: np.ndarray, bins: int):
+    """(every pixel's count per bin, the scores equal to 1 in an extra last bin; the anomalous
+    pixels' bins, `positive` their indices): one pass over the float32 scores."""
     scale = np.float32(bins)
     total = np.zeros(bins + 1, np.int64)
     for start in range(0, scores.size, _HISTOGRAM_CHUNK):  # temporaries stay in cache-sized chunks
         total += np.bincount(_bin_index(scores[start : start + _HISTOGRAM_CHUNK], scale), minlength=bins + 1)
-    return _split_histogram(total, _bin_index(scores[positive], scale), area)
+    return total, _bin_index(scores[positive], scale)
 
 
 def _split_histogram(total: np.ndarray, anomalous_index: np.ndarray, area: np.ndarray):
@@ -292,41 +292,11 @@ def _threshold_bin(threshold, bins: int) -> int | None:
     return int(edge) if edge == int(edge) else None
 
 
-def _histograms_and_best_iou(flat_scores: np.ndarray, pixels, anomalous: np.ndarray, bins: int):
-    """Binned update of a batch (images x pixels): every pixel's count per bin (the scores equal
-    to 1 in an extra last bin), the anomalous pixels' bins, and the summed per-image best IoU of
-    the anomalous images, which reuses each one's own counts (`curves.best_iou_of_binned_image`)
-    instead of a partition."""
-    scale = np.float32(bins)
-    n_images, n = flat_scores.shape
-    total = np.zeros(bins + 1, np.int64)
-    iou_sum = 0.0
-    row = 0
-    while row < n_images:
-        if anomalous[row]:
-            image = flat_scores[row]
-            counts = sum(np.bincount(_bin_index(image[start : start + _HISTOGRAM_CHUNK], scale), minlength=bins + 1)
-                         for start in range(0, n, _HISTOGRAM_CHUNK))
-            positive = pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * n
-            iou_sum += curves.best_iou_of_binned_image(image, positive, counts, scale)
-            total += counts
-            row += 1
-            continue
-        end = row + 1  # a run of normal images is one stretch of pixels
-        while end < n_images and not anomalous[end]:
-            end += 1
-        normal = flat_scores[row:end].ravel()
-        for start in range(0, normal.size, _HISTOGRAM_CHUNK):
-            total += np.bincount(_bin_index(normal[start : start + _HISTOGRAM_CHUNK], scale), minlength=bins + 1)
-        row = end
-    return total, _bin_index(flat_scores.ravel()[pixels.index], scale), iou_sum
-
-
 def _histograms_of_keys(keys: np.ndarray, bins: int):
-    """`_histograms` of packed keys (the exact state that auto mode folds)."""
+    """(normal, anomalous, 1/area weight) per bin of packed keys (the exact state that auto mode folds)."""
     scores, areas = curves.unpack_keys(keys)
     positive = np.flatnonzero(areas)
-    return _histograms(scores, positive, areas[positive].astype(np.float64), bins)
+    return _split_histogram(*_bin_counts(scores, positive, bins), areas[positive].astype(np.float64))
 
 
 def _to_numpy(x, what: str) -> np.ndarray:
