@@ -1,7 +1,7 @@
 """The engine's fast paths (issue 21) against independent computations, and its values pinned.
 
 `best_iou_of_image` prunes thresholds with an IoU bound, `anomalous_pixels` labels bounding-box
-crops, `curve_from_sorted_parts` sorts the normal scores alone; each is checked here against the
+crops, the exact curve finds the anomalous scores in one float32 sort; each is checked here against the
 plain way. `PINNED` holds values that the engine before issue 21 (main at c292c29, packed int64
 keys, one sort per anomalous image) printed for these seeded sets; they were recorded from that
 code, not derived here, so a change of any value shows up."""

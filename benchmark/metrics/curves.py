@@ -121,13 +121,13 @@ def normal_scores(chunks) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-def curve_from_sorted_parts(scores: np.ndarray, positive_keys: np.ndarray) -> Curve:
-    """Exact curve from every pixel's float32 score and the anomalous pixels' packed keys, both
-    sorted ascending: one float32 `np.sort` over the pixels, the keys are few. Every anomalous
-    pixel's score is among `scores`."""
+def positive_groups_in_sorted(scores: np.ndarray, positive_keys: np.ndarray) -> tuple:
+    """Where the anomalous pixels' distinct scores sit among every pixel's float32 score, both
+    sorted ascending (every anomalous pixel's score is among `scores`): (n, start, stop, first,
+    thresholds) for `curve_from_groups`. The caller can free `scores` before the curve is built."""
     n = scores.size
     if positive_keys.size == 0:
-        return Curve.without_positives(n)
+        return n, None, None, None, None
     pos_bits = positive_keys >> 32
     first = np.flatnonzero(np.concatenate(([True], pos_bits[1:] != pos_bits[:-1])))
     thresholds = scores_of_high_words(pos_bits[first])
@@ -138,6 +138,15 @@ def curve_from_sorted_parts(scores: np.ndarray, positive_keys: np.ndarray) -> Cu
     tied = np.flatnonzero(scores[np.minimum(stop, n - 1)] == thresholds)
     tied = tied[stop[tied] < n]
     stop[tied] = np.searchsorted(scores, thresholds[tied], side="right")
+    return n, start, stop, first, thresholds
+
+
+def curve_from_groups(groups: tuple, positive_keys: np.ndarray) -> Curve:
+    """Exact curve from `positive_groups_in_sorted` and the sorted anomalous pixels' keys: one
+    float32 `np.sort` over the pixels made it, the keys are few."""
+    n, start, stop, first, thresholds = groups
+    if positive_keys.size == 0:
+        return Curve.without_positives(n)
     weights = 1.0 / (positive_keys & 0xFFFFFFFF).astype(np.float64)
     return _curve_from_groups(n, start, stop, first, weights, thresholds.astype(np.float64))
 

@@ -162,8 +162,9 @@ class AnomalyMetrics(Metric):
             scores.sort()  # in place: float32, the one sort over every pixel
             positive_keys = _cat(self.positive_keys, np.int64)
             positive_keys.sort()
-            pixel_curve = curves.curve_from_sorted_parts(scores, positive_keys)
-            del scores
+            groups = curves.positive_groups_in_sorted(scores, positive_keys)
+            del scores  # 4 bytes per pixel, freed before the curves' arrays of the anomalous pixels
+            pixel_curve = curves.curve_from_groups(groups, positive_keys)
         if opts.pro_curve == "quantile-100":  # exact state only (MetricOptions refuses binned)
             normal = curves.normal_scores(chunks)
             normal.sort()

@@ -1,6 +1,6 @@
 """Speed, memory and agreement of the metric engine on MVTec-sized synthetic maps (issues 3, 21).
 
-    python tools/perf/metrics_bench.py                      # issue 21's table: 100 x 256^2 and 30 x 1024^2
+    python tools/perf/metrics_bench.py                      # issue 21's table: 30 and 100 x 1024^2 (31.5 M, 105 M pixels)
     python tools/perf/metrics_bench.py --profile            # where the engine's CPU time goes, per function
     python tools/perf/metrics_bench.py --peers              # issue 3's table: sklearn and the reference PRO
     python tools/perf/metrics_bench.py --peers --images 20 --sizes 256 --ref-thresholds 100
@@ -276,7 +276,9 @@ def limits_table(n_images: int, size: int, rounds: int, anomalib_python: str | N
     def per_pixel(row):
         return f"{row['peak_mb'] * 2**20 / pixels:.1f}" if row and "peak_mb" in row else "n/a"
 
-    lines = [f"\n### {n_images} x {size}^2 = {pixels / 1e6:.1f} M pixels ({rounds} interleaved rounds)\n",
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [f"\n### {n_images} x {size}^2 = {pixels / 1e6:.1f} M pixels ({rounds} interleaved rounds; "
+             f"load average {load} on {os.cpu_count()} CPUs; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})\n",
              "| | engine exact | engine binned | one np.sort (float32) | one histogram pass | anomalib AUPRO |",
              "|---|---:|---:|---:|---:|---:|"]
     names = ("engine-exact", "engine-binned", "np.sort", "histogram pass")
@@ -383,8 +385,10 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, nargs="+", default=None,
-                        help="images per size (default: 100 256^2 and 30 1024^2 images; --peers: 100)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
+                        help="images per size (default: 30 and 100 1024^2 images, issue 21's 31.5 M and 105 M "
+                             "pixels; --peers: 100 per size)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="image sizes (default: 1024 1024; --peers: 256 1024)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of issue 21's table")
     parser.add_argument("--profile", action="store_true", help="per-function CPU time of the engine (cProfile)")
     parser.add_argument("--peers", action="store_true", help="issue 3's table: sklearn, reference PRO, anomalib")
@@ -401,6 +405,10 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.size, args.images[0], args.rounds)))
         return
+    if args.sizes is None:
+        args.sizes = [256, 1024] if args.peers else [1024, 1024]
+        if not args.peers and args.images is None:
+            args.images = [30, 100]
     counts = args.images or [100 if args.peers or size < 1024 else 30 for size in args.sizes]
     if len(counts) == 1:
         counts = counts * len(args.sizes)
