@@ -181,11 +181,12 @@ def test_binned_confusion_read_from_the_histogram_counts_like_the_threshold():
     """A threshold on a bin edge of a power-of-two histogram is counted from the bins; scores at,
     just below and just above it must fall on the same side as `score >= threshold`."""
     maps, masks = blob_dataset(24, n=6, size=32)
-    for t in (0.5, 0.25, 1.0, 0.0):
+    normal, anomalous = np.flatnonzero(~masks), np.flatnonzero(masks)
+    for i, t in enumerate((0.5, 0.25, 1.0, 0.0, 0.3)):
         edge = np.float32(t)
-        near = np.array([edge, np.nextafter(edge, np.float32(-1)), np.nextafter(edge, np.float32(2))], np.float32)
-        maps.reshape(-1)[: 3 * 40 : 40] = np.clip(near, 0, 1)
-        maps.reshape(-1)[np.flatnonzero(masks)[:3]] = np.clip(near, 0, 1)
+        near = np.clip([edge, np.nextafter(edge, np.float32(-1)), np.nextafter(edge, np.float32(2))], 0, 1)
+        maps.reshape(-1)[normal[40 * i : 40 * i + 3]] = near
+        maps.reshape(-1)[anomalous[3 * i : 3 * i + 3]] = near
     for t in (0.5, 0.25, 1.0, 0.0, 0.3):
         for bins in (1 << 16, 1000):
             exact = evaluate([maps], [masks], MetricOptions(mode="exact", iou_threshold=t))

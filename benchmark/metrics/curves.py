@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmark.metrics.confusion import confusion_from_counts
+
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -139,6 +141,18 @@ def positive_groups_in_sorted(scores: np.ndarray, positive_keys: np.ndarray) -> 
     tied = tied[stop[tied] < n]
     stop[tied] = np.searchsorted(scores, thresholds[tied], side="right")
     return n, start, stop, first, thresholds
+
+
+def confusion_in_sorted(scores: np.ndarray, positive_keys: np.ndarray, threshold: float) -> np.ndarray:
+    """`confusion.confusion_at_threshold` of every pixel's sorted float32 scores and the anomalous
+    pixels' keys: a binary search instead of a pass. The comparison is `score >= threshold` as
+    there (numpy compares a float32 array with a Python float in float32); the search checks
+    that its neighbours agree and counts by a pass if they do not."""
+    n = scores.size
+    below = int(np.searchsorted(scores, np.float32(threshold), side="left"))
+    if (below < n and not scores[below] >= threshold) or (below > 0 and scores[below - 1] >= threshold):
+        below = n - int(np.count_nonzero(scores >= threshold))
+    return confusion_from_counts(n - below, unpack_keys(positive_keys)[0], n, threshold)
 
 
 def curve_from_groups(groups: tuple, positive_keys: np.ndarray) -> Curve:

@@ -6,7 +6,7 @@ States (and how they reduce across ranks):
   positive_keys    the anomalous pixels' keys again, "cat"                  exact mode, 8 B/anomalous pixel
   hist_*           per-bin normal / anomalous counts, 1/area weights, "sum"  binned mode
   image_scores     list of float64, image_labels list of int64, "cat"     one entry per image
-  confusion        [TP, FP, FN, TN] at a fixed IoU threshold, "sum"
+  confusion        [TP, FP, FN, TN] at a fixed IoU threshold, "sum"      (the exact state's pixels: at compute)
   grid_predicted, grid_hits   #predicted / TP at the 21 F1 grid thresholds, "sum"
   n_regions, n_pixels, best_iou_sum, best_iou_count                     "sum"
 Update work is numpy on the CPU (scipy labels the regions there anyway); states live on the
@@ -92,7 +92,7 @@ class AnomalyMetrics(Metric):
         binned = self._local_binned()
         if binned and self.pixel_keys:  # auto mode just crossed the size limit: fold the exact state
             for keys in self.pixel_keys:
-                self._add_to_histograms(*_histograms_of_keys(keys.cpu().numpy(), opts.bins))
+                self._fold_keys(keys.cpu().numpy())
             self.pixel_keys, self.positive_keys = [], []
 
         # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum
@@ -116,7 +116,7 @@ class AnomalyMetrics(Metric):
         self.image_scores.append(self._state(image_max.astype(np.float64) if opts.image_score == "max" else
                                              image_scores(scores, opts.image_score, opts.pool_kernel)))
         self.image_labels.append(self._state(anomalous.astype(np.int64)))
-        if opts.iou_threshold != "f1":
+        if opts.iou_threshold != "f1" and (binned or logit):  # exact state: counted from the sort at compute
             if confusion is None:
                 confusion = confusion_at_threshold(thresholded, pixels.index, opts.iou_threshold)
             self.confusion += self._state(confusion)
@@ -136,6 +136,18 @@ class AnomalyMetrics(Metric):
         return mode == "binned" or (mode == "auto" and not self.options.needs_exact_state
                                     and int(self.n_pixels) > self.options.exact_max_pixels)
 
+    def _counts_confusion_at_compute(self) -> bool:
+        """With probability maps, the exact state's pixels are counted at the fixed threshold by
+        `compute` from its sorted scores (no pass at update); logits are thresholded on other maps."""
+        return self.options.iou_threshold != "f1" and self.options.pixel_score != "logit"
+
+    def _fold_keys(self, keys: np.ndarray) -> None:
+        """Exact-state keys into the histograms (and the confusion counts the sort would have given)."""
+        self._add_to_histograms(*_histograms_of_keys(keys, self.options.bins))
+        if self._counts_confusion_at_compute():
+            scores, areas = curves.unpack_keys(keys)
+            self.confusion += self._state(confusion_at_threshold(scores, np.flatnonzero(areas), self.options.iou_threshold))
+
     def _add_to_histograms(self, normal: np.ndarray, anomalous: np.ndarray, weight: np.ndarray) -> None:
         self.hist_normal += self._state(normal)
         self.hist_anomalous += self._state(anomalous)
@@ -150,12 +162,16 @@ class AnomalyMetrics(Metric):
         binned = opts.mode == "binned" or (opts.mode == "auto" and not opts.needs_exact_state
                                            and n_pixels > opts.exact_max_pixels)
         self.resolved_mode = "binned" if binned else "exact"
+        confusion = self.confusion.cpu().numpy().copy()
         if binned:
             normal, anomalous, weight = (self.hist_normal.cpu().numpy(), self.hist_anomalous.cpu().numpy(),
                                          self.hist_region_weight.cpu().numpy())
-            for keys in chunks:
+            for keys in chunks:  # a rank below the size limit kept its exact state
                 more = _histograms_of_keys(keys, opts.bins)
                 normal, anomalous, weight = normal + more[0], anomalous + more[1], weight + more[2]
+                if self._counts_confusion_at_compute():
+                    scores, areas = curves.unpack_keys(keys)
+                    confusion += confusion_at_threshold(scores, np.flatnonzero(areas), opts.iou_threshold)
             pixel_curve = curves.curve_from_histograms(normal, anomalous, weight)
         else:
             scores = curves.scores_of_chunks(chunks, sum(keys.size for keys in chunks))
@@ -163,6 +179,8 @@ class AnomalyMetrics(Metric):
             positive_keys = _cat(self.positive_keys, np.int64)
             positive_keys.sort()
             groups = curves.positive_groups_in_sorted(scores, positive_keys)
+            if self._counts_confusion_at_compute():
+                confusion += curves.confusion_in_sorted(scores, positive_keys, opts.iou_threshold)
             del scores  # 4 bytes per pixel, freed before the curves' arrays of the anomalous pixels
             pixel_curve = curves.curve_from_groups(groups, positive_keys)
         if opts.pro_curve == "quantile-100":  # exact state only (MetricOptions refuses binned)
@@ -185,7 +203,7 @@ class AnomalyMetrics(Metric):
             tp, fp, fn, tn = curves.confusion_at(pixel_curve, f1_index) if f1_index >= 0 else (0, 0, 0, 0)
         else:
             threshold = opts.iou_threshold
-            tp, fp, fn, tn = (int(v) for v in self.confusion.cpu())
+            tp, fp, fn, tn = (int(v) for v in confusion)
         seg = segmentation_scores(tp, fp, fn, tn)
         if math.isnan(threshold):
             seg = dict.fromkeys(seg, float("nan"))

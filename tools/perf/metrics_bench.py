@@ -170,9 +170,7 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-def worker(method: str, size: int, n_images: int, rounds: int = 1) -> dict:
-    if method == "limits":
-        return limits_worker(size, n_images, rounds)
+def worker(method: str, size: int, n_images: int) -> dict:
     maps, masks = dataset(n_images, size)
     if method.startswith("engine"):
         from benchmark.metrics import AnomalyMetrics  # noqa: F401 - import cost is not part of the timing
@@ -239,8 +237,17 @@ def _cpu_and_wall(fn) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def limits_worker(size: int, n_images: int, rounds: int) -> dict:
-    """Interleaved rounds in this process: engine exact, engine binned, one sort, one histogram pass."""
+def recycle_pages(n_bytes: int) -> None:
+    """Touch and free n_bytes, so that the next job's allocations reuse pages the process just
+    gave back. On this VM a page the kernel has not handed out recently costs about 1.3 ms/MB
+    to fault in, a recycled one about 0.2 ms/MB (docs/metrics.md), which moves the ratios more
+    than the code does; `--warm-pages` gives every job the same start."""
+    np.ones(n_bytes // 8)
+
+
+def limits_worker(size: int, n_images: int, rounds: int, warm_pages: bool = False) -> dict:
+    """Interleaved rounds in this process: engine exact, engine binned, one sort, one histogram pass.
+    `warm_pages`: before each job, touch and free 16 bytes per pixel (more than any job's peak)."""
     maps, masks = dataset(n_images, size)
     for mode in ("exact", "binned"):
         run_engine(maps[:10], masks[:10], mode)  # lazy imports and first calls outside the timing
@@ -250,14 +257,17 @@ def limits_worker(size: int, n_images: int, rounds: int) -> dict:
     times: dict[str, list] = {name: [] for name in jobs}
     for _ in range(rounds):
         for name, job in jobs.items():
+            if warm_pages:
+                recycle_pages(16 * maps.size)
             times[name].append(_cpu_and_wall(job))
     return {"size": size, "images": n_images, "times": times}
 
 
-def limits_table(n_images: int, size: int, rounds: int, anomalib_python: str | None) -> str:
+def limits_table(n_images: int, size: int, rounds: int, anomalib_python: str | None, warm_pages: bool = False) -> str:
     pixels = n_images * size * size
     proc = subprocess.run([sys.executable, str(HERE), "--worker", "limits", "--size", str(size),
-                           "--images", str(n_images), "--rounds", str(rounds)], capture_output=True, text=True,
+                           "--images", str(n_images), "--rounds", str(rounds)] + ["--warm-pages"] * warm_pages,
+                          capture_output=True, text=True,
                           env={**os.environ, "METRICS_BENCH_CACHE": str(CACHE)})
     if proc.returncode:
         raise SystemExit(proc.stderr)
@@ -278,7 +288,8 @@ def limits_table(n_images: int, size: int, rounds: int, anomalib_python: str | N
 
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [f"\n### {n_images} x {size}^2 = {pixels / 1e6:.1f} M pixels ({rounds} interleaved rounds; "
-             f"load average {load} on {os.cpu_count()} CPUs; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})\n",
+             f"load average {load} on {os.cpu_count()} CPUs; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+             f"{'; pages recycled before each job' if warm_pages else ''})\n",
              "| | engine exact | engine binned | one np.sort (float32) | one histogram pass | anomalib AUPRO |",
              "|---|---:|---:|---:|---:|---:|"]
     names = ("engine-exact", "engine-binned", "np.sort", "histogram pass")
@@ -390,6 +401,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
                         help="image sizes (default: 1024 1024; --peers: 256 1024)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of issue 21's table")
+    parser.add_argument("--warm-pages", action="store_true",
+                        help="issue 21's table: touch and free 16 B/pixel before each timed job (recycle_pages)")
     parser.add_argument("--profile", action="store_true", help="per-function CPU time of the engine (cProfile)")
     parser.add_argument("--peers", action="store_true", help="issue 3's table: sklearn, reference PRO, anomalib")
     parser.add_argument("--ref-thresholds", type=int, nargs="+", default=[100, 1000],
@@ -403,7 +416,10 @@ def main() -> None:
                              "depend on this code and take minutes)")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.size, args.images[0], args.rounds)))
+        if args.worker == "limits":
+            print(json.dumps(limits_worker(args.size, args.images[0], args.rounds, args.warm_pages)))
+            return
+        print(json.dumps(worker(args.worker, args.size, args.images[0])))
         return
     if args.sizes is None:
         args.sizes = [256, 1024] if args.peers else [1024, 1024]
@@ -418,7 +434,7 @@ def main() -> None:
             if args.profile:
                 print(profile_report(n, size, args.rounds))
                 continue
-            print(limits_table(n, size, args.rounds, args.anomalib_python), flush=True)
+            print(limits_table(n, size, args.rounds, args.anomalib_python, args.warm_pages), flush=True)
         return
     args.images = counts[0]
 
