@@ -123,24 +123,33 @@ def normal_scores(chunks) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-def positive_groups_in_sorted(scores: np.ndarray, positive_keys: np.ndarray) -> tuple:
-    """Where the anomalous pixels' distinct scores sit among every pixel's float32 score, both
-    sorted ascending (every anomalous pixel's score is among `scores`): (n, start, stop, first,
-    thresholds) for `curve_from_groups`. The caller can free `scores` before the curve is built."""
-    n = scores.size
+def positive_groups(positive_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, thresholds) of the sorted anomalous pixels' keys: the index of each distinct
+    score's first key and the float32 score itself."""
     if positive_keys.size == 0:
-        return n, None, None, None, None
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
     pos_bits = positive_keys >> 32
     first = np.flatnonzero(np.concatenate(([True], pos_bits[1:] != pos_bits[:-1])))
-    thresholds = scores_of_high_words(pos_bits[first])
-    # all samples with the group's score lie in sorted positions [start, stop); the group's own
-    # positive is one of them, so stop = start + 1 unless the next sorted score is the same
-    start = np.searchsorted(scores, thresholds, side="left")
+    return first, scores_of_high_words(pos_bits[first])
+
+
+_SEARCH_CHUNK = 1 << 16  # thresholds per binary search: its int64 output stays small
+
+
+def positions_in_sorted(scores: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, stop): every sample scoring a threshold lies in sorted positions [start, stop),
+    both sorted ascending, each threshold one of the scores. One binary search per threshold:
+    stop = start + 1 unless the next sorted score is the same (only those get a second search).
+    Positions are kept in int32 below 2^31 pixels (they live next to the 4 B/pixel scores)."""
+    n = scores.size
+    start = np.empty(thresholds.size, np.int32 if n < 2**31 else np.int64)
+    for lo in range(0, thresholds.size, _SEARCH_CHUNK):
+        start[lo : lo + _SEARCH_CHUNK] = np.searchsorted(scores, thresholds[lo : lo + _SEARCH_CHUNK], side="left")
     stop = start + 1
     tied = np.flatnonzero(scores[np.minimum(stop, n - 1)] == thresholds)
     tied = tied[stop[tied] < n]
     stop[tied] = np.searchsorted(scores, thresholds[tied], side="right")
-    return n, start, stop, first, thresholds
+    return start, stop
 
 
 def confusion_in_sorted(scores: np.ndarray, positive_keys: np.ndarray, threshold: float) -> np.ndarray:
@@ -155,14 +164,16 @@ def confusion_in_sorted(scores: np.ndarray, positive_keys: np.ndarray, threshold
     return confusion_from_counts(n - below, unpack_keys(positive_keys)[0], n, threshold)
 
 
-def curve_from_groups(groups: tuple, positive_keys: np.ndarray) -> Curve:
-    """Exact curve from `positive_groups_in_sorted` and the sorted anomalous pixels' keys: one
-    float32 `np.sort` over the pixels made it, the keys are few."""
-    n, start, stop, first, thresholds = groups
+def curve_from_sorted_parts(n: int, start: np.ndarray, stop: np.ndarray, first: np.ndarray, thresholds: np.ndarray,
+                            positive_keys: np.ndarray) -> Curve:
+    """Exact curve from `positions_in_sorted` of the `positive_groups` (first, thresholds) of the
+    sorted anomalous pixels' keys among n sorted float32 scores: one float32 `np.sort` over the
+    pixels made it, the keys are few."""
     if positive_keys.size == 0:
         return Curve.without_positives(n)
     weights = 1.0 / (positive_keys & 0xFFFFFFFF).astype(np.float64)
-    return _curve_from_groups(n, start, stop, first, weights, thresholds.astype(np.float64))
+    return _curve_from_groups(n, start.astype(np.int64), stop.astype(np.int64), first, weights,
+                              thresholds.astype(np.float64))
 
 
 def curve_from_scores(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None = None) -> Curve:

@@ -174,15 +174,17 @@ class AnomalyMetrics(Metric):
                     confusion += confusion_at_threshold(scores, np.flatnonzero(areas), opts.iou_threshold)
             pixel_curve = curves.curve_from_histograms(normal, anomalous, weight)
         else:
-            scores = curves.scores_of_chunks(chunks, sum(keys.size for keys in chunks))
-            scores.sort()  # in place: float32, the one sort over every pixel
             positive_keys = _cat(self.positive_keys, np.int64)
             positive_keys.sort()
-            groups = curves.positive_groups_in_sorted(scores, positive_keys)
+            first, thresholds = curves.positive_groups(positive_keys)
+            n = sum(keys.size for keys in chunks)
+            scores = curves.scores_of_chunks(chunks, n)
+            scores.sort()  # in place: float32, the one sort over every pixel
+            start, stop = curves.positions_in_sorted(scores, thresholds)
             if self._counts_confusion_at_compute():
                 confusion += curves.confusion_in_sorted(scores, positive_keys, opts.iou_threshold)
             del scores  # 4 bytes per pixel, freed before the curves' arrays of the anomalous pixels
-            pixel_curve = curves.curve_from_groups(groups, positive_keys)
+            pixel_curve = curves.curve_from_sorted_parts(n, start, stop, first, thresholds, positive_keys)
         if opts.pro_curve == "quantile-100":  # exact state only (MetricOptions refuses binned)
             normal = curves.normal_scores(chunks)
             normal.sort()
