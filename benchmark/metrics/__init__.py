@@ -43,7 +43,7 @@ A pixel or image is predicted anomalous iff its score >= the threshold.
   (mmseg's nanmean); with iou_threshold="f1" and no anomalous pixel, threshold/IoU/mIoU/Acc are NaN.
 
 Modes: `exact` keeps 8 bytes per pixel and sorts once at compute (scikit-learn / MVTec values);
-`binned` keeps `bins` (>= 1000) uniform histogram bins over [0, 1] (memory independent of the
+`binned` keeps `bins` (>= 1000, default 2^16) uniform histogram bins over [0, 1] (memory independent of the
 pixel count; identical to exact for 8-bit maps k/255); `auto` is exact up to
 `exact_max_pixels` (5e7) pixels in total and binned above. Inputs must be probabilities: the
 engine raises on values outside [0, 1] or NaN and never applies a sigmoid (torchmetrics does,

@@ -11,11 +11,15 @@ def confusion_at_threshold(scores: np.ndarray, positive: np.ndarray, threshold: 
     """int64 [TP, FP, FN, TN] predicting anomaly iff score >= threshold; `positive`: the indices of
     the anomalous pixels in the flattened scores."""
     flat = scores.reshape(-1)
-    n_pred, n_pos, n = int(np.count_nonzero(flat >= threshold)), positive.size, flat.size
-    tp = int(np.count_nonzero(flat[positive] >= threshold))
-    fp = n_pred - tp
-    fn = n_pos - tp
-    return np.array([tp, fp, fn, n - n_pos - fp], dtype=np.int64)
+    return confusion_from_counts(int(np.count_nonzero(flat >= threshold)), flat[positive], flat.size, threshold)
+
+
+def confusion_from_counts(n_predicted: int, positive_scores: np.ndarray, n: int, threshold: float) -> np.ndarray:
+    """`confusion_at_threshold` when the number of pixels scoring >= threshold is known already."""
+    n_pos = positive_scores.size
+    tp = int(np.count_nonzero(positive_scores >= threshold))
+    fp = n_predicted - tp
+    return np.array([tp, fp, n_pos - tp, n - n_pos - fp], dtype=np.int64)
 
 
 def _ratio(a: float, b: float) -> float:

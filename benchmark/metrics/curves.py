@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmark.metrics.confusion import confusion_from_counts
+
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -73,11 +75,12 @@ def pack_keys(scores: np.ndarray, payload: np.ndarray) -> np.ndarray:
     return pack_sparse_keys(scores, index, payload[index])
 
 
-def pack_sparse_keys(scores: np.ndarray, index: np.ndarray, payload: np.ndarray) -> np.ndarray:
-    """`pack_keys` with the payload given where it is non-zero: at `index` of the flattened scores."""
+def pack_sparse_keys(scores: np.ndarray, index: np.ndarray, payload: np.ndarray, positive: bool = False) -> np.ndarray:
+    """`pack_keys` with the payload given where it is non-zero: at `index` of the flattened scores.
+    `positive`: the caller knows every score is > 0, which saves the pass looking for sign bits."""
     scores = np.ascontiguousarray(scores, dtype=np.float32).ravel()
     bits = scores.view(np.int32)
-    if bits.size and int(bits.min()) < 0:  # negative logits or -0.0 (-> +0.0: one key for one number)
+    if not positive and bits.size and int(bits.min()) < 0:  # negative logits or -0.0 (-> +0.0: one key for one number)
         bits = _order_bits((scores + np.float32(0.0)).view(np.int32))
     keys = np.left_shift(bits, 32, dtype=np.int64)  # one pass, whatever the byte order
     keys[index] |= payload.astype(np.int64)
@@ -103,17 +106,15 @@ def unpack_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- building curves
 
 
-def scores_and_positive_keys(chunks, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 scores of every pixel, packed keys of the anomalous ones) of packed-key chunks,
-    without concatenating them: 4 bytes per pixel next to the chunks' 8."""
+def scores_of_chunks(chunks, n_keys: int) -> np.ndarray:
+    """float32 scores of every pixel of packed-key chunks, in one buffer of 4 bytes per pixel
+    (next to the chunks' 8), without concatenating the chunks."""
     scores = np.empty(n_keys, dtype=np.float32)
-    positive, filled = [], 0
+    filled = 0
     for keys in chunks:
-        chunk_scores, payload = unpack_keys(keys)
-        scores[filled : filled + keys.size] = chunk_scores
+        scores[filled : filled + keys.size] = unpack_keys(keys)[0]
         filled += keys.size
-        positive.append(keys[np.nonzero(payload)[0]])  # not flatnonzero: it copies the strided payload first
-    return scores, (np.concatenate(positive) if positive else np.zeros(0, np.int64))
+    return scores
 
 
 def normal_scores(chunks) -> np.ndarray:
@@ -122,20 +123,57 @@ def normal_scores(chunks) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-def curve_from_sorted_parts(scores: np.ndarray, positive_keys: np.ndarray) -> Curve:
-    """Exact curve from every pixel's float32 score and the anomalous pixels' packed keys, both
-    sorted ascending: one float32 `np.sort` over the pixels, the keys are few."""
-    n = scores.size
+def positive_groups(positive_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, thresholds) of the sorted anomalous pixels' keys: the index of each distinct
+    score's first key and the float32 score itself."""
     if positive_keys.size == 0:
-        return Curve.without_positives(n)
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
     pos_bits = positive_keys >> 32
     first = np.flatnonzero(np.concatenate(([True], pos_bits[1:] != pos_bits[:-1])))
-    thresholds = scores_of_high_words(pos_bits[first])
-    # all samples with the group's score lie in sorted positions [start, stop)
-    start = np.searchsorted(scores, thresholds, side="left")
-    stop = np.searchsorted(scores, thresholds, side="right")
+    return first, scores_of_high_words(pos_bits[first])
+
+
+_SEARCH_CHUNK = 1 << 16  # thresholds per binary search: its int64 output stays small
+
+
+def positions_in_sorted(scores: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, stop): every sample scoring a threshold lies in sorted positions [start, stop),
+    both sorted ascending, each threshold one of the scores. One binary search per threshold:
+    stop = start + 1 unless the next sorted score is the same (only those get a second search).
+    Positions are kept in int32 below 2^31 pixels (they live next to the 4 B/pixel scores)."""
+    n = scores.size
+    start = np.empty(thresholds.size, np.int32 if n < 2**31 else np.int64)
+    for lo in range(0, thresholds.size, _SEARCH_CHUNK):
+        start[lo : lo + _SEARCH_CHUNK] = np.searchsorted(scores, thresholds[lo : lo + _SEARCH_CHUNK], side="left")
+    stop = start + 1
+    tied = np.flatnonzero(scores[np.minimum(stop, n - 1)] == thresholds)
+    tied = tied[stop[tied] < n]
+    stop[tied] = np.searchsorted(scores, thresholds[tied], side="right")
+    return start, stop
+
+
+def confusion_in_sorted(scores: np.ndarray, positive_keys: np.ndarray, threshold: float) -> np.ndarray:
+    """`confusion.confusion_at_threshold` of every pixel's sorted float32 scores and the anomalous
+    pixels' keys: a binary search instead of a pass. The comparison is `score >= threshold` as
+    there (numpy compares a float32 array with a Python float in float32); the search checks
+    that its neighbours agree and counts by a pass if they do not."""
+    n = scores.size
+    below = int(np.searchsorted(scores, np.float32(threshold), side="left"))
+    if (below < n and not scores[below] >= threshold) or (below > 0 and scores[below - 1] >= threshold):
+        below = n - int(np.count_nonzero(scores >= threshold))
+    return confusion_from_counts(n - below, unpack_keys(positive_keys)[0], n, threshold)
+
+
+def curve_from_sorted_parts(n: int, start: np.ndarray, stop: np.ndarray, first: np.ndarray, thresholds: np.ndarray,
+                            positive_keys: np.ndarray) -> Curve:
+    """Exact curve from `positions_in_sorted` of the `positive_groups` (first, thresholds) of the
+    sorted anomalous pixels' keys among n sorted float32 scores: one float32 `np.sort` over the
+    pixels made it, the keys are few."""
+    if positive_keys.size == 0:
+        return Curve.without_positives(n)
     weights = 1.0 / (positive_keys & 0xFFFFFFFF).astype(np.float64)
-    return _curve_from_groups(n, start, stop, first, weights, thresholds.astype(np.float64))
+    return _curve_from_groups(n, start.astype(np.int64), stop.astype(np.int64), first, weights,
+                              thresholds.astype(np.float64))
 
 
 def curve_from_scores(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None = None) -> Curve:
@@ -291,31 +329,45 @@ def best_iou(c: Curve) -> float:
     return float(np.max(c.at_pos / (c.at_n - c.at_pos + c.n_pos)))
 
 
+_IOU_SAMPLE = 1 << 14  # pixels of an image sampled to guess how many of its highest scores to sort
+
+
 def best_iou_of_image(scores: np.ndarray, positive: np.ndarray) -> float:
     """`best_iou` of one image (float32 scores, flat; `positive` the anomalous pixels' indices)
-    without sorting every pixel. The IoU at the median anomalous score, L = TP0 / (FP0 + P), bounds
-    the rest: a threshold predicting more than M = floor(P (FP0 + P) / TP0) pixels has
-    FP > M - P, so IoU <= P / (FP + P) < L. Only the M + 1 highest scores are sorted."""
-    n_pos = positive.size
+    without sorting every pixel, exact whatever the maps.
+
+    IoU = TP / (predicted - TP + P) <= P / predicted, so once the best IoU L among the thresholds
+    >= some score c is known exactly, every threshold below c, which predicts at least the S
+    pixels >= c, is bounded by P / S; if P / S <= L, L is the answer. Only the S pixels >= c
+    are sorted. c comes from a sorted sample of every k-th pixel, chosen so that S should be
+    about twice P / L; when the check fails, c is lowered (in the end to every pixel)."""
+    n_pos, n = positive.size, scores.size
     if n_pos == 0:
         return float("nan")
     pos = np.sort(scores[positive])
     first = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))  # one per distinct score
-    thresholds = pos[first]
-    tp = n_pos - first  # anomalous pixels >= each threshold
-    mid = first.size // 2
-    tp0 = int(tp[mid])
-    fp0 = int(np.count_nonzero(scores >= thresholds[mid])) - tp0
-    most_predicted = n_pos * (fp0 + n_pos) // tp0
-    top = scores
-    if most_predicted + 1 < scores.size:
-        cut = np.partition(scores, scores.size - most_predicted - 1)[scores.size - most_predicted - 1]
-        top = scores[scores >= cut]
-        keep = thresholds > cut  # below the cut: more than M pixels predicted
-        thresholds, tp = thresholds[keep], tp[keep]
-    top = np.sort(top)
-    predicted = top.size - np.searchsorted(top, thresholds, side="left")
-    return float(np.max(tp / (predicted - tp + n_pos)))
+    thresholds, tp = pos[first], n_pos - first
+    step = max(n // _IOU_SAMPLE, 1)
+    sample = np.sort(scores[::step])
+    guessed = (sample.size - np.searchsorted(sample, thresholds, side="left")) * step  # ~ pixels >= each
+    wanted = 2 * n_pos * float(np.min(np.maximum(guessed - tp + n_pos, n_pos) / tp))  # 2 P / (best IoU guess)
+    while True:
+        rank = sample.size - int(wanted // step) - 1
+        if rank <= 0:
+            top, kept = np.sort(scores), 0
+        else:
+            top = np.sort(scores[scores >= sample[rank]])
+            kept = int(np.searchsorted(thresholds, sample[rank], side="left"))  # groups below the cut
+            if kept == thresholds.size:  # the cut is above every anomalous score: lower it
+                wanted = 4 * max(wanted, top.size)
+                continue
+        predicted = top.size - np.searchsorted(top, thresholds[kept:], side="left")
+        iou = tp[kept:] / (predicted - tp[kept:] + n_pos)
+        best = int(np.argmax(iou))
+        # below the cut every IoU is <= P / top.size <= L = tp / (predicted - tp + P), in integers
+        if rank <= 0 or n_pos * int(predicted[best] - tp[kept + best] + n_pos) <= top.size * int(tp[kept + best]):
+            return float(iou[best])
+        wanted = 4 * max(wanted, top.size)
 
 
 def quantile_pro_auc(normal_scores: np.ndarray, positive_keys: np.ndarray, n_regions: int, max_fpr: float,

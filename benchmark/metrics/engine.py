@@ -3,9 +3,10 @@ functional twin. The definitions are in `benchmark/metrics/__init__.py` and docs
 
 States (and how they reduce across ranks):
   pixel_keys       list of int64 packed (score, region area) keys, "cat"   exact mode, 8 B/pixel
+  positive_keys    the anomalous pixels' keys again, "cat"                  exact mode, 8 B/anomalous pixel
   hist_*           per-bin normal / anomalous counts, 1/area weights, "sum"  binned mode
   image_scores     list of float64, image_labels list of int64, "cat"     one entry per image
-  confusion        [TP, FP, FN, TN] at a fixed IoU threshold, "sum"
+  confusion        [TP, FP, FN, TN] at a fixed IoU threshold, "sum"      (the exact state's pixels: at compute)
   grid_predicted, grid_hits   #predicted / TP at the 21 F1 grid thresholds, "sum"
   n_regions, n_pixels, best_iou_sum, best_iou_count                     "sum"
 Update work is numpy on the CPU (scipy labels the regions there anyway); states live on the
@@ -24,13 +25,14 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from benchmark.errors import BenchError
 from benchmark.metrics import curves
-from benchmark.metrics.confusion import confusion_at_threshold, segmentation_scores
+from benchmark.metrics.confusion import confusion_at_threshold, confusion_from_counts, segmentation_scores
 from benchmark.metrics.image_score import image_scores
 from benchmark.metrics.options import MetricOptions
 from benchmark.metrics.pro import anomalous_pixels
 
 _HISTOGRAM_CHUNK = 1 << 20  # pixels; whole-batch temporaries measured 3x slower at 1024^2 (fresh pages)
-_LIST_STATES = {"pixel_keys": torch.int64, "image_scores": torch.float64, "image_labels": torch.int64}
+_LIST_STATES = {"pixel_keys": torch.int64, "positive_keys": torch.int64, "image_scores": torch.float64,
+                "image_labels": torch.int64}
 
 
 class AnomalyMetrics(Metric):
@@ -74,7 +76,7 @@ class AnomalyMetrics(Metric):
         maps that the threshold applies to (IoU, F1, mIoU, Acc); the maps themselves are logits."""
         opts = self.options
         logit = opts.pixel_score == "logit"
-        scores, gt = _check_inputs(maps, masks, logit)
+        scores, gt, image_max, lowest = _check_inputs(maps, masks, logit)
         if scores.shape[0] == 0:
             return
         thresholded = scores
@@ -82,39 +84,49 @@ class AnomalyMetrics(Metric):
             if probabilities is None:
                 raise BenchError("pixel_score='logit' with a numeric iou_threshold: pass the anomaly "
                                  "probabilities too, update(logits, masks, probabilities=...), or use iou_threshold='f1'")
-            thresholded, _ = _check_inputs(probabilities, masks)
+            thresholded = _check_inputs(probabilities, masks)[0]
         pixels = anomalous_pixels(gt)
         flat_scores = scores.reshape(scores.shape[0], -1)
         anomalous = pixels.image_start[1:] > pixels.image_start[:-1]
+        self.n_pixels += scores.size
+        binned = self._local_binned()
+        if binned and self.pixel_keys:  # auto mode just crossed the size limit: fold the exact state
+            for keys in self.pixel_keys:
+                self._fold_keys(keys.cpu().numpy())
+            self.pixel_keys, self.positive_keys = [], []
 
         # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum
         iou_sum = 0.0
-        image_offset = np.arange(scores.shape[0]) * flat_scores.shape[1]
         for row in np.flatnonzero(anomalous):
-            positive = pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - image_offset[row]
+            positive = pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * flat_scores.shape[1]
             iou_sum += curves.best_iou_of_image(flat_scores[row], positive)
+        confusion = None
+        if binned:
+            total, anomalous_bins = _bin_counts(scores.ravel(), pixels.index, opts.bins)
+            self._add_to_histograms(*_split_histogram(total, anomalous_bins, pixels.area))
+            edge = _threshold_bin(opts.iou_threshold, opts.bins)
+            if edge is not None:  # the histogram already counted what the threshold predicts
+                confusion = confusion_from_counts(int(total[edge:].sum()), scores.ravel()[pixels.index],
+                                                  scores.size, opts.iou_threshold)
+        else:
+            keys = curves.pack_sparse_keys(scores, pixels.index, pixels.area, positive=lowest > 0)
+            self.pixel_keys.append(self._state(keys))
+            self.positive_keys.append(self._state(keys[pixels.index]))
 
-        self.image_scores.append(self._state(image_scores(scores, opts.image_score, opts.pool_kernel)))
+        self.image_scores.append(self._state(image_max.astype(np.float64) if opts.image_score == "max" else
+                                             image_scores(scores, opts.image_score, opts.pool_kernel)))
         self.image_labels.append(self._state(anomalous.astype(np.int64)))
-        if opts.iou_threshold != "f1":
-            self.confusion += self._state(confusion_at_threshold(thresholded, pixels.index, opts.iou_threshold))
+        if opts.iou_threshold != "f1" and (binned or logit):  # exact state: counted from the sort at compute
+            if confusion is None:
+                confusion = confusion_at_threshold(thresholded, pixels.index, opts.iou_threshold)
+            self.confusion += self._state(confusion)
         if opts.pixel_f1_max == "grid-21":
             predicted, hits = curves.grid_counts(scores, gt)
             self.grid_predicted += self._state(predicted)
             self.grid_hits += self._state(hits)
         self.n_regions += pixels.n_regions
-        self.n_pixels += scores.size
         self.best_iou_sum += iou_sum
         self.best_iou_count += int(anomalous.sum())
-
-        if self._local_binned():
-            if self.pixel_keys:  # auto mode just crossed the size limit: fold the exact state
-                for keys in self.pixel_keys:
-                    self._add_to_histograms(*_histograms_of_keys(keys.cpu().numpy(), self.options.bins))
-                self.pixel_keys = []
-            self._add_to_histograms(*_histograms(scores.ravel(), pixels.index, pixels.area, self.options.bins))
-        else:
-            self.pixel_keys.append(self._state(curves.pack_sparse_keys(scores, pixels.index, pixels.area)))
 
     def _state(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -123,6 +135,18 @@ class AnomalyMetrics(Metric):
         mode = self.options.mode
         return mode == "binned" or (mode == "auto" and not self.options.needs_exact_state
                                     and int(self.n_pixels) > self.options.exact_max_pixels)
+
+    def _counts_confusion_at_compute(self) -> bool:
+        """With probability maps, the exact state's pixels are counted at the fixed threshold by
+        `compute` from its sorted scores (no pass at update); logits are thresholded on other maps."""
+        return self.options.iou_threshold != "f1" and self.options.pixel_score != "logit"
+
+    def _fold_keys(self, keys: np.ndarray) -> None:
+        """Exact-state keys into the histograms (and the confusion counts the sort would have given)."""
+        self._add_to_histograms(*_histograms_of_keys(keys, self.options.bins))
+        if self._counts_confusion_at_compute():
+            scores, areas = curves.unpack_keys(keys)
+            self.confusion += self._state(confusion_at_threshold(scores, np.flatnonzero(areas), self.options.iou_threshold))
 
     def _add_to_histograms(self, normal: np.ndarray, anomalous: np.ndarray, weight: np.ndarray) -> None:
         self.hist_normal += self._state(normal)
@@ -138,19 +162,29 @@ class AnomalyMetrics(Metric):
         binned = opts.mode == "binned" or (opts.mode == "auto" and not opts.needs_exact_state
                                            and n_pixels > opts.exact_max_pixels)
         self.resolved_mode = "binned" if binned else "exact"
+        confusion = self.confusion.cpu().numpy().copy()
         if binned:
             normal, anomalous, weight = (self.hist_normal.cpu().numpy(), self.hist_anomalous.cpu().numpy(),
                                          self.hist_region_weight.cpu().numpy())
-            for keys in chunks:
+            for keys in chunks:  # a rank below the size limit kept its exact state
                 more = _histograms_of_keys(keys, opts.bins)
                 normal, anomalous, weight = normal + more[0], anomalous + more[1], weight + more[2]
+                if self._counts_confusion_at_compute():
+                    scores, areas = curves.unpack_keys(keys)
+                    confusion += confusion_at_threshold(scores, np.flatnonzero(areas), opts.iou_threshold)
             pixel_curve = curves.curve_from_histograms(normal, anomalous, weight)
         else:
-            scores, positive_keys = curves.scores_and_positive_keys(chunks, sum(keys.size for keys in chunks))
-            scores.sort()  # in place: float32, the one sort over every pixel
+            positive_keys = _cat(self.positive_keys, np.int64)
             positive_keys.sort()
-            pixel_curve = curves.curve_from_sorted_parts(scores, positive_keys)
-            del scores
+            first, thresholds = curves.positive_groups(positive_keys)
+            n = sum(keys.size for keys in chunks)
+            scores = curves.scores_of_chunks(chunks, n)
+            scores.sort()  # in place: float32, the one sort over every pixel
+            start, stop = curves.positions_in_sorted(scores, thresholds)
+            if self._counts_confusion_at_compute():
+                confusion += curves.confusion_in_sorted(scores, positive_keys, opts.iou_threshold)
+            del scores  # 4 bytes per pixel, freed before the curves' arrays of the anomalous pixels
+            pixel_curve = curves.curve_from_sorted_parts(n, start, stop, first, thresholds, positive_keys)
         if opts.pro_curve == "quantile-100":  # exact state only (MetricOptions refuses binned)
             normal = curves.normal_scores(chunks)
             normal.sort()
@@ -171,7 +205,7 @@ class AnomalyMetrics(Metric):
             tp, fp, fn, tn = curves.confusion_at(pixel_curve, f1_index) if f1_index >= 0 else (0, 0, 0, 0)
         else:
             threshold = opts.iou_threshold
-            tp, fp, fn, tn = (int(v) for v in self.confusion.cpu())
+            tp, fp, fn, tn = (int(v) for v in confusion)
         seg = segmentation_scores(tp, fp, fn, tn)
         if math.isnan(threshold):
             seg = dict.fromkeys(seg, float("nan"))
@@ -240,28 +274,50 @@ def _as_list(state) -> list:
     return state if isinstance(state, list) else [state]
 
 
-def _histograms(scores: np.ndarray, positive: np.ndarray, area: np.ndarray, bins: int):
-    """Per-bin (normal count, anomalous count, summed 1/area): one pass over every float32 score,
-    the anomalous pixels (`positive` indices, their region `area`) apart."""
-    total = np.zeros(bins, np.int64)
-    anomalous_index = np.empty(positive.size, np.int32)
+def _bin_index(scores: np.ndarray, scale: np.float32) -> np.ndarray:
+    """Bin of each float32 score in [0, 1]: int(score * bins), float32 product (exact for a power-of-two
+    number of bins), intp as np.bincount wants it. A score of 1 lands in an extra last bin."""
+    return (scores * scale).astype(np.intp)
+
+
+def _bin_counts(scores: np.ndarray, positive: np.ndarray, bins: int):
+    """(every pixel's count per bin, the scores equal to 1 in an extra last bin; the anomalous
+    pixels' bins, `positive` their indices): one pass over the float32 scores."""
+    scale = np.float32(bins)
+    total = np.zeros(bins + 1, np.int64)
     for start in range(0, scores.size, _HISTOGRAM_CHUNK):  # temporaries stay in cache-sized chunks
-        # float32 product: at most 1 ulp from the float64 bin edge, and half the temporary memory
-        index = (scores[start : start + _HISTOGRAM_CHUNK] * np.float32(bins)).astype(np.int32)
-        np.minimum(index, bins - 1, out=index)
-        total += np.bincount(index, minlength=bins)
-        lo, hi = np.searchsorted(positive, [start, start + index.size])
-        anomalous_index[lo:hi] = index[positive[lo:hi] - start]
-    anomalous_count = np.bincount(anomalous_index, minlength=bins)
-    weight = np.bincount(anomalous_index, weights=1.0 / area, minlength=bins)
-    return total - anomalous_count, anomalous_count, weight
+        total += np.bincount(_bin_index(scores[start : start + _HISTOGRAM_CHUNK], scale), minlength=bins + 1)
+    return total, _bin_index(scores[positive], scale)
+
+
+def _split_histogram(total: np.ndarray, anomalous_index: np.ndarray, area: np.ndarray):
+    """(normal, anomalous, 1/area weight) per bin from every pixel's counts and the anomalous
+    pixels' bins; the extra bin of the scores equal to 1 joins the last bin [1 - 1/bins, 1]."""
+    bins = total.size - 1
+    anomalous_count = np.bincount(anomalous_index, minlength=bins + 1)
+    weight = np.bincount(anomalous_index, weights=1.0 / area, minlength=bins + 1)
+    normal = total - anomalous_count
+    fold = [normal, anomalous_count, weight]
+    for h in fold:
+        h[bins - 1] += h[bins]
+    return tuple(h[:bins] for h in fold)
+
+
+def _threshold_bin(threshold, bins: int) -> int | None:
+    """k such that `score >= threshold` (float32, as `confusion_at_threshold` compares) is exactly
+    `bin >= k`: with a power-of-two number of bins, score * bins is exact, so this holds for any
+    threshold on a bin edge (0.5 is one). None otherwise."""
+    if threshold == "f1" or bins & (bins - 1):
+        return None
+    edge = float(np.float32(threshold)) * bins
+    return int(edge) if edge == int(edge) else None
 
 
 def _histograms_of_keys(keys: np.ndarray, bins: int):
-    """`_histograms` of packed keys (the exact state that auto mode folds)."""
+    """(normal, anomalous, 1/area weight) per bin of packed keys (the exact state that auto mode folds)."""
     scores, areas = curves.unpack_keys(keys)
     positive = np.flatnonzero(areas)
-    return _histograms(scores, positive, areas[positive].astype(np.float64), bins)
+    return _split_histogram(*_bin_counts(scores, positive, bins), areas[positive].astype(np.float64))
 
 
 def _to_numpy(x, what: str) -> np.ndarray:
@@ -286,9 +342,9 @@ def _as_batch(a: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def _check_inputs(maps, masks, logit: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """-> (float32 BxHxW scores in [0, 1], or any finite numbers with `logit`; bool BxHxW masks),
-    or BenchError."""
+def _check_inputs(maps, masks, logit: bool = False):
+    """-> (float32 BxHxW scores in [0, 1], or any finite numbers with `logit`; bool BxHxW masks;
+    each image's highest score; the lowest score), or BenchError."""
     m = _as_batch(_to_numpy(maps, "anomaly maps"), "anomaly maps")
     g = _as_batch(_to_numpy(masks, "masks"), "masks")
     if m.shape != g.shape:
@@ -299,8 +355,10 @@ def _check_inputs(maps, masks, logit: bool = False) -> tuple[np.ndarray, np.ndar
             " (8-bit maps: divide by 255)"
         )
     m = m.astype(np.float32, copy=False)
+    image_max = m.reshape(m.shape[0], -1).max(axis=1) if m.size else np.zeros(m.shape[0], np.float32)
+    lo = float("nan")
     if m.size:
-        lo, hi = float(m.min()), float(m.max())
+        lo, hi = float(m.min()), float(image_max.max())
         if math.isnan(lo) or math.isnan(hi):  # min and max propagate NaN: no pass of its own
             raise BenchError(f"anomaly maps contain {int(np.count_nonzero(np.isnan(m)))} NaN value(s)")
         if logit and not (math.isfinite(lo) and math.isfinite(hi)):
@@ -315,4 +373,4 @@ def _check_inputs(maps, masks, logit: bool = False) -> tuple[np.ndarray, np.ndar
             bad = np.unique(g[(g != 0) & (g != 1)])[:5]
             raise BenchError(f"masks must be binary (bool or 0/1), found values such as {bad.tolist()}")
         g = g.astype(bool)
-    return m, g
+    return m, g, image_max, lo

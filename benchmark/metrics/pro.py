@@ -30,20 +30,22 @@ class AnomalousPixels:
 
 def anomalous_pixels(masks: np.ndarray) -> AnomalousPixels:
     """masks: bool BxHxW. Each anomalous image is labelled inside the bounding box of its mask
-    (a component never leaves it), so normal images and the normal background cost one `any`."""
+    (a component never leaves it), so normal images and the normal background cost one `any`.
+    The anomalous pixels' indices come from one `flatnonzero` of the image, which also gives the
+    bounding box; the labels are only read at those pixels."""
     n_images, height, width = masks.shape
+    flat_masks = masks.reshape(n_images, -1)
     indices, areas, counts = [], [], np.zeros(n_images, dtype=np.int64)
     n_regions = 0
-    for b in np.flatnonzero(masks.reshape(n_images, -1).any(axis=1)):
-        rows = np.flatnonzero(masks[b].any(axis=1))
-        cols = np.flatnonzero(masks[b].any(axis=0))
-        top, left = rows[0], cols[0]
-        labels, n = ndimage.label(masks[b, top : rows[-1] + 1, left : cols[-1] + 1], structure=_EIGHT_CONNECTED)
-        y, x = np.nonzero(labels)  # row-major: ascending flat index
-        region = labels[y, x]
+    for b in np.flatnonzero(flat_masks.any(axis=1)):
+        index = np.flatnonzero(flat_masks[b])  # ascending, row-major
+        y, x = np.divmod(index, width)
+        top, bottom, left, right = y[0], y[-1] + 1, int(x.min()), int(x.max()) + 1
+        labels, n = ndimage.label(masks[b, top:bottom, left:right], structure=_EIGHT_CONNECTED)
+        region = labels[y - top, x - left]
         areas.append(np.bincount(region)[region].astype(np.uint32))
-        indices.append((b * height + y + top) * width + x + left)
-        counts[b] = y.size
+        indices.append(index + b * height * width)
+        counts[b] = index.size
         n_regions += n
     image_start = np.concatenate(([0], np.cumsum(counts)))
     if not indices:

@@ -1,6 +1,6 @@
 """Speed, memory and agreement of the metric engine on MVTec-sized synthetic maps (issues 3, 21).
 
-    python tools/perf/metrics_bench.py                      # issue 21's table: 100 x 256^2 and 30 x 1024^2
+    python tools/perf/metrics_bench.py                      # issue 21's table: 30 and 100 x 1024^2 (31.5 M, 105 M pixels)
     python tools/perf/metrics_bench.py --profile            # where the engine's CPU time goes, per function
     python tools/perf/metrics_bench.py --peers              # issue 3's table: sklearn and the reference PRO
     python tools/perf/metrics_bench.py --peers --images 20 --sizes 256 --ref-thresholds 100
@@ -52,6 +52,7 @@ CACHE = Path(os.environ.get("METRICS_BENCH_CACHE") or Path(tempfile.gettempdir()
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[2]  # the repository: `benchmark` imports from the source tree, also in the workers
 sys.path.insert(0, str(ROOT))
+from benchmark.metrics.options import DEFAULT_BINS  # noqa: E402 - pydantic only, no torch
 
 
 # ---------------------------------------------------------------------------- data
@@ -169,9 +170,7 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-def worker(method: str, size: int, n_images: int, rounds: int = 1) -> dict:
-    if method == "limits":
-        return limits_worker(size, n_images, rounds)
+def worker(method: str, size: int, n_images: int) -> dict:
     maps, masks = dataset(n_images, size)
     if method.startswith("engine"):
         from benchmark.metrics import AnomalyMetrics  # noqa: F401 - import cost is not part of the timing
@@ -220,25 +219,36 @@ def one_sort(maps) -> None:
     np.sort(maps.ravel())
 
 
-def one_histogram_pass(maps, bins: int = 1000, chunk: int = 1 << 20) -> None:
+def one_histogram_pass(maps, bins: int = DEFAULT_BINS, chunk: int = 1 << 20) -> None:
     """The floor of binned mode: every float32 score's bin index, counted once, in chunks of 2^20
-    pixels (whole-array temporaries of 31.5 M pixels measured 3x slower: fresh pages)."""
+    pixels (whole-array temporaries of 31.5 M pixels measured 3x slower: fresh pages). The bins
+    and the kernel are the engine's (`int(score * bins)` as intp, which np.bincount takes without
+    a copy; a score of 1 lands in an extra bin instead of a clamping pass)."""
     flat = maps.ravel()
-    counts = np.zeros(bins, np.int64)
+    scale = np.float32(bins)
+    counts = np.zeros(bins + 1, np.int64)
     for start in range(0, flat.size, chunk):
-        index = (flat[start : start + chunk] * np.float32(bins)).astype(np.int32)
-        np.minimum(index, bins - 1, out=index)
-        counts += np.bincount(index, minlength=bins)
+        counts += np.bincount((flat[start : start + chunk] * scale).astype(np.intp), minlength=bins + 1)
 
 
-def _cpu_and_wall(fn) -> tuple[float, float]:
-    cpu, wall = time.process_time(), time.perf_counter()
+def _cpu_and_wall(fn) -> tuple[float, float, float]:
+    """(CPU s, wall s, system CPU s: mostly page faults here)."""
+    cpu, wall, system = time.process_time(), time.perf_counter(), os.times().system
     fn()
-    return time.process_time() - cpu, time.perf_counter() - wall
+    return time.process_time() - cpu, time.perf_counter() - wall, os.times().system - system
 
 
-def limits_worker(size: int, n_images: int, rounds: int) -> dict:
-    """Interleaved rounds in this process: engine exact, engine binned, one sort, one histogram pass."""
+def recycle_pages(n_bytes: int) -> None:
+    """Touch and free n_bytes, so that the next job's allocations reuse pages the process just
+    gave back. On this VM a page the kernel has not handed out recently costs about 1.3 ms/MB
+    to fault in, a recycled one about 0.2 ms/MB (docs/metrics.md), which moves the ratios more
+    than the code does; `--warm-pages` gives every job the same start."""
+    np.ones(n_bytes // 8)
+
+
+def limits_worker(size: int, n_images: int, rounds: int, warm_pages: bool = False) -> dict:
+    """Interleaved rounds in this process: engine exact, engine binned, one sort, one histogram pass.
+    `warm_pages`: before each job, touch and free 16 bytes per pixel (more than any job's peak)."""
     maps, masks = dataset(n_images, size)
     for mode in ("exact", "binned"):
         run_engine(maps[:10], masks[:10], mode)  # lazy imports and first calls outside the timing
@@ -248,14 +258,17 @@ def limits_worker(size: int, n_images: int, rounds: int) -> dict:
     times: dict[str, list] = {name: [] for name in jobs}
     for _ in range(rounds):
         for name, job in jobs.items():
+            if warm_pages:
+                recycle_pages(16 * maps.size)
             times[name].append(_cpu_and_wall(job))
     return {"size": size, "images": n_images, "times": times}
 
 
-def limits_table(n_images: int, size: int, rounds: int, anomalib_python: str | None) -> str:
+def limits_table(n_images: int, size: int, rounds: int, anomalib_python: str | None, warm_pages: bool = False) -> str:
     pixels = n_images * size * size
     proc = subprocess.run([sys.executable, str(HERE), "--worker", "limits", "--size", str(size),
-                           "--images", str(n_images), "--rounds", str(rounds)], capture_output=True, text=True,
+                           "--images", str(n_images), "--rounds", str(rounds)] + ["--warm-pages"] * warm_pages,
+                          capture_output=True, text=True,
                           env={**os.environ, "METRICS_BENCH_CACHE": str(CACHE)})
     if proc.returncode:
         raise SystemExit(proc.stderr)
@@ -274,7 +287,10 @@ def limits_table(n_images: int, size: int, rounds: int, anomalib_python: str | N
     def per_pixel(row):
         return f"{row['peak_mb'] * 2**20 / pixels:.1f}" if row and "peak_mb" in row else "n/a"
 
-    lines = [f"\n### {n_images} x {size}^2 = {pixels / 1e6:.1f} M pixels ({rounds} interleaved rounds)\n",
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [f"\n### {n_images} x {size}^2 = {pixels / 1e6:.1f} M pixels ({rounds} interleaved rounds; "
+             f"load average {load} on {os.cpu_count()} CPUs; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+             f"{'; pages recycled before each job' if warm_pages else ''})\n",
              "| | engine exact | engine binned | one np.sort (float32) | one histogram pass | anomalib AUPRO |",
              "|---|---:|---:|---:|---:|---:|"]
     names = ("engine-exact", "engine-binned", "np.sort", "histogram pass")
@@ -283,6 +299,8 @@ def limits_table(n_images: int, size: int, rounds: int, anomalib_python: str | N
     for label, i in (("CPU s, best", 0), ("wall s, best", 1)):
         lines.append(f"| {label} | " + " | ".join(f"{best(name, i):.3f}" for name in names)
                      + f" | {anomalib_cell if i == 1 else ''} |")
+    lines.append("| of which system (page faults), median | " + " | ".join(
+        f"{sorted(t[2] for t in times[name])[len(times[name]) // 2]:.3f}" for name in names) + " | |")
     lines.append(f"| peak B/pixel | {per_pixel(memory['engine-exact'])} | {per_pixel(memory['engine-binned'])} | 4 | | "
                  f"{per_pixel(anomalib) if anomalib else ''} |")
     lines += ["", "ratio per round (best / median / worst); the issue's limit is 2:",
@@ -381,9 +399,13 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, nargs="+", default=None,
-                        help="images per size (default: 100 256^2 and 30 1024^2 images; --peers: 100)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
+                        help="images per size (default: 30 and 100 1024^2 images, issue 21's 31.5 M and 105 M "
+                             "pixels; --peers: 100 per size)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="image sizes (default: 1024 1024; --peers: 256 1024)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of issue 21's table")
+    parser.add_argument("--warm-pages", action="store_true",
+                        help="issue 21's table: touch and free 16 B/pixel before each timed job (recycle_pages)")
     parser.add_argument("--profile", action="store_true", help="per-function CPU time of the engine (cProfile)")
     parser.add_argument("--peers", action="store_true", help="issue 3's table: sklearn, reference PRO, anomalib")
     parser.add_argument("--ref-thresholds", type=int, nargs="+", default=[100, 1000],
@@ -397,8 +419,15 @@ def main() -> None:
                              "depend on this code and take minutes)")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.size, args.images[0], args.rounds)))
+        if args.worker == "limits":
+            print(json.dumps(limits_worker(args.size, args.images[0], args.rounds, args.warm_pages)))
+            return
+        print(json.dumps(worker(args.worker, args.size, args.images[0])))
         return
+    if args.sizes is None:
+        args.sizes = [256, 1024] if args.peers else [1024, 1024]
+        if not args.peers and args.images is None:
+            args.images = [30, 100]
     counts = args.images or [100 if args.peers or size < 1024 else 30 for size in args.sizes]
     if len(counts) == 1:
         counts = counts * len(args.sizes)
@@ -408,7 +437,7 @@ def main() -> None:
             if args.profile:
                 print(profile_report(n, size, args.rounds))
                 continue
-            print(limits_table(n, size, args.rounds, args.anomalib_python), flush=True)
+            print(limits_table(n, size, args.rounds, args.anomalib_python, args.warm_pages), flush=True)
         return
     args.images = counts[0]
 
