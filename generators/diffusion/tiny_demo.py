@@ -22,6 +22,15 @@ predicts eps with std 0.5 at t = 999 and samples saturated noise from t = 1500).
   "a <category>" (the product's name, as SD knows the word "wood"), dropped to "" with
   probability 0.1 so classifier-free guidance has an unconditional model. It never sees a defect.
 
+Option, off in the recipe (a smoke-only departure if switched on, measured in docs/seas.md,
+"Diagnosis of the missing defects"): `defects_per_type` > 0 adds that many defect images per type
+of the same unused seed, captioned with generic words ("a wood with a hole", `defect_prompt`), as
+SD has seen holes and scratches in general; `defect_weight` weighs the latent cells a defect
+touches by 1 + w in the eps-MSE. Measured: with 16 per type the backbone still draws no defect
+for those captions, and w = 20 or 50 turns its samples into cell noise; so the smoke backbone
+stays trained on normal images only (and keeps its cache folder: the recipe leaves the option's
+keys out while it is off).
+
 Built on first use and cached under `$SIAS_BENCH_CACHE/models/tiny-demo-<recipe hash>` (temp dir
 + rename, like `tiny`); the hash covers the recipe, the tiny backbone's and the demo data's
 versions, so a changed recipe builds a new folder. The build's cost is measured in docs/seas.md.
