@@ -233,7 +233,10 @@ def pretraining_set(images_per_category: int, seed: int, size: int, prompt: str,
     defect, masks, defect_categories, defects = pretraining_defect_images(defects_per_type, seed, size)
     captions = [prompt.format(category=c) for c in categories]
     captions += [defect_prompt.format(category=c, defect=d) for c, d in zip(defect_categories, defects)]
-    return torch.cat([normal, defect]), captions, torch.cat([torch.zeros(len(normal), 1, size, size), masks])
+    masks = torch.cat([torch.zeros(len(normal), 1, size, size), masks])
+    if not defects:  # the normal tensor as it is (its memory layout too), so the default build is unchanged
+        return normal, captions, masks
+    return torch.cat([normal, defect]), captions, masks
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -276,7 +279,8 @@ def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, bat
         context = torch.where((torch.rand(batch_size, generator=rng) < drop_prompt).view(-1, 1, 1),
                               contexts[-1], contexts[label[pick]])
         pred = unet(scheduler.add_noise(x0, eps, t), t, encoder_hidden_states=context).sample
-        loss = weighted_mse(pred, eps, weights[pick])
+        # unweighted: torch's mse_loss as before the option, so the default recipe's build is unchanged
+        loss = weighted_mse(pred, eps, weights[pick]) if defect_weight else F.mse_loss(pred, eps)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
