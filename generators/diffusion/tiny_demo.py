@@ -27,7 +27,8 @@ Option, off in the recipe (a smoke-only departure if switched on, measured in do
 of the same unused seed, captioned with generic words ("a wood with a hole", `defect_prompt`), as
 SD has seen holes and scratches in general; `defect_weight` weighs the latent cells a defect
 touches by 1 + w in the eps-MSE. Measured: with 16 per type the backbone still draws no defect
-for those captions, and w = 20 or 50 turns its samples into cell noise; so the smoke backbone
+for those captions (nor with 3x the steps), and w = 20 or 50 turns its samples into cell noise;
+so the smoke backbone
 stays trained on normal images only (and keeps its cache folder: the recipe leaves the option's
 keys out while it is off).
 
