@@ -28,9 +28,8 @@ of the same unused seed, captioned with generic words ("a wood with a hole", `de
 SD has seen holes and scratches in general; `defect_weight` weighs the latent cells a defect
 touches by 1 + w in the eps-MSE. Measured: with 16 per type the backbone still draws no defect
 for those captions (nor with 3x the steps), and w = 20 or 50 turns its samples into cell noise;
-so the smoke backbone
-stays trained on normal images only (and keeps its cache folder: the recipe leaves the option's
-keys out while it is off).
+so the smoke backbone stays trained on normal images only (and keeps its cache folder: the recipe
+leaves the option's keys out while it is off).
 
 Built on first use and cached under `$SIAS_BENCH_CACHE/models/tiny-demo-<recipe hash>` (temp dir
 + rename, like `tiny`); the hash covers the recipe, the tiny backbone's and the demo data's
