@@ -82,7 +82,8 @@ GENERATORS = Registry("generator", [
     Entry("seas", "generators.seas.lightning_model:SeasGenerator",
           "SeaS: separation and sharing fine-tuning of Stable Diffusion, refined mask prediction (predicted masks).",
           status="partial: smoke pairs pass issue 11's mask/flat/noise counts but show no recognisable "
-                 "defect and often the wrong product, so the predicted masks cover no defect (docs/seas.md); "
+                 "defect, so the predicted masks cover none: the tiny-demo smoke backbone draws no localised "
+                 "defect, even pre-trained on captioned defect images (docs/seas.md, diagnosis); "
                  "paper preset not yet run with SD weights"),
     Entry("anomalydiffusion", "generators.anomalydiffusion:AnomalyDiffusion",
           "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting (smoke masks from a "

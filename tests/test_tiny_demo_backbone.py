@@ -115,3 +115,39 @@ def test_linear_skip_unet_adds_the_linear_mmse_eps():
     torch.testing.assert_close(got[0] - base[0], 0.029155 * x[0], atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(got[1] - base[1], 0.997667 * x[1], atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(scalar[0], got[0])  # a scalar timestep applies to the whole batch
+
+
+def test_pretraining_set_adds_defect_images_of_the_unused_seed_with_generic_captions():
+    from benchmark.data.demo import render_demo_image
+    from generators.diffusion.tiny_demo import pretraining_set
+
+    pixels, captions, masks = pretraining_set(1, 1000, 32, "a {category}", defects_per_type=1,
+                                       defect_prompt="a {category} with a {defect}")
+    # 4 normal images (sorted categories), then one per defect type, types in the demo data's order
+    assert captions == ["a carpet_like", "a grid", "a pill", "a wood",
+                        "a carpet_like with a hole", "a carpet_like with a scratch", "a carpet_like with a stain",
+                        "a grid with a crack", "a grid with a hole", "a grid with a stain",
+                        "a pill with a crack", "a pill with a scratch", "a pill with a stain",
+                        "a wood with a hole", "a wood with a scratch", "a wood with a stain"]
+    assert pixels.shape == (16, 3, 32, 32)
+    for k, caption in enumerate(captions[4:], start=4):
+        category, defect = caption[2:].split(" with a ")
+        ours = np.round((pixels[k].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
+        rendered = render_demo_image(category, defect, 1000, 0, 32, "test")
+        assert np.array_equal(ours, rendered.image) and np.array_equal(masks[k, 0].numpy() > 0, rendered.mask > 0)
+        # the benchmark's defect images (seed 0) are not in it
+        assert not np.array_equal(ours, render_demo_image(category, defect, 0, 0, 32, "test").image)
+    assert masks[:4].sum() == 0 and masks.shape == (16, 1, 32, 32)
+    normal_only, normal_captions, _ = pretraining_set(1, 1000, 32, "a {category}")
+    assert torch.equal(normal_only, pixels[:4]) and normal_captions == captions[:4]
+
+
+def test_weighted_mse_by_hand():
+    from generators.diffusion.tiny_demo import weighted_mse
+
+    pred = torch.tensor([[[[1.0, 2.0]], [[0.0, 0.0]]]])  # (1, 2 channels, 1, 2 cells)
+    target = torch.zeros_like(pred)
+    # weights 1 and 3 on the two cells, both channels: (1*1 + 3*4 + 1*0 + 3*0) / (1 + 3 + 1 + 3) = 13 / 8
+    assert weighted_mse(pred, target, torch.tensor([[[[1.0, 3.0]]]])).item() == pytest.approx(13 / 8)
+    # all weights 1: the plain mean (1 + 4) / 4
+    assert weighted_mse(pred, target, torch.ones(1, 1, 1, 2)).item() == pytest.approx(5 / 4)

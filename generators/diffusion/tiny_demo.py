@@ -22,6 +22,15 @@ predicts eps with std 0.5 at t = 999 and samples saturated noise from t = 1500).
   "a <category>" (the product's name, as SD knows the word "wood"), dropped to "" with
   probability 0.1 so classifier-free guidance has an unconditional model. It never sees a defect.
 
+Option, off in the recipe (a smoke-only departure if switched on, measured in docs/seas.md,
+"Diagnosis of the missing defects"): `defects_per_type` > 0 adds that many defect images per type
+of the same unused seed, captioned with generic words ("a wood with a hole", `defect_prompt`), as
+SD has seen holes and scratches in general; `defect_weight` weighs the latent cells a defect
+touches by 1 + w in the eps-MSE. Measured: with 16 per type the backbone still draws no defect
+for those captions (nor with 3x the steps), and w = 20 or 50 turns its samples into cell noise;
+so the smoke backbone stays trained on normal images only (and keeps its cache folder: the recipe
+leaves the option's keys out while it is off).
+
 Built on first use and cached under `$SIAS_BENCH_CACHE/models/tiny-demo-<recipe hash>` (temp dir
 + rename, like `tiny`); the hash covers the recipe, the tiny backbone's and the demo data's
 versions, so a changed recipe builds a new folder. The build's cost is measured in docs/seas.md.
@@ -54,7 +63,10 @@ TINY_DEMO = "tiny-demo"
 LATENT_CHANNELS = 32  # = the U-Net's first width: x_t passes through unchanged in width
 UNET_CHANNELS = (32, 64)  # tiny's shape
 PRETRAIN = dict(steps=800, batch_size=8, lr=1e-3, images_per_category=48, seed=1000, size=128,
-                prompt="a {category}", drop_prompt=0.1)
+                prompt="a {category}", drop_prompt=0.1,
+                # smoke-only departure (module docstring): defect images of the same unused seed, captioned
+                # with generic words, as SD has seen holes and scratches in general
+                defects_per_type=0, defect_prompt="a {category} with a {defect}", defect_weight=0.0)
 
 
 class PatchPCAAutoencoder(nn.Module, ConfigMixin):
@@ -162,8 +174,12 @@ _ABAR: torch.Tensor | None = None
 def recipe() -> dict:
     from benchmark.data.demo import DEMO_VERSION
 
-    return {"latent_channels": LATENT_CHANNELS, "unet_channels": list(UNET_CHANNELS), "unet": "linear-skip", **PRETRAIN, "tiny_version": TINY_VERSION,
-            "demo_version": DEMO_VERSION}
+    pretrain = dict(PRETRAIN)
+    if not pretrain["defects_per_type"]:  # normal images only: the recipe (and folder) of before the option
+        for key in ("defects_per_type", "defect_prompt", "defect_weight"):
+            pretrain.pop(key)
+    return {"latent_channels": LATENT_CHANNELS, "unet_channels": list(UNET_CHANNELS), "unet": "linear-skip", **pretrain,
+            "tiny_version": TINY_VERSION, "demo_version": DEMO_VERSION}
 
 
 def tiny_demo_backbone_folder() -> Path:
@@ -188,19 +204,68 @@ def pretraining_images(images_per_category: int, seed: int, size: int) -> tuple[
     return pixels, categories
 
 
+def pretraining_defect_images(defects_per_type: int, seed: int, size: int
+                               ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """Defect demo images (test split) of every category and defect type from `seed`, in [-1, 1],
+    their (N, 1, H, W) masks in {0, 1}, and each image's category and defect type."""
+    from benchmark.data.demo import CATEGORIES, render_demo_image
+
+    images, masks, categories, defects = [], [], [], []
+    for category in sorted(CATEGORIES):
+        for defect in CATEGORIES[category]:
+            for index in range(defects_per_type):
+                rendered = render_demo_image(category, defect, seed, index, size, "test")
+                images.append(rendered.image)
+                masks.append(rendered.mask > 0)
+                categories.append(category)
+                defects.append(defect)
+    if not images:
+        return torch.empty(0, 3, size, size), torch.empty(0, 1, size, size), [], []
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return pixels, torch.from_numpy(np.stack(masks)).float()[:, None], categories, defects
+
+
+def pretraining_set(images_per_category: int, seed: int, size: int, prompt: str, defects_per_type: int = 0,
+                    defect_prompt: str = "", **_) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """The pre-training images (normal, then defect ones), their captions and their (N, 1, H, W)
+    defect masks (all zero for the normal images)."""
+    normal, categories = pretraining_images(images_per_category, seed, size)
+    defect, masks, defect_categories, defects = pretraining_defect_images(defects_per_type, seed, size)
+    captions = [prompt.format(category=c) for c in categories]
+    captions += [defect_prompt.format(category=c, defect=d) for c, d in zip(defect_categories, defects)]
+    masks = torch.cat([torch.zeros(len(normal), 1, size, size), masks])
+    if not defects:  # the normal tensor as it is (its memory layout too), so the default build is unchanged
+        return normal, captions, masks
+    return torch.cat([normal, defect]), captions, masks
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sum w (pred - target)^2 / sum w, with the (B, 1, h, w) cell weights shared by all channels;
+    the plain mean squared error when every weight is 1."""
+    weight = weight.expand_as(pred)
+    return (weight * (pred - target) ** 2).sum() / weight.sum()
+
+
 def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, batch_size: int, lr: float,
-                  images_per_category: int, seed: int, size: int, prompt: str, drop_prompt: float, **_) -> list[float]:
-    """Train `unet` in place on the eps-MSE of demo normal images; returns the per-step losses."""
-    pixels, categories = pretraining_images(images_per_category, seed, size)
-    names = sorted(set(categories))
+                  images_per_category: int, seed: int, size: int, prompt: str, drop_prompt: float,
+                  defects_per_type: int = 0, defect_prompt: str = "", defect_weight: float = 0.0, **_) -> list[float]:
+    """Train `unet` in place on the eps-MSE of demo images (normal ones, and `defects_per_type`
+    defect images per type); latent cells a defect touches weigh 1 + `defect_weight` in the mean
+    (a defect covers a few % of an image, so the plain mean barely sees it). Returns the per-step
+    losses."""
+    pixels, captions, masks = pretraining_set(images_per_category, seed, size, prompt, defects_per_type,
+                                              defect_prompt)
+    names = sorted(set(captions))
     pixels = torch.cat([pixels, pixels.flip(-1)])  # horizontal flips, in pixel space
-    label = torch.tensor([names.index(c) for c in categories] * 2)
+    masks = torch.cat([masks, masks.flip(-1)])
+    label = torch.tensor([names.index(c) for c in captions] * 2)
     with torch.no_grad():
         latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
-        ids = tokenizer([prompt.format(category=c) for c in names] + [""], padding="max_length",
-                        max_length=text_encoder.config.max_position_embeddings, truncation=True,
-                        return_tensors="pt").input_ids
-        contexts = text_encoder(ids)[0]  # one per category, the last is the empty prompt
+        factor = pixels.shape[-1] // latents.shape[-1]
+        weights = 1 + defect_weight * F.max_pool2d(masks, factor)  # a cell counts as defect if any pixel is
+        ids = tokenizer(names + [""], padding="max_length", max_length=text_encoder.config.max_position_embeddings,
+                        truncation=True, return_tensors="pt").input_ids
+        contexts = text_encoder(ids)[0]  # one per caption, the last is the empty prompt
     rng = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
     T = scheduler.config.num_train_timesteps
@@ -213,8 +278,9 @@ def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, bat
         eps = torch.randn(x0.shape, generator=rng)
         context = torch.where((torch.rand(batch_size, generator=rng) < drop_prompt).view(-1, 1, 1),
                               contexts[-1], contexts[label[pick]])
-        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, eps, t), t,
-                                                 encoder_hidden_states=context).sample, eps)
+        pred = unet(scheduler.add_noise(x0, eps, t), t, encoder_hidden_states=context).sample
+        # unweighted: torch's mse_loss as before the option, so the default recipe's build is unchanged
+        loss = weighted_mse(pred, eps, weights[pick]) if defect_weight else F.mse_loss(pred, eps)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -246,7 +312,7 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
         shutil.rmtree(tmp / "unet")
         shutil.rmtree(tmp / "vae")
         scheduler = DDPMScheduler.from_pretrained(tmp / "scheduler")
-        pixels, _ = pretraining_images(PRETRAIN["images_per_category"], PRETRAIN["seed"], PRETRAIN["size"])
+        pixels, _, _ = pretraining_set(**PRETRAIN)
         vae = PatchPCAAutoencoder(factor=8, latent_channels=LATENT_CHANNELS).fit(pixels)
         vae.save_pretrained(tmp / "vae")
         with torch.random.fork_rng(devices=[]), quiet_hub_libraries():
