@@ -127,12 +127,14 @@ def test_dit_weights_from_a_folder_load_into_the_tdia(tmp_path):
 
 
 def test_smoke_uses_the_pretrained_tdia_its_pca_latent_and_cell_masks(split):
-    from generators.defectdiffu.tiny_dit import LinearSkipTdia
+    from generators.defectdiffu.tiny_dit import LinearSkipTdia, load_tiny_demo_dit
     from generators.diffusion.tiny_demo import PatchPCAAutoencoder
 
     generator = _generator(split)
     assert isinstance(generator.transformer, LinearSkipTdia) and isinstance(generator.vae, PatchPCAAutoencoder)
     assert generator.latent_channels == 32 and generator.mask_module.out.out_channels == 1
+    _, _, mask_state = load_tiny_demo_dit()  # the mask module starts from the pre-trained one
+    assert all(torch.equal(v, generator.mask_module.state_dict()[k]) for k, v in mask_state.items())
     assert generator.vae in generator.frozen_modules() and not any(p.requires_grad for p in generator.vae.parameters())
     # the random `tiny` TDIA on the backbone's own (pixel-unshuffle, 192-channel) latent still builds
     random_tiny = _generator(split, transformer="tiny", mask_latent="vae")
@@ -143,6 +145,12 @@ def test_tiny_demo_dit_with_another_text_encoder_is_refused_in_one_line(split):
     with pytest.raises(BenchError) as err:
         _generator(split, blocks=(1, 2, 1))
     assert "\n" not in str(err.value) and "backbone=tiny" in str(err.value)
+
+
+def test_tiny_demo_dit_with_another_mask_module_is_refused_in_one_line(split):
+    with pytest.raises(BenchError) as err:
+        _generator(split, mask_hidden=16)
+    assert "\n" not in str(err.value) and "mask_hidden=32 mask_latent=cell" in str(err.value)
 
 
 def test_fit_trains_the_tdia_and_the_mask_module_only(fitted):

@@ -42,6 +42,7 @@ from generators.defectdiffu.loss import (LAMBDA_MASK, adaptive_attention_loss, d
                                          mask_prediction_loss, total_loss)
 from generators.defectdiffu.sampling import defect_pass_maps, double_free_sample
 from generators.defectdiffu.tiny_dit import TDIA as TINY_DEMO_TDIA
+from generators.defectdiffu.tiny_dit import MASK_HIDDEN as TINY_DEMO_MASK_HIDDEN
 from generators.defectdiffu.tiny_dit import TINY_DEMO_DIT, load_tiny_demo_dit
 from generators.defectdiffu.torch_model import (BLOCKS_PAPER, DIT_XL_2_512, LAST_STEPS, MaskGenerationModule,
                                                 TdiaTransformer, cell_mask_target, defect_block_maps, mask_gray,
@@ -116,10 +117,11 @@ class DefectDiffu(LatentDiffusionGenerator):
         # the tiny backbone's text encoder with the pre-trained tiny-demo-dit TDIA and its PCA
         # autoencoder (a random TDIA on the pixel-unshuffle latent made block noise after a 400-step
         # fit: docs/defectdiffu.md, "History"); one-channel cell masks (pixel-unshuffle mask latents
-        # decoded as dot grids); PCA latents are whitened, not in [-1, 1], so no DDIM clipping
+        # decoded as dot grids); PCA latents are whitened, not in [-1, 1], so no DDIM clipping; w_p 3
+        # (the paper prints no value): at 1 the products' colours and textures were fainter (seen)
         "smoke": {"backbone": "tiny", "resolution": None, "transformer": TINY_DEMO_DIT, "dit_weights": None,
                   "blocks": TINY_DEMO_TDIA["blocks"], "train_steps": 300, "train_batch_size": 4, "lr": 3e-4,
-                  "mask_hidden": 32, "mask_latent": "cell", "sampling_steps": 25, "mask_steps": 10,
+                  "mask_hidden": TINY_DEMO_MASK_HIDDEN, "mask_latent": "cell", "sampling_steps": 25, "mask_steps": 10, "w_p": 3.0,
                   "pairs_per_type": 4, "w_d_sweep": (1.0, 1.5, 2.0), "unify_defects": False, "clip_sample": False},
     }
 
@@ -127,8 +129,9 @@ class DefectDiffu(LatentDiffusionGenerator):
         super().__init__(options, image_size)
         backbone_channels = self.backbone.latent_channels  # read from the U-Net's config
         self.unet = self.backbone.unet = None  # DefectDiffu denoises with its own transformer
+        pretrained_mask_module = None
         if options.transformer == TINY_DEMO_DIT:
-            vae, self.transformer = load_tiny_demo_dit()
+            vae, self.transformer, pretrained_mask_module = load_tiny_demo_dit()
             self.vae = self.backbone.vae = vae.requires_grad_(False).eval()  # the latent it was pre-trained on
             self._check_text_width()
         else:
@@ -140,6 +143,8 @@ class DefectDiffu(LatentDiffusionGenerator):
         self.mask_module = MaskGenerationModule(len(self.defect_layers) * self.backbone.max_length,
                                                 latent_channels if options.mask_latent == "vae" else 1, patch,
                                                 options.mask_hidden)
+        if pretrained_mask_module is not None:
+            self._load_pretrained_mask_module(pretrained_mask_module)
         self.trained_types: set[tuple[str, str]] = set()  # (product, unified defect) with few-shot defects
 
     # -- construction -----------------------------------------------------------------------------
@@ -187,6 +192,14 @@ class DefectDiffu(LatentDiffusionGenerator):
                              f"text encoder ({expected} wide) and blocks {tuple(self.transformer.config.blocks)}; "
                              f"got backbone '{self.options.backbone}' ({width} wide) and blocks "
                              f"{tuple(self.options.blocks)}: set generator options backbone=tiny and those blocks")
+
+    def _load_pretrained_mask_module(self, state: dict) -> None:
+        try:
+            self.mask_module.load_state_dict(state)
+        except RuntimeError:
+            raise BenchError(f"defectdiffu: transformer {TINY_DEMO_DIT} comes with a mask module of width "
+                             f"{TINY_DEMO_MASK_HIDDEN} and cell masks; set generator options "
+                             f"mask_hidden={TINY_DEMO_MASK_HIDDEN} mask_latent=cell") from None
 
     @staticmethod
     def _load_dit(folder: Path) -> nn.Module:

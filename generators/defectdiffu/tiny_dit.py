@@ -9,17 +9,23 @@ The same cure as SeaS' `tiny-demo` (docs/seas.md):
   one SVD on the same normal pre-training images), imported from `generators.diffusion.tiny_demo`;
 - `LinearSkipTdia`: the TDIA whose eps prediction adds the linear MMSE estimate sqrt(1 - abar_t) x_t
   (the preconditioning that made tiny-demo's U-Net work), patch 2 on the 16 x 16 latent
-  (64 tokens of 2 x 2 x 32 = 128 numbers), width 128, blocks (2, 2, 1);
+  (64 tokens of 2 x 2 x 32 = 128 numbers), width 128, one block per part (1, 1, 1);
 - pre-trained for `PRETRAIN["steps"]` AdamW steps on the eps-MSE of demo images rendered from seed
   1000, which the benchmark's demo data (seed 0) does not use, with the TDIA's own part prompts
   (`part_prompts`) and Algorithm 1's condition dropout (so Eq. 4's null conditions are learned):
   normal images as (product, "good") and, a smoke-only departure (docs/defectdiffu.md), generic
   defect images of every demo type as (product, defect): the prior knowledge of defects a large
-  pre-trained model would bring, which a CPU-minute fit on a few shots cannot teach.
+  pre-trained model would bring, which a CPU-minute fit on a few shots cannot teach;
+- with the TDIA, a mask generation module (one channel per latent cell, `cell_mask_target`) is
+  pre-trained on the same images (Eq. 6 with lambda 1, normal images with empty masks), the defect
+  blocks' attention keeping its gradients: in a 300-step fit from a random mask module the module
+  learned only the mean mask (every smoke mask flat, hence empty; measured, docs/defectdiffu.md).
+  The generator starts its mask module from this state.
 
 Built on first use under `$SIAS_BENCH_CACHE/models/tiny-demo-dit-<recipe hash>` (temp dir + rename,
-like `tiny` and `tiny-demo`): `vae/` (the PCA autoencoder) and `transformer/` (the TDIA). DefectDiffu
-loads both in place of the backbone's autoencoder and denoiser; the backbone (`tiny`) keeps supplying
+like `tiny` and `tiny-demo`): `vae/` (the PCA autoencoder), `transformer/` (the TDIA) and
+`mask_module.pt`. DefectDiffu loads them in place of the backbone's autoencoder and denoiser and as
+its mask module's initial state; the backbone (`tiny`) keeps supplying
 the text encoder, tokenizer and schedule, which this pre-training used.
 """
 
@@ -36,8 +42,9 @@ import torch
 import torch.nn.functional as F
 
 from generators.defectdiffu.double_free import P1, P2, double_free_dropout
-from generators.defectdiffu.torch_model import TdiaTransformer
+from generators.defectdiffu.torch_model import MaskGenerationModule, TdiaTransformer, cell_mask_target, defect_block_maps
 from generators.defectdiffu.vocabulary import GOOD, part_prompts
+from generators.diffusion.attention import CrossAttentionHook
 from generators.diffusion.hub import LDM_SCHEDULE, atomic_folder, cache_root, quiet_hub_libraries
 from generators.diffusion.tiny import TINY_SEED, TINY_VERSION, tiny_backbone_folder
 from generators.diffusion.tiny_demo import LATENT_CHANNELS, PatchPCAAutoencoder, pretraining_images
@@ -45,9 +52,10 @@ from generators.diffusion.tiny_demo import LATENT_CHANNELS, PatchPCAAutoencoder,
 log = logging.getLogger(__name__)
 
 TINY_DEMO_DIT = "tiny-demo-dit"
-TDIA = dict(num_attention_heads=4, attention_head_dim=32, patch_size=2, blocks=(2, 2, 1))
-PRETRAIN = dict(steps=800, batch_size=8, lr=1e-3, ema=0.995, normals_per_category=48, defects_per_type=16,
-                seed=1000, size=128, p1=P1, p2=P2)
+TDIA = dict(num_attention_heads=4, attention_head_dim=32, patch_size=2, blocks=(1, 1, 1))
+PRETRAIN = dict(steps=1300, batch_size=8, lr=1e-3, ema=0.995, normals_per_category=48, defects_per_type=16,
+                seed=1000, size=128, p1=P1, p2=P2, lambda_mask=1.0)
+MASK_HIDDEN = 32  # the pre-trained mask module's width (the smoke preset's `mask_hidden`)
 
 
 @functools.cache
@@ -83,7 +91,7 @@ def recipe() -> dict:
     from benchmark.data.demo import DEMO_VERSION
 
     return {"latent_channels": LATENT_CHANNELS, "tdia": {k: list(v) if isinstance(v, tuple) else v for k, v in TDIA.items()},
-            "skip": "linear", **PRETRAIN, "tiny_version": TINY_VERSION, "demo_version": DEMO_VERSION}
+            "skip": "linear", "mask_module": {"hidden": MASK_HIDDEN, "latent": "cell"}, **PRETRAIN, "tiny_version": TINY_VERSION, "demo_version": DEMO_VERSION}
 
 
 def tiny_demo_dit_folder() -> Path:
@@ -94,36 +102,51 @@ def tiny_demo_dit_folder() -> Path:
     return folder
 
 
-def load_tiny_demo_dit() -> tuple[PatchPCAAutoencoder, LinearSkipTdia]:
-    """The cached (built on first use) PCA autoencoder and pre-trained TDIA, frozen for loading."""
+def load_tiny_demo_dit() -> tuple[PatchPCAAutoencoder, LinearSkipTdia, dict]:
+    """The cached (built on first use) PCA autoencoder, pre-trained TDIA and its mask module's state
+    (a `MaskGenerationModule` of `MASK_HIDDEN` width with one output channel: cell masks)."""
     folder = tiny_demo_dit_folder()
     with quiet_hub_libraries():
-        return PatchPCAAutoencoder.from_pretrained(folder / "vae"), LinearSkipTdia.from_pretrained(folder / "transformer")
+        vae, tdia = PatchPCAAutoencoder.from_pretrained(folder / "vae"), LinearSkipTdia.from_pretrained(folder / "transformer")
+    return vae, tdia, torch.load(folder / "mask_module.pt", weights_only=True)
 
 
-def defect_pretraining_images(per_type: int, seed: int, size: int) -> tuple[torch.Tensor, list[str], list[str]]:
+def pretraining_mask_module(tdia: TdiaTransformer, max_length: int) -> MaskGenerationModule:
+    """The mask module that reads `tdia`'s defect blocks (prompts of `max_length` tokens) and writes
+    one channel per latent cell."""
+    return MaskGenerationModule(len(tdia.attention_layers("defect")) * max_length, 1, tdia.config.patch_size,
+                                MASK_HIDDEN)
+
+
+def defect_pretraining_images(per_type: int, seed: int, size: int
+                              ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
     """Defect demo images of every (category, type) from `seed` (the benchmark's data uses 0), in
-    [-1, 1], with each image's category and defect type."""
+    [-1, 1], their binary (B, 1, H, W) masks, each image's category and defect type."""
     from benchmark.data.demo import CATEGORIES, render_demo_image
 
-    images, categories, defects = [], [], []
+    images, masks, categories, defects = [], [], [], []
     for category in sorted(CATEGORIES):
         for defect in CATEGORIES[category]:
             for index in range(per_type):
-                images.append(render_demo_image(category, defect, seed, index, size, "test").image)
+                rendered = render_demo_image(category, defect, seed, index, size, "test")
+                images.append(rendered.image)
+                masks.append(rendered.mask > 0)
                 categories.append(category)
                 defects.append(defect)
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return pixels, categories, defects
+    return pixels, torch.from_numpy(np.stack(masks)).float()[:, None], categories, defects
 
 
-def pretrain_tdia(tdia: LinearSkipTdia, tokenizer, text_encoder, latents: torch.Tensor,
-                  products: list[str], defects: list[str], steps: int, batch_size: int, lr: float, ema: float,
-                  seed: int, p1: float, p2: float, **_) -> list[float]:
-    """Train `tdia` in place on the eps-MSE (Ho et al. 2020 Eq. 14) of `latents`, each with its
-    (product, defect) passed through Algorithm 1's dropout, and leave it at the exponential moving
-    average of its weights (decay `ema`; DiT samples with an EMA too, Peebles & Xie Sec. 5; torch's
-    `AveragedModel`); returns the per-step losses."""
+def pretrain_tdia(tdia: LinearSkipTdia, mask_module: MaskGenerationModule, tokenizer, text_encoder,
+                  latents: torch.Tensor, masks: torch.Tensor, products: list[str], defects: list[str], steps: int,
+                  batch_size: int, lr: float, ema: float, seed: int, p1: float, p2: float, lambda_mask: float,
+                  **_) -> list[float]:
+    """Train `tdia` and `mask_module` in place on the eps-MSE (Ho et al. 2020 Eq. 14) of `latents` plus
+    `lambda_mask` x the mask loss (Eq. 6 on cell masks of `masks`, (B, 1, H, W); the defect blocks'
+    attention maps keep their gradients, so the attention learns to find the defect, as in the
+    fit), each image with its (product, defect) passed through Algorithm 1's dropout; leave both at
+    the exponential moving average of their weights (decay `ema`; DiT samples with an EMA too,
+    Peebles & Xie Sec. 5; torch's `AveragedModel`). Returns the per-step total losses."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     rng = torch.Generator().manual_seed(seed)
@@ -139,9 +162,12 @@ def pretrain_tdia(tdia: LinearSkipTdia, tokenizer, text_encoder, latents: torch.
                 contexts[product, defect] = text_encoder(ids)[0]
         return contexts[product, defect]
 
-    optimizer = torch.optim.AdamW(tdia.parameters(), lr=lr)
-    averaged = AveragedModel(tdia, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
-    tdia.train()
+    trained = torch.nn.ModuleDict({"tdia": tdia, "mask_module": mask_module})
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=lr)
+    averaged = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
+    layers = tdia.attention_layers("defect")
+    mask_targets = cell_mask_target(masks, tuple(latents.shape[-2:]))
+    trained.train()
     losses = []
     for _ in range(steps):
         pick = torch.randint(len(latents), (batch_size,), generator=rng).tolist()
@@ -153,17 +179,20 @@ def pretrain_tdia(tdia: LinearSkipTdia, tokenizer, text_encoder, latents: torch.
         eps = torch.randn(x0.shape, generator=rng)
         a = abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        loss = F.mse_loss(tdia(x_t, context, t).sample, eps)
+        with CrossAttentionHook(record=True, detach=False, layers=layers).attach(tdia) as hook:
+            eps_loss = F.mse_loss(tdia(x_t, context, t).sample, eps)
+        mask_loss = F.mse_loss(mask_module(defect_block_maps(hook.records, layers)), mask_targets[pick])
+        loss = eps_loss + lambda_mask * mask_loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        averaged.update_parameters(tdia)
+        averaged.update_parameters(trained)
         losses.append(float(loss.detach()))
         if len(losses) % 100 == 0:
-            log.info("tiny-demo-dit pre-training: step %d/%d, eps-MSE of the last 100 steps %.4f", len(losses), steps,
+            log.info("tiny-demo-dit pre-training: step %d/%d, loss of the last 100 steps %.4f", len(losses), steps,
                      float(np.mean(losses[-100:])))
-    tdia.load_state_dict(averaged.module.state_dict())
-    tdia.eval()
+    trained.load_state_dict(averaged.module.state_dict())
+    trained.eval()
     return losses
 
 
@@ -181,9 +210,12 @@ def build_tiny_demo_dit(folder: Path) -> Path:
         text_encoder.eval().requires_grad_(False)
         normals, normal_products = pretraining_images(p["normals_per_category"], p["seed"], p["size"])
         vae = PatchPCAAutoencoder(factor=8, latent_channels=LATENT_CHANNELS).fit(normals)
-        defects, defect_products, defect_types = defect_pretraining_images(p["defects_per_type"], p["seed"], p["size"])
+        defects, defect_masks, defect_products, defect_types = defect_pretraining_images(p["defects_per_type"],
+                                                                                         p["seed"], p["size"])
         pixels = torch.cat([normals, defects])
         pixels = torch.cat([pixels, pixels.flip(-1)])  # horizontal flips
+        masks = torch.cat([torch.zeros(len(normals), 1, *normals.shape[-2:]), defect_masks])
+        masks = torch.cat([masks, masks.flip(-1)])
         products = (normal_products + defect_products) * 2
         kinds = ([GOOD] * len(normal_products) + defect_types) * 2
         with torch.no_grad():
@@ -193,9 +225,11 @@ def build_tiny_demo_dit(folder: Path) -> Path:
             torch.manual_seed(TINY_SEED)
             tdia = LinearSkipTdia(**TDIA, in_channels=LATENT_CHANNELS, out_channels=None, sample_size=latent_size,
                                   cross_attention_dim=int(text_encoder.config.hidden_size))
-            losses = pretrain_tdia(tdia, tokenizer, text_encoder, latents, products, kinds, **p)
+            mask_module = pretraining_mask_module(tdia, int(text_encoder.config.max_position_embeddings))
+            losses = pretrain_tdia(tdia, mask_module, tokenizer, text_encoder, latents, masks, products, kinds, **p)
         vae.save_pretrained(tmp / "vae")
         tdia.save_pretrained(tmp / "transformer")
+        torch.save(mask_module.state_dict(), tmp / "mask_module.pt")
         (tmp / "recipe.json").write_text(json.dumps({**recipe(), "final_loss_last_100": float(np.mean(losses[-100:]))},
                                                     indent=1))
     return folder
