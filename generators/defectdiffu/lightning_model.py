@@ -121,8 +121,9 @@ class DefectDiffu(LatentDiffusionGenerator):
         # (the paper prints no value): at 1 the products' colours and textures were fainter (seen)
         "smoke": {"backbone": "tiny", "resolution": None, "transformer": TINY_DEMO_DIT, "dit_weights": None,
                   "blocks": TINY_DEMO_TDIA["blocks"], "train_steps": 300, "train_batch_size": 4, "lr": 3e-4,
-                  "mask_hidden": TINY_DEMO_MASK_HIDDEN, "mask_latent": "cell", "sampling_steps": 25, "mask_steps": 10, "w_p": 3.0,
-                  "pairs_per_type": 4, "w_d_sweep": (1.0, 1.5, 2.0), "unify_defects": False, "clip_sample": False},
+                  "mask_hidden": TINY_DEMO_MASK_HIDDEN, "mask_latent": "cell", "sampling_steps": 25, "mask_steps": 10,
+                  "w_p": 3.0, "pairs_per_type": 4, "w_d_sweep": (1.0, 1.5, 2.0), "unify_defects": False,
+                  "clip_sample": False},
     }
 
     def __init__(self, options: DefectDiffuOptions, image_size: int):

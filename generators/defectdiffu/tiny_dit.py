@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from generators.defectdiffu.double_free import P1, P2, double_free_dropout
-from generators.defectdiffu.torch_model import MaskGenerationModule, TdiaTransformer, cell_mask_target, defect_block_maps
+from generators.defectdiffu.torch_model import (MaskGenerationModule, TdiaTransformer, cell_mask_target,
+                                                defect_block_maps)
 from generators.defectdiffu.vocabulary import GOOD, part_prompts
 from generators.diffusion.attention import CrossAttentionHook
 from generators.diffusion.hub import LDM_SCHEDULE, atomic_folder, cache_root, quiet_hub_libraries
@@ -90,8 +91,10 @@ class LinearSkipTdia(TdiaTransformer):
 def recipe() -> dict:
     from benchmark.data.demo import DEMO_VERSION
 
-    return {"latent_channels": LATENT_CHANNELS, "tdia": {k: list(v) if isinstance(v, tuple) else v for k, v in TDIA.items()},
-            "skip": "linear", "mask_module": {"hidden": MASK_HIDDEN, "latent": "cell"}, **PRETRAIN, "tiny_version": TINY_VERSION, "demo_version": DEMO_VERSION}
+    tdia = {k: list(v) if isinstance(v, tuple) else v for k, v in TDIA.items()}
+    return {"latent_channels": LATENT_CHANNELS, "tdia": tdia, "skip": "linear",
+            "mask_module": {"hidden": MASK_HIDDEN, "latent": "cell"}, **PRETRAIN, "tiny_version": TINY_VERSION,
+            "demo_version": DEMO_VERSION}
 
 
 def tiny_demo_dit_folder() -> Path:
@@ -107,7 +110,8 @@ def load_tiny_demo_dit() -> tuple[PatchPCAAutoencoder, LinearSkipTdia, dict]:
     (a `MaskGenerationModule` of `MASK_HIDDEN` width with one output channel: cell masks)."""
     folder = tiny_demo_dit_folder()
     with quiet_hub_libraries():
-        vae, tdia = PatchPCAAutoencoder.from_pretrained(folder / "vae"), LinearSkipTdia.from_pretrained(folder / "transformer")
+        vae = PatchPCAAutoencoder.from_pretrained(folder / "vae")
+        tdia = LinearSkipTdia.from_pretrained(folder / "transformer")
     return vae, tdia, torch.load(folder / "mask_module.pt", weights_only=True)
 
 
