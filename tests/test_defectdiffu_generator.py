@@ -135,6 +135,14 @@ def test_smoke_uses_the_pretrained_tdia_its_pca_latent_and_cell_masks(split):
     assert generator.latent_channels == 32 and generator.mask_module.out.out_channels == 1
     _, _, mask_state = load_tiny_demo_dit()  # the mask module starts from the pre-trained one
     assert all(torch.equal(v, generator.mask_module.state_dict()[k]) for k, v in mask_state.items())
+    masks = torch.zeros(1, 1, 128, 128)
+    masks[..., :8, :4] = 1  # half of latent cell (0, 0): area 0.5 -> grey 0; every other cell -> -1
+    target = generator.mask_latent_target(masks, (16, 16))
+    assert target.shape == (1, 1, 16, 16) and target[0, 0, 0, 0] == 0 and (target.flatten()[1:] == -1).all()
+    latent = torch.full((1, 1, 16, 16), -1.0)
+    latent[..., 4:, :] = 1.0  # rows of cells 4..15 in the mask: pixel rows >= 36 (half a cell of blending)
+    gray = generator.mask_image(latent)
+    assert gray.shape == (1, 128, 128) and gray[0, :28].max() == 0 and gray[0, 36:].min() == 255
     assert generator.vae in generator.frozen_modules() and not any(p.requires_grad for p in generator.vae.parameters())
     # the random `tiny` TDIA on the backbone's own (pixel-unshuffle, 192-channel) latent still builds
     random_tiny = _generator(split, transformer="tiny", mask_latent="vae")
