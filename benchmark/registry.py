@@ -90,8 +90,9 @@ GENERATORS = Registry("generator", [
     Entry("defectdiffu", "generators.defectdiffu.lightning_model:DefectDiffu",
           "DefectDiffu: three-part DiT with double-free guidance and a mask module (predicted masks).",
           status="partial: smoke pair counts pass (47 of 48 masks non-empty and < half the image) but the "
-                 "tiny pre-trained DiT's pairs show product colours and textures only (no pill shape, no visible "
-                 "defect under the masks; docs/defectdiffu.md); paper preset not yet run with DiT-XL/2 weights"),
+                 "tiny pre-trained DiT's pairs are block textures with at best the product's colour (no visible "
+                 "defect under the masks) and the smoke run takes 17.6 CPU-min (docs/defectdiffu.md); paper "
+                 "preset not yet run with DiT-XL/2 weights"),
     Entry("badg", "generators.badg.lightning_model:BadgGenerator",
           "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention).",
           protocol={"paper": {"split": {"folds": 2}}}),  # two 1/2 folds, averaged (BADG App. A.1)
