@@ -90,9 +90,10 @@ GENERATORS = Registry("generator", [
           "stored-mask denoiser; docs/anomalydiffusion.md)."),
     Entry("defectdiffu", "generators.defectdiffu.lightning_model:DefectDiffu",
           "DefectDiffu: three-part DiT with double-free guidance and a mask module (predicted masks).",
-          status="partial: smoke pairs fail the mask criterion (28 of 48 masks non-empty and < half the "
-                 "image, 90% needed; the tiny DiT's images are noise); paper preset not yet run with DiT-XL/2 "
-                 "weights"),
+          status="partial: smoke pair counts pass (47 of 48 masks non-empty and < half the image) but the "
+                 "tiny pre-trained DiT's pairs are block textures with at best the product's colour (no visible "
+                 "defect under the masks) and the smoke run takes 17.6 CPU-min (docs/defectdiffu.md); paper "
+                 "preset not yet run with DiT-XL/2 weights"),
     Entry("badg", "generators.badg.lightning_model:BadgGenerator",
           "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention).",
           protocol={"paper": {"split": {"folds": 2}}}),  # two 1/2 folds, averaged (BADG App. A.1)

@@ -16,7 +16,7 @@ from generators.defectdiffu.loss import (
 )
 from generators.defectdiffu.torch_model import (
     BLOCKS_PAPER, DIT_XL_2_512, TINY, MaskGenerationModule, TdiaTransformer, average_last_steps,
-    binarize_masks, defect_block_maps, isodata_threshold, mask_gray,
+    binarize_masks, cell_mask_target, defect_block_maps, isodata_threshold, mask_gray, upsample_cell_mask,
 )
 from generators.defectdiffu.vocabulary import (
     GOOD, UNIFIED_DEFECTS, PartPrompts, guidance_prompts, part_prompts, unified_defect,
@@ -287,6 +287,22 @@ def test_mask_module_maps_attention_to_a_mask_latent_and_learns():
         mask_prediction_loss(module(maps), target).backward()
         opt.step()
     assert mask_prediction_loss(module(maps), target).item() < 0.5 * first
+
+
+def test_cell_mask_target_and_its_upsampling_by_hand():
+    """The smoke preset's one-channel mask latent (`mask_latent="cell"`): a cell's mask area as a grey
+    level in [-1, 1], and the bilinear decoder back to pixels."""
+    masks = torch.zeros(1, 1, 4, 4)
+    masks[0, 0, 0, :2] = 1
+    masks[0, 0, 1, 0] = 1  # top-left 2x2 cell: 3 of 4 pixels; top-right: none; bottom-left: 1 of 4
+    masks[0, 0, 3, 1] = 1
+    # area 0.75 -> 2 * 0.75 - 1 = 0.5; 0 -> -1; 0.25 -> -0.5
+    assert torch.equal(cell_mask_target(masks, (2, 2)), torch.tensor([[[[0.5, -1.0], [-0.5, -1.0]]]]))
+    # 2 cells -> 4 pixels, half-pixel centres: pixel i sits at input coordinate (i + 0.5) / 2 - 0.5 =
+    # -0.25, 0.25, 0.75, 1.25 -> clamped to cell 0, 1/4 and 3/4 of the way, clamped to cell 1
+    up = upsample_cell_mask(torch.tensor([[[[-1.0, 1.0]]]]), (1, 4))
+    assert torch.allclose(up, torch.tensor([[[[-1.0, -0.5, 0.5, 1.0]]]]))
+    assert torch.allclose(mask_gray(up), torch.tensor([[[0.0, 63.75, 191.25, 255.0]]]))  # (v + 1) * 127.5
 
 
 def test_mask_gray_average_and_isodata():

@@ -28,6 +28,18 @@ TRAINER = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=
 FAST = {"pairs_per_type": 2, "sampling_steps": 3, "mask_steps": 2, "train_steps": 2, "train_batch_size": 2}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def short_tiny_demo_dit():
+    """The smoke preset's pre-trained TDIA, built with a 2-step pre-training on a few images (its own
+    cache folder: the recipe hash differs); its pre-training is tested in test_defectdiffu_tiny_dit.py."""
+    from generators.defectdiffu import tiny_dit
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiny_dit, "PRETRAIN", {**tiny_dit.PRETRAIN, "steps": 2, "normals_per_category": 2,
+                                             "defects_per_type": 1})
+        yield
+
+
 @pytest.fixture(scope="module")
 def split():
     from benchmark.data.demo import demo_dataset_path
@@ -68,7 +80,8 @@ def test_registry_points_at_the_generator_and_the_presets_validate():
     assert (paper.resolution, paper.blocks, paper.transformer, paper.mask_steps) == (512, (10, 10, 8), "dit-xl-2", 100)
     assert paper.w_d_sweep == W_D_SWEEP and paper.dit_weights and not paper.clip_sample
     smoke = resolve_options(DefectDiffu, "smoke", {})
-    assert smoke.backbone == "tiny" and smoke.transformer == "tiny" and smoke.dit_weights is None
+    assert smoke.backbone == "tiny" and smoke.transformer == "tiny-demo-dit" and smoke.dit_weights is None
+    assert smoke.mask_latent == "cell" and not smoke.clip_sample and paper.mask_latent == "vae"
     with pytest.raises(BenchError, match="tokens_per_type"):
         resolve_options(DefectDiffu, "smoke", {"tokens_per_type": 2})
 
@@ -113,6 +126,41 @@ def test_dit_weights_from_a_folder_load_into_the_tdia(tmp_path):
     assert torch.equal(tdia.pos_embed.proj.weight, dit.pos_embed.proj.weight)
 
 
+def test_smoke_uses_the_pretrained_tdia_its_pca_latent_and_cell_masks(split):
+    from generators.defectdiffu.tiny_dit import LinearSkipTdia, load_tiny_demo_dit
+    from generators.diffusion.tiny_demo import PatchPCAAutoencoder
+
+    generator = _generator(split)
+    assert isinstance(generator.transformer, LinearSkipTdia) and isinstance(generator.vae, PatchPCAAutoencoder)
+    assert generator.latent_channels == 32 and generator.mask_module.out.out_channels == 1
+    _, _, mask_state = load_tiny_demo_dit()  # the mask module starts from the pre-trained one
+    assert all(torch.equal(v, generator.mask_module.state_dict()[k]) for k, v in mask_state.items())
+    masks = torch.zeros(1, 1, 128, 128)
+    masks[..., :8, :4] = 1  # half of latent cell (0, 0): area 0.5 -> grey 0; every other cell -> -1
+    target = generator.mask_latent_target(masks, (16, 16))
+    assert target.shape == (1, 1, 16, 16) and target[0, 0, 0, 0] == 0 and (target.flatten()[1:] == -1).all()
+    latent = torch.full((1, 1, 16, 16), -1.0)
+    latent[..., 4:, :] = 1.0  # rows of cells 4..15 in the mask: pixel rows >= 36 (half a cell of blending)
+    gray = generator.mask_image(latent)
+    assert gray.shape == (1, 128, 128) and gray[0, :28].max() == 0 and gray[0, 36:].min() == 255
+    assert generator.vae in generator.frozen_modules() and not any(p.requires_grad for p in generator.vae.parameters())
+    # the random `tiny` TDIA on the backbone's own (pixel-unshuffle, 192-channel) latent still builds
+    random_tiny = _generator(split, transformer="tiny", mask_latent="vae")
+    assert random_tiny.latent_channels == 192 and random_tiny.mask_module.out.out_channels == 192
+
+
+def test_tiny_demo_dit_with_another_text_encoder_is_refused_in_one_line(split):
+    with pytest.raises(BenchError) as err:
+        _generator(split, blocks=(1, 2, 1))
+    assert "\n" not in str(err.value) and "backbone=tiny" in str(err.value)
+
+
+def test_tiny_demo_dit_with_another_mask_module_is_refused_in_one_line(split):
+    with pytest.raises(BenchError) as err:
+        _generator(split, mask_hidden=16)
+    assert "\n" not in str(err.value) and "mask_hidden=32 mask_latent=cell" in str(err.value)
+
+
 def test_fit_trains_the_tdia_and_the_mask_module_only(fitted):
     generator, before = fitted
     after = generator.state_dict()
@@ -155,12 +203,13 @@ def test_training_step_applies_algorithm_1_dropout(fitted, monkeypatch):
 def test_loss_is_eq_11_sum_of_its_terms(fitted, split):
     """Same draws, lambda 0.2 vs 0: the totals differ by 0.2 x loss_m, and the terms are finite."""
     generator, _ = fitted
-    from generators.diffusion.latents import encode_masks, encode_images
+    from generators.diffusion.latents import encode_images
 
     images = torch.rand(2, 3, 128, 128) * 2 - 1
     masks = torch.zeros(2, 1, 128, 128)
     masks[:, :, 40:72, 50:90] = 1
-    x0, target = encode_images(generator.vae, images), encode_masks(generator.vae, masks)
+    x0 = encode_images(generator.vae, images)
+    target = generator.mask_latent_target(masks, x0.shape[-2:])
     args = (x0, masks, target, ["wood", None], ["hole", "good"])
     with torch.no_grad():
         with_mask = generator.defectdiffu_loss(*args, torch.Generator().manual_seed(1))

@@ -41,8 +41,12 @@ from generators.defectdiffu.double_free import (P1, P2, W_D_SWEEP, double_free_d
 from generators.defectdiffu.loss import (LAMBDA_MASK, adaptive_attention_loss, defect_token_positions,
                                          mask_prediction_loss, total_loss)
 from generators.defectdiffu.sampling import defect_pass_maps, double_free_sample
+from generators.defectdiffu.tiny_dit import TDIA as TINY_DEMO_TDIA
+from generators.defectdiffu.tiny_dit import MASK_HIDDEN as TINY_DEMO_MASK_HIDDEN
+from generators.defectdiffu.tiny_dit import TINY_DEMO_DIT, load_tiny_demo_dit
 from generators.defectdiffu.torch_model import (BLOCKS_PAPER, DIT_XL_2_512, LAST_STEPS, MaskGenerationModule,
-                                                TdiaTransformer, defect_block_maps, mask_gray)
+                                                TdiaTransformer, cell_mask_target, defect_block_maps, mask_gray,
+                                                upsample_cell_mask)
 from generators.defectdiffu.vocabulary import PartPrompts, part_prompts, unified_defect
 from generators.diffusion.attention import CrossAttentionHook
 from generators.diffusion.concepts import split_concepts
@@ -67,7 +71,10 @@ class DefectDiffuOptions(LatentDiffusionOptions):
 
     backbone: str = SD_V15  # supplies the VAE and the text encoder only
     resolution: int | None = 512  # "All images are resized to 512x512" (Sec. 4.1)
-    transformer: Literal["dit-xl-2", "tiny"] = "dit-xl-2"
+    # "tiny": a random 5-block TDIA on the backbone's latent; "tiny-demo-dit": the smoke TDIA pre-trained
+    # once on demo images with its PCA autoencoder (generators/defectdiffu/tiny_dit.py), which replace
+    # the backbone's autoencoder (the backbone must be `tiny`: its text encoder was used)
+    transformer: Literal["dit-xl-2", "tiny", "tiny-demo-dit"] = "dit-xl-2"
     # a diffusers DiTTransformer2DModel folder (config.json + weights), e.g. the `transformer`
     # folder of facebook/DiT-XL-2-512; None = random initialisation (only sensible for `tiny`)
     dit_weights: str | None = DIT_FOLDER
@@ -81,6 +88,9 @@ class DefectDiffuOptions(LatentDiffusionOptions):
     p2: float = Field(P2, ge=0, le=1)
     lambda_mask: float = Field(LAMBDA_MASK, ge=0)  # Eq. 11 (Sec. 4.1)
     mask_hidden: int = Field(64, ge=1)  # the mask module's width (architecture not given)
+    # "vae": the mask latent is the VAE-encoded mask (Eq. 6); "cell": one channel per latent cell (the
+    # cell's mask area), upsampled bilinearly: for the tiny autoencoders (`cell_mask_target`)
+    mask_latent: Literal["vae", "cell"] = "vae"
     sampling_steps: int = Field(250, ge=1)  # not given; >= the 100 averaged mask steps, DiT's own 250
     mask_steps: int = Field(LAST_STEPS, ge=1)  # masks averaged over the last 100 steps (Sec. 3.4)
     w_p: float = 1.0  # Eq. 4 background scale; not printed (1 = the plain background condition)
@@ -104,33 +114,45 @@ class DefectDiffu(LatentDiffusionGenerator):
         "paper": {"backbone": SD_V15, "resolution": 512, "transformer": "dit-xl-2", "dit_weights": DIT_FOLDER,
                   "blocks": BLOCKS_PAPER, "train_steps": 50_000, "train_batch_size": 2, "lr": 1e-5,
                   "sampling_steps": 250, "mask_steps": LAST_STEPS, "w_d_sweep": W_D_SWEEP},
-        # the tiny backbone's lossless pixel-unshuffle autoencoder and text encoder, a 5-block TDIA
-        # from random weights, lr 1e-3 (at 1e-5 a 400-step fit barely moves it). 400 steps do not
-        # teach it to make images: the smoke pairs are noise and fail the mask criterion
-        # (docs/defectdiffu.md, "Smoke run")
-        "smoke": {"backbone": "tiny", "resolution": None, "transformer": "tiny", "dit_weights": None,
-                  "blocks": TINY_DIT["blocks"], "train_steps": 400, "train_batch_size": 4, "lr": 1e-3,
-                  "mask_hidden": 32, "sampling_steps": 20, "mask_steps": 10, "pairs_per_type": 4,
-                  "w_d_sweep": (1.0, 1.5, 2.0), "unify_defects": False, "clip_sample": True},
+        # the tiny backbone's text encoder with the pre-trained tiny-demo-dit TDIA and its PCA
+        # autoencoder (a random TDIA on the pixel-unshuffle latent made block noise after a 400-step
+        # fit: docs/defectdiffu.md, "History"); one-channel cell masks (pixel-unshuffle mask latents
+        # decoded as dot grids); PCA latents are whitened, not in [-1, 1], so no DDIM clipping; w_p 3
+        # (the paper prints no value): at 1 the products' colours and textures were fainter (seen)
+        "smoke": {"backbone": "tiny", "resolution": None, "transformer": TINY_DEMO_DIT, "dit_weights": None,
+                  "blocks": TINY_DEMO_TDIA["blocks"], "train_steps": 300, "train_batch_size": 4, "lr": 3e-4,
+                  "mask_hidden": TINY_DEMO_MASK_HIDDEN, "mask_latent": "cell", "sampling_steps": 25, "mask_steps": 10,
+                  "w_p": 3.0, "pairs_per_type": 4, "w_d_sweep": (1.0, 1.5, 2.0), "unify_defects": False,
+                  "clip_sample": False},
     }
 
     def __init__(self, options: DefectDiffuOptions, image_size: int):
         super().__init__(options, image_size)
-        self.latent_channels = latent_channels = self.backbone.latent_channels  # read from the U-Net's config
+        backbone_channels = self.backbone.latent_channels  # read from the U-Net's config
         self.unet = self.backbone.unet = None  # DefectDiffu denoises with its own transformer
-        self.transformer = self._build_transformer(latent_channels)
+        pretrained_mask_module = None
+        if options.transformer == TINY_DEMO_DIT:
+            vae, self.transformer, pretrained_mask_module = load_tiny_demo_dit()
+            self.vae = self.backbone.vae = vae.requires_grad_(False).eval()  # the latent it was pre-trained on
+            self._check_text_width()
+        else:
+            self.transformer = self._build_transformer(backbone_channels)
+        self.latent_channels = latent_channels = int(self.transformer.config.in_channels)
         self.denoiser = as_denoiser(self.transformer)
         self.defect_layers = self.transformer.attention_layers("defect")
         patch = self.transformer.config.patch_size
-        self.mask_module = MaskGenerationModule(len(self.defect_layers) * self.backbone.max_length, latent_channels,
-                                                patch, options.mask_hidden)
+        self.mask_module = MaskGenerationModule(len(self.defect_layers) * self.backbone.max_length,
+                                                latent_channels if options.mask_latent == "vae" else 1, patch,
+                                                options.mask_hidden)
+        if pretrained_mask_module is not None:
+            self._load_pretrained_mask_module(pretrained_mask_module)
         self.trained_types: set[tuple[str, str]] = set()  # (product, unified defect) with few-shot defects
 
     # -- construction -----------------------------------------------------------------------------
     def _check_backbone(self) -> None:
         """The base's checks with the DiT's patch in place of the U-Net's downsampling."""
         b, o = self.backbone, self.options
-        patch = DIT_XL_2_512["patch_size"] if o.transformer == "dit-xl-2" else TINY_DIT["patch_size"]
+        patch = {"dit-xl-2": DIT_XL_2_512, "tiny": TINY_DIT, TINY_DEMO_DIT: TINY_DEMO_TDIA}[o.transformer]["patch_size"]
         multiple = b.vae_scale_factor * patch
         if self.resolution % multiple:
             raise BenchError(f"defectdiffu: resolution {self.resolution} px is not a multiple of {multiple} (the VAE's "
@@ -163,6 +185,22 @@ class DefectDiffu(LatentDiffusionGenerator):
             log.info("defectdiffu: DiT weights from %s; %d new parameters (the cross-attention)",
                      o.dit_weights, len(new))
         return model
+
+    def _check_text_width(self) -> None:
+        width, expected = int(self.text_encoder.config.hidden_size), int(self.transformer.config.cross_attention_dim)
+        if width != expected or tuple(self.transformer.config.blocks) != tuple(self.options.blocks):
+            raise BenchError(f"defectdiffu: transformer {TINY_DEMO_DIT} was pre-trained with the `tiny` backbone's "
+                             f"text encoder ({expected} wide) and blocks {tuple(self.transformer.config.blocks)}; "
+                             f"got backbone '{self.options.backbone}' ({width} wide) and blocks "
+                             f"{tuple(self.options.blocks)}: set generator options backbone=tiny and those blocks")
+
+    def _load_pretrained_mask_module(self, state: dict) -> None:
+        try:
+            self.mask_module.load_state_dict(state)
+        except RuntimeError:
+            raise BenchError(f"defectdiffu: transformer {TINY_DEMO_DIT} comes with a mask module of width "
+                             f"{TINY_DEMO_MASK_HIDDEN} and cell masks; set generator options "
+                             f"mask_hidden={TINY_DEMO_MASK_HIDDEN} mask_latent=cell") from None
 
     @staticmethod
     def _load_dit(folder: Path) -> nn.Module:
@@ -226,7 +264,7 @@ class DefectDiffu(LatentDiffusionGenerator):
         images, masks = images.to(self.device), masks.to(self.device)
         with torch.no_grad():
             x0 = encode_images(self.vae, images)
-            mask_target = encode_masks(self.vae, masks)  # Mask_f of Eq. 6
+            mask_target = self.mask_latent_target(masks, x0.shape[-2:])  # Mask_f of Eq. 6
         products, defects = zip(*(self.train_set.concepts[k].split("/", 1) for k in concept_ids.tolist()))
         defects = [self.defect_name(p, d) for p, d in zip(products, defects)]
         draws = torch.rand(len(x0), 3, generator=rng, dtype=torch.float64)
@@ -252,6 +290,18 @@ class DefectDiffu(LatentDiffusionGenerator):
         loss = total_loss(eps_pred, eps, aal["loss_d"], loss_m, self.options.lambda_mask)
         return {"loss": loss, "loss_d": aal["loss_d"].detach(), "loss_m": loss_m.detach(),
                 "r": aal["r"].mean(), "rat": aal["rat"].mean()}
+
+    def mask_latent_target(self, masks: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+        """Mask_f of Eq. 6: the VAE-encoded mask, or (`mask_latent="cell"`) each cell's mask area."""
+        if self.options.mask_latent == "cell":
+            return cell_mask_target(masks, latent_size)
+        return encode_masks(self.vae, masks)
+
+    def mask_image(self, mask_latent: torch.Tensor) -> torch.Tensor:
+        """M_pre^t (B, H, W) in [0, 255] of a predicted mask latent: VAE-decoded, or upsampled cells."""
+        if self.options.mask_latent == "cell":
+            return mask_gray(upsample_cell_mask(mask_latent, (self.resolution, self.resolution)))
+        return mask_gray(decode_latents(self.vae, mask_latent))
 
     def training_loss(self, x0, m0, context, rng):  # the base's hook; DefectDiffu's step is its own
         raise NotImplementedError("defectdiffu trains through training_step / defectdiffu_loss")
@@ -304,7 +354,7 @@ class DefectDiffu(LatentDiffusionGenerator):
         with CrossAttentionHook(record=True, layers=self.defect_layers).attach(self.transformer) as hook:
             def mask_at_step() -> torch.Tensor:
                 maps = defect_pass_maps(hook, self.defect_layers, len(batch))
-                return mask_gray(decode_latents(self.vae, self.mask_module(maps)))
+                return self.mask_image(self.mask_module(maps))
 
             latents, mask = double_free_sample(self.denoiser, scheduler, latents, contexts, self.options.w_p,
                                                self.w_d_of(batch), mask_at_step, last=self.options.mask_steps)

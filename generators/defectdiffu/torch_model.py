@@ -197,8 +197,25 @@ class MaskGenerationModule(nn.Module):
         return self.out(F.silu(self.mid(x)))
 
 
+def cell_mask_target(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The smoke preset's mask latent target (`mask_latent="cell"`, a departure from Eq. 6's VAE-encoded
+    mask): each latent cell's mask area fraction, as a grey level in [-1, 1] (0 -> -1, 1 -> +1, as
+    `encode_masks` maps the mask image), one channel (B, 1, h, w). The tiny autoencoders spread a
+    cell's 8 x 8 pixels over many channels (pixel-unshuffle: one pixel per channel), so a mask module
+    with a small per-channel error painted the same sub-pixel dots into every cell; one channel per
+    cell cannot."""
+    return F.adaptive_avg_pool2d(masks.float(), size) * 2 - 1
+
+
+def upsample_cell_mask(mask_latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A one-channel cell mask latent (B, 1, h, w) -> a grey mask image (B, 1, H, W) in [-1, 1]
+    units, bilinear between cell centres (the decoder of `mask_latent="cell"`; `mask_gray` reads it)."""
+    return F.interpolate(mask_latent, size=size, mode="bilinear", align_corners=False)
+
+
 def mask_gray(decoded: torch.Tensor) -> torch.Tensor:
-    """A VAE-decoded mask image (B, 3, H, W) in [-1, 1] -> M_pre^t (B, H, W) in [0, 255] (Sec. 3.4):
+    """A VAE-decoded mask image (B, 3, H, W) (or an upsampled cell mask, B, 1, H, W) in [-1, 1] ->
+    M_pre^t (B, H, W) in [0, 255] (Sec. 3.4):
     channel mean, then the image's own [-1, 1] -> [0, 255] map."""
     return ((decoded.float().mean(1).clamp(-1, 1) + 1) * 127.5)
 

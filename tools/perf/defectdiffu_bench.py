@@ -4,8 +4,9 @@
 
 1. Guidance cost: one sampling step's denoiser work under Eq. 4 (`double_free_eps`: the three
    conditions (c_g, null), (c_g, c_p), (c_d, null) as one batched call of 3B) against one
-   conditional pass of B, on the smoke preset's TDIA at the smoke latent size (16 x 16 x 192,
-   128 px). Also the three conditions as three separate calls, to show what batching saves.
+   conditional pass of B, on the smoke preset's TDIA at the smoke latent size (the pre-trained
+   `tiny-demo-dit`, 16 x 16 x 32 PCA latent, 128 px; built once in $SIAS_BENCH_CACHE if missing).
+   Also the three conditions as three separate calls, to show what batching saves.
    Repeats are interleaved; medians reported.
 2. Peak memory of the smoke fit: the process's peak resident set (ru_maxrss) after building the
    smoke generator on the demo data, and after `--fit-steps` Lightning fit steps with the smoke
