@@ -39,9 +39,9 @@ def test_linear_skip_tdia_adds_the_linear_mmse_eps():
 
 def test_defect_pretraining_images_come_from_an_unused_seed():
     from benchmark.data.demo import CATEGORIES, render_demo_image
-    from generators.defectdiffu.tiny_dit import PRETRAIN, defect_pretraining_images
+    from generators.defectdiffu.tiny_dit import PRETRAIN, pretraining_defect_images
 
-    pixels, masks, categories, defects = defect_pretraining_images(1, PRETRAIN["seed"], 32)
+    pixels, masks, categories, defects = pretraining_defect_images(1, PRETRAIN["seed"], 32)
     expected = [(c, d) for c in sorted(CATEGORIES) for d in CATEGORIES[c]]
     assert list(zip(categories, defects)) == expected and pixels.shape == (len(expected), 3, 32, 32)
     assert pixels.min() >= -1 and pixels.max() <= 1

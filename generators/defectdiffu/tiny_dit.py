@@ -31,8 +31,6 @@ the text encoder, tokenizer and schedule, which this pre-training used.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -46,9 +44,11 @@ from generators.defectdiffu.torch_model import (MaskGenerationModule, TdiaTransf
                                                 defect_block_maps)
 from generators.defectdiffu.vocabulary import GOOD, part_prompts
 from generators.diffusion.attention import CrossAttentionHook
-from generators.diffusion.hub import LDM_SCHEDULE, atomic_folder, cache_root, quiet_hub_libraries
-from generators.diffusion.tiny import TINY_SEED, TINY_VERSION, tiny_backbone_folder
-from generators.diffusion.tiny_demo import LATENT_CHANNELS, PatchPCAAutoencoder, pretraining_images
+from generators.diffusion.hub import atomic_folder, quiet_hub_libraries, recipe_folder
+from generators.diffusion.tiny import TINY_SEED, TINY_VERSION
+from generators.diffusion.tiny_demo import (LATENT_CHANNELS, PatchPCAAutoencoder, ldm_alphas_cumprod,
+                                            pretraining_defect_images, pretraining_images, tiny_text_encoder,
+                                            with_linear_skip)
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,6 @@ TDIA = dict(num_attention_heads=4, attention_head_dim=32, patch_size=2, blocks=(
 PRETRAIN = dict(steps=1300, batch_size=8, lr=1e-3, ema=0.995, normals_per_category=48, defects_per_type=16,
                 seed=1000, size=128, p1=P1, p2=P2, lambda_mask=1.0)
 MASK_HIDDEN = 32  # the pre-trained mask module's width (the smoke preset's `mask_hidden`)
-
-
-@functools.cache
-def ldm_alphas_cumprod() -> torch.Tensor:
-    """abar_t, t = 0..T-1, of the LDM schedule (the `tiny` backbone's)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(**LDM_SCHEDULE).alphas_cumprod.float()
 
 
 class LinearSkipTdia(TdiaTransformer):
@@ -79,13 +71,7 @@ class LinearSkipTdia(TdiaTransformer):
                 return_dict: bool = True, **unused):
         out = super().forward(hidden_states, encoder_hidden_states, timestep, class_labels, cross_attention_kwargs,
                               return_dict=return_dict)
-        abar = ldm_alphas_cumprod().to(hidden_states.device, hidden_states.dtype)
-        t = torch.as_tensor(timestep, device=hidden_states.device).long().flatten().expand(len(hidden_states))
-        skip = (1 - abar[t]).sqrt().view(-1, 1, 1, 1) * hidden_states
-        if return_dict:
-            out.sample = out.sample + skip
-            return out
-        return (out[0] + skip, *out[1:])
+        return with_linear_skip(out, hidden_states, timestep, return_dict)
 
 
 def recipe() -> dict:
@@ -98,8 +84,7 @@ def recipe() -> dict:
 
 
 def tiny_demo_dit_folder() -> Path:
-    key = hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:12]
-    folder = cache_root() / "models" / f"{TINY_DEMO_DIT}-{key}"
+    folder = recipe_folder(TINY_DEMO_DIT, recipe())
     if not (folder / "recipe.json").exists():
         build_tiny_demo_dit(folder)
     return folder
@@ -120,25 +105,6 @@ def pretraining_mask_module(tdia: TdiaTransformer, max_length: int) -> MaskGener
     one channel per latent cell."""
     return MaskGenerationModule(len(tdia.attention_layers("defect")) * max_length, 1, tdia.config.patch_size,
                                 MASK_HIDDEN)
-
-
-def defect_pretraining_images(per_type: int, seed: int, size: int
-                              ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """Defect demo images of every (category, type) from `seed` (the benchmark's data uses 0), in
-    [-1, 1], their binary (B, 1, H, W) masks, each image's category and defect type."""
-    from benchmark.data.demo import CATEGORIES, render_demo_image
-
-    images, masks, categories, defects = [], [], [], []
-    for category in sorted(CATEGORIES):
-        for defect in CATEGORIES[category]:
-            for index in range(per_type):
-                rendered = render_demo_image(category, defect, seed, index, size, "test")
-                images.append(rendered.image)
-                masks.append(rendered.mask > 0)
-                categories.append(category)
-                defects.append(defect)
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return pixels, torch.from_numpy(np.stack(masks)).float()[:, None], categories, defects
 
 
 def pretrain_tdia(tdia: LinearSkipTdia, mask_module: MaskGenerationModule, tokenizer, text_encoder,
@@ -203,18 +169,13 @@ def pretrain_tdia(tdia: LinearSkipTdia, mask_module: MaskGenerationModule, token
 def build_tiny_demo_dit(folder: Path) -> Path:
     """Fit the PCA autoencoder on the normal pre-training images (as tiny-demo does), pre-train the
     TDIA on normal and defect images of seed 1000, write both atomically."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     p = PRETRAIN
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
-        with quiet_hub_libraries():
-            tokenizer = CLIPTokenizer.from_pretrained(tiny_backbone_folder() / "tokenizer")
-            text_encoder = CLIPTextModel.from_pretrained(tiny_backbone_folder() / "text_encoder")
-        text_encoder.eval().requires_grad_(False)
+        tokenizer, text_encoder = tiny_text_encoder()
         normals, normal_products = pretraining_images(p["normals_per_category"], p["seed"], p["size"])
         vae = PatchPCAAutoencoder(factor=8, latent_channels=LATENT_CHANNELS).fit(normals)
-        defects, defect_masks, defect_products, defect_types = defect_pretraining_images(p["defects_per_type"],
+        defects, defect_masks, defect_products, defect_types = pretraining_defect_images(p["defects_per_type"],
                                                                                          p["seed"], p["size"])
         pixels = torch.cat([normals, defects])
         pixels = torch.cat([pixels, pixels.flip(-1)])  # horizontal flips

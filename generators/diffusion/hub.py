@@ -37,6 +37,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("SIAS_BENCH_CACHE", "~/.cache/sias-bench")).expanduser()
 
 
+def recipe_folder(name: str, recipe: dict) -> Path:
+    """The cache folder of a model built from `recipe`: `<cache>/models/<name>-<hash of the recipe>`,
+    so a changed recipe builds a new folder instead of reusing a stale one."""
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_root() / "models" / f"{name}-{key}"
+
+
 @contextmanager
 def quiet_hub_libraries():
     """Silence diffusers/transformers info logs and progress bars while loading components."""

@@ -38,7 +38,7 @@ versions, so a changed recipe builds a new folder. The build's cost is measured 
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -54,7 +54,7 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from torch import nn
 
-from generators.diffusion.hub import atomic_folder, cache_root, quiet_hub_libraries
+from generators.diffusion.hub import atomic_folder, quiet_hub_libraries, recipe_folder
 from generators.diffusion.tiny import TINY_VERSION, tiny_backbone_folder
 
 log = logging.getLogger(__name__)
@@ -148,27 +148,28 @@ class LinearSkipUNet(UNet2DConditionModel):
 
     def forward(self, sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
         out = super().forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
-        abar = _ldm_alphas_cumprod().to(sample.device, sample.dtype)
-        t = torch.as_tensor(timestep, device=sample.device).long().flatten().expand(len(sample))
-        skip = (1 - abar[t]).sqrt().view(-1, 1, 1, 1) * sample
-        if return_dict:
-            out.sample = out.sample + skip
-            return out
-        return (out[0] + skip, *out[1:])
+        return with_linear_skip(out, sample, timestep, return_dict)
 
 
-def _ldm_alphas_cumprod() -> torch.Tensor:
+def with_linear_skip(out, x_t: torch.Tensor, timestep, return_dict: bool):
+    """A diffusers model output (object or tuple) with sqrt(1 - abar_t) x_t added to its sample."""
+    abar = ldm_alphas_cumprod().to(x_t.device, x_t.dtype)
+    t = torch.as_tensor(timestep, device=x_t.device).long().flatten().expand(len(x_t))
+    skip = (1 - abar[t]).sqrt().view(-1, 1, 1, 1) * x_t
+    if return_dict:
+        out.sample = out.sample + skip
+        return out
+    return (out[0] + skip, *out[1:])
+
+
+@functools.cache
+def ldm_alphas_cumprod() -> torch.Tensor:
+    """abar_t, t = 0..T-1, of the LDM schedule (the `tiny` backbone's), for the linear skips."""
     from diffusers import DDPMScheduler
 
     from generators.diffusion.hub import LDM_SCHEDULE
 
-    global _ABAR
-    if _ABAR is None:
-        _ABAR = DDPMScheduler(**LDM_SCHEDULE).alphas_cumprod.float()
-    return _ABAR
-
-
-_ABAR: torch.Tensor | None = None
+    return DDPMScheduler(**LDM_SCHEDULE).alphas_cumprod.float()
 
 
 def recipe() -> dict:
@@ -183,8 +184,7 @@ def recipe() -> dict:
 
 
 def tiny_demo_backbone_folder() -> Path:
-    key = hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:12]
-    folder = cache_root() / "models" / f"{TINY_DEMO}-{key}"
+    folder = recipe_folder(TINY_DEMO, recipe())
     if not (folder / "model_index.json").exists():
         build_tiny_demo_backbone(folder)
     return folder
@@ -292,22 +292,28 @@ def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, bat
     return losses
 
 
+def tiny_text_encoder():
+    """`tiny`'s tokenizer and frozen text encoder, which the built backbones keep; loaded here
+    directly, because the backbone loader imports this module (generators.diffusion.backbone's
+    BUILT_BACKBONES)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    with quiet_hub_libraries():
+        tokenizer = CLIPTokenizer.from_pretrained(tiny_backbone_folder() / "tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(tiny_backbone_folder() / "text_encoder")
+    return tokenizer, text_encoder.eval().requires_grad_(False)
+
+
 def build_tiny_demo_backbone(folder: Path) -> Path:
     """`tiny`'s text encoder, tokenizer and schedule; a PCA autoencoder fitted to, and a U-Net
     pre-trained on, the pre-training images; written atomically."""
     from diffusers import DDPMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     from generators.diffusion.tiny import TINY_SEED, UNET
 
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
-        # `tiny`'s text encoder and tokenizer are kept; loaded here directly, because the backbone
-        # loader imports this module (generators.diffusion.backbone's BUILT_BACKBONES)
-        with quiet_hub_libraries():
-            tokenizer = CLIPTokenizer.from_pretrained(tiny_backbone_folder() / "tokenizer")
-            text_encoder = CLIPTextModel.from_pretrained(tiny_backbone_folder() / "text_encoder")
-        text_encoder.eval().requires_grad_(False)
+        tokenizer, text_encoder = tiny_text_encoder()
         shutil.copytree(tiny_backbone_folder(), tmp, dirs_exist_ok=True)
         shutil.rmtree(tmp / "unet")
         shutil.rmtree(tmp / "vae")
