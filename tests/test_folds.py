@@ -241,6 +241,6 @@ def test_folds_run_as_separate_runs_are_combined_into_the_averaged_report(one_th
     other["config"]["segmenter"]["options"]["max_steps"] = STEPS + 1
     (tmp_path / "changed").mkdir()
     (tmp_path / "changed" / "results.json").write_text(json.dumps(other))
-    assert f"configured differently from {runs[0]} at segmenter.options.max_steps (3 vs 4)" in refused(
+    assert f"configured differently from {runs[0]} (segmenter.options.max_steps: the run has 3, given 4)" in refused(
         runs[0], tmp_path / "changed", "--output", tmp_path / "x")
     assert "not a run of one fold" in refused(out, runs[1], "--output", tmp_path / "x")

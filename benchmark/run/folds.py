@@ -171,6 +171,8 @@ def combine_fold_runs(folders: list[Path], output: Path, overwrite: bool = False
     per device, which the fold loop cannot use): the same files as a `split.folds=2` run folder's
     report, written to `output`. Each fold folder must hold a finished run of one fold, all with one
     configuration apart from `split.fold`, together covering folds 1..split.folds once."""
+    from benchmark.run.folder import config_differences
+
     folders = [Path(f) for f in folders]
     output = Path(output)
     fold_results = []
@@ -191,10 +193,10 @@ def combine_fold_runs(folders: list[Path], output: Path, overwrite: bool = False
         raise BenchError(f"the folders hold folds {numbers} of split.folds={n}; give each fold 1..{n} exactly once")
     config = _without_fold(fold_results[0]["config"])
     for folder, results in zip(folders[1:], fold_results[1:]):
-        difference = _first_difference(config, _without_fold(results["config"]))
-        if difference:
-            raise BenchError(f"{folder / 'results.json'}: configured differently from {folders[0]} at {difference}; "
-                             "the folds of one protocol run share every setting but split.fold")
+        differences = config_differences(config, _without_fold(results["config"]))
+        if differences:
+            raise BenchError(f"{folder / 'results.json'}: configured differently from {folders[0]} "
+                             f"({'; '.join(differences)}); the folds of one protocol run share every setting but split.fold")
     resolved = {f.resolve() for f in folders}
     if output.resolve() in resolved:
         raise BenchError(f"{output}: is one of the fold folders; give another --output")
@@ -212,14 +214,3 @@ def combine_fold_runs(folders: list[Path], output: Path, overwrite: bool = False
 
 def _without_fold(config: dict) -> dict:
     return {**config, "split": {**config.get("split", {}), "fold": None}}
-
-
-def _first_difference(a, b, where: str = "") -> str | None:
-    """The dotted path of the first setting where two configurations differ, with both values."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
-            if found:
-                return found
-        return None
-    return None if a == b else f"{where} ({a!r} vs {b!r})"
