@@ -112,8 +112,8 @@ def worker(case: str, size: int, batch: int, steps: int, max_seconds: float, dev
     row.update(infer_steps=n, infer_images_per_s=round(n * batch / seconds, 2), infer_peak_mb=round(peak_mb(device), 1))
 
     model.train()
-    opt = model.configure_optimizers()
-    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    opt = model.configure_optimizers()  # an optimizer, or ([optimizer], [scheduler dicts])
+    opt = opt[0][0] if isinstance(opt, tuple) else opt
     reset_peak(device)
 
     def train_step():
