@@ -290,6 +290,7 @@ DELEGATED = {  # name -> (module with add_arguments(parser) and run(args), help)
     "predict": ("benchmark.predict", "apply a run's trained segmenter to new images: maps, masks, overlays"),
     "combine-folds": ("benchmark.combine_folds", "average the results of folds that ran as separate runs (split.fold=k)"),
     "sweep": ("benchmark.sweep", "a grid of runs (generators x segmenters x datasets x seeds), local or on SLURM"),
+    "check-pairs": ("benchmark.pair_checks", "are a synthetic set's labels true? background / mask checks per pair"),
     "quality": ("benchmark.quality.cli", "generation quality of a synthetic set: IS, FID, KID, LPIPS, IC-LPIPS"),
 }
 

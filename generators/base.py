@@ -35,6 +35,9 @@ class Generator(L.LightningModule):
     code_version: ClassVar[int] = 1
     trainable: ClassVar[bool] = False
     uses_given_masks: ClassVar[bool] = False
+    # True: every pixel is generated and the mask predicted (no normal image to keep outside it);
+    # `bench check-pairs` then checks the set's masks and images instead of each pair's background
+    repaints_image: ClassVar[bool] = False
     Options: ClassVar[type[GeneratorOptions]] = GeneratorOptions
     # profile -> option overrides; merged over Options defaults, under the user's --set overrides
     presets: ClassVar[dict[str, dict]] = {}

@@ -1,6 +1,6 @@
 """BadgGenerator (the Lightning glue) on the demo data with the tiny backbone: a few fit steps train
 the U-Net only, pairs are deterministic for a seed and come back the same from a checkpoint of the
-trained parts, the smoke pairs pass the trust checks of generators/diffusion/pair_checks.py, the
+trained parts, the smoke pairs pass the trust checks of benchmark/pair_checks.py, the
 background option composes the latents as documented, and the refined mask of Eq. 13 is recorded
 as `predicted` (inside the given mask) or, when empty, the given mask is kept."""
 
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from benchmark.contracts import MASK_GIVEN, MASK_PREDICTED  # noqa: E402
 from benchmark.errors import BenchError  # noqa: E402
-from generators.diffusion.pair_checks import check_pair  # noqa: E402
+from benchmark.pair_checks import check_pair  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 

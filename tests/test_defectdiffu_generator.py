@@ -1,9 +1,8 @@
 """DefectDiffu (the Lightning glue) on the demo data with the tiny backbone: the presets validate,
 missing DiT weights answer with one line, a short fit trains the TDIA and the mask module only, the
 loss is Eq. 11's sum, sampling makes three eps evaluations per step and records `predicted` masks,
-pairs depend on their request alone, the w_d sweep and zero-shot (Eq. 12) requests, and the
-whole-image smoke criteria of generators/diffusion/pair_checks.py (the math itself:
-tests/test_defectdiffu.py)."""
+pairs depend on their request alone, the w_d sweep and zero-shot (Eq. 12) requests (the math
+itself: tests/test_defectdiffu.py; the whole-image smoke criteria: tests/test_pair_checks.py)."""
 
 import os
 
@@ -280,21 +279,3 @@ def test_zero_shot_targets_get_defects_learned_on_other_products(split):
         plain.request_defect(wood_request)
     with pytest.raises(BenchError, match="not products of the split"):
         _generator(zero_shot, zero_shot_targets=("bottle",))
-
-
-def test_generated_set_criteria_by_hand():
-    from generators.diffusion.pair_checks import GeneratedSetCheck, is_flat, mask_in_range
-
-    mask = np.zeros((4, 4), bool)
-    assert not mask_in_range(mask)  # empty
-    mask[:2, :2] = True
-    assert mask_in_range(mask)  # 4 of 16 = 0.25
-    mask[:2] = True
-    assert not mask_in_range(mask)  # 8 of 16 = 0.5 is not < half
-    image = np.full((4, 4, 3), 100, np.uint8)
-    image[0, 0, 0] = 110  # channel 0: one 10 in 16 -> std = 10 sqrt(15)/16 = 2.42 > 2
-    assert not is_flat(image)
-    image[0, 0, 0] = 106  # std = 6 sqrt(15)/16 = 1.45 < 2 on every channel
-    assert is_flat(image)
-    assert GeneratedSetCheck(10, 9, 0).passes() and not GeneratedSetCheck(10, 8, 0).passes()
-    assert not GeneratedSetCheck(10, 10, 1).passes() and not GeneratedSetCheck(0, 0, 0).passes()

@@ -17,8 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from generators.diffusion.pair_checks import (background_psnr, changed_inside_fraction, check_pair,  # noqa: E402
-                                              dilate)
+from benchmark.pair_checks import background_psnr, changed_inside_fraction, check_pair, dilate  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 

@@ -109,6 +109,7 @@ class DefectDiffu(LatentDiffusionGenerator):
     name = "defectdiffu"
     code_version: ClassVar[int] = 1
     uses_given_masks: ClassVar[bool] = False  # the mask is generated with the image (Sec. 3.4)
+    repaints_image: ClassVar[bool] = True
     Options = DefectDiffuOptions
     presets: ClassVar[dict[str, dict]] = {
         "paper": {"backbone": SD_V15, "resolution": 512, "transformer": "dit-xl-2", "dit_weights": DIT_FOLDER,

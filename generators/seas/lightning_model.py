@@ -105,6 +105,7 @@ class SeasGenerator(LatentDiffusionGenerator):
     code_version: ClassVar[int] = 3  # 2, 3: smoke preset on the pre-trained tiny-demo backbone from t = 1500 (3: its
     # linear-skip U-Net; the synthetic-set key does not see the backbone folder, so a new recipe bumps this)
     uses_given_masks: ClassVar[bool] = False  # the mask is predicted (RMP), requests carry none
+    repaints_image: ClassVar[bool] = True
     freeze_backbone: ClassVar[bool] = False  # SSF fine-tunes the whole U-Net (A.3)
     Options = SeasOptions
     presets: ClassVar[dict[str, dict]] = {

@@ -1,4 +1,6 @@
-"""Issue 11's checks on SeaS pairs (generators/seas/pair_criteria.py), on hand-made images and masks."""
+"""The whole-image checks of benchmark/pair_checks.py (issues 11 and 13: SeaS, DefectDiffu) on
+hand-made images and masks, and `bench check-pairs` on hand-made synthetic sets of both kinds. The
+mask-kept checks' math is tested in test_stage_pairs.py."""
 
 import json
 
@@ -6,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generators.seas.pair_criteria import (check_predicted_pairs, is_flat, is_noise, mask_fraction, mask_in_range,
-                                           neighbour_difference, read_synthetic_set)
+from benchmark.cli import main as bench
+from benchmark.pair_checks import (check_whole_image_pairs, check_whole_image_set, is_flat, is_noise, mask_fraction,
+                                   mask_in_range, neighbour_difference)
 
 
 def _mask(n_on: int, size: int = 10) -> np.ndarray:
@@ -70,25 +73,68 @@ def _pairs(n_in: int, n_empty: int, n_big: int, flat: int = 0):
 
 
 def test_report_needs_ninety_percent_in_range_and_no_flat_image():
-    assert check_predicted_pairs(_pairs(9, 1, 0)).passes()  # 9 of 10 = 90 %
-    report = check_predicted_pairs(_pairs(8, 1, 1))  # 8 of 10
+    assert check_whole_image_pairs(_pairs(9, 1, 0)).passes()  # 9 of 10 = 90 %
+    report = check_whole_image_pairs(_pairs(8, 1, 1))  # 8 of 10
     assert report.share_in_range == 0.8 and not report.passes()
     assert "8 (80.0 %)" in report.summary() and "1 empty, 1 >= half" in report.summary()
-    flat = check_predicted_pairs(_pairs(10, 0, 0, flat=1))
+    flat = check_whole_image_pairs(_pairs(10, 0, 0, flat=1))
     assert flat.share_in_range == 1.0 and flat.flat == ["p0"] and not flat.passes()
-    assert not check_predicted_pairs([]).passes()
+    assert not check_whole_image_pairs([]).passes()
     noisy = _pairs(10, 0, 0)
     noisy[3] = ("p3", (np.indices((10, 10)).sum(0) % 2 * 200).astype(np.uint8)[..., None].repeat(3, -1), noisy[3][2])
-    report = check_predicted_pairs(noisy)
+    report = check_whole_image_pairs(noisy)
     assert report.noisy == ["p3"] and not report.passes() and "1 noise images" in report.summary()
 
 
-def test_reads_a_synthetic_set_from_its_manifest(tmp_path):
+def _write_set(folder, pairs, generator: str, sources: dict | None = None) -> None:
+    """A synthetic set on disk as generators write it: images/, masks/, manifest.jsonl, meta.json."""
+    folder.mkdir(parents=True, exist_ok=True)
     records = []
-    for k, (pair_id, image, mask) in enumerate(_pairs(1, 1, 0)):
-        Image.fromarray(image).save(tmp_path / f"{pair_id}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / f"{pair_id}_mask.png")
-        records.append({"id": pair_id, "image": f"{pair_id}.png", "mask": f"{pair_id}_mask.png"})
-    (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    report = check_predicted_pairs(read_synthetic_set(tmp_path))
+    for pair_id, image, mask in pairs:
+        Image.fromarray(image).save(folder / f"{pair_id}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{pair_id}_mask.png")
+        record = {"id": pair_id, "image": f"{pair_id}.png", "mask": f"{pair_id}_mask.png"}
+        if sources:
+            record["source_image"] = str(sources[pair_id])
+        records.append(record)
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "meta.json").write_text(json.dumps({"config": {"name": generator, "options": {}}}))
+
+
+def test_reads_a_synthetic_set_from_its_manifest(tmp_path):
+    _write_set(tmp_path, _pairs(1, 1, 0), "seas")
+    report = check_whole_image_set(tmp_path)
     assert report.fractions == {"p0": pytest.approx(0.1), "p1": 0.0}
+
+
+def test_check_pairs_command_picks_the_checks_from_the_generator(tmp_path, capsys):
+    # whole-image (SeaS repaints every pixel): 9 of 10 in range passes, 8 of 10 fails
+    _write_set(tmp_path / "seas-run" / "synthetic", _pairs(9, 1, 0), "seas")
+    assert bench(["check-pairs", str(tmp_path / "seas-run")]) == 0
+    assert "whole-image checks" in capsys.readouterr().out
+    _write_set(tmp_path / "seas-bad", _pairs(8, 1, 1), "seas")
+    assert bench(["check-pairs", str(tmp_path / "seas-bad")]) == 1
+
+    # mask-kept (CutPaste): a pair that changed only inside its mask passes; one that also changed a
+    # far corner by 100 grey levels fails (changed-inside 4 / 5 = 0.8 < 0.9)
+    y, x = np.indices((40, 40))
+    source = np.stack([3 * x + 2 * y + c for c in range(3)], -1).astype(np.uint8)
+    Image.fromarray(source).save(tmp_path / "good.png")
+    mask = np.zeros((40, 40), bool)
+    mask[18:20, 18:20] = True
+    inside = source.copy()
+    inside[mask] = 255
+    outside = inside.copy()
+    outside[0, 0] = (source[0, 0].astype(int) + 100).astype(np.uint8)
+    _write_set(tmp_path / "cp", [("a", inside, mask), ("b", outside, mask)], "cutpaste",
+               {"a": tmp_path / "good.png", "b": tmp_path / "good.png"})
+    assert bench(["check-pairs", str(tmp_path / "cp")]) == 1
+    out = capsys.readouterr().out
+    assert "mask-kept checks" in out and "1 fail" in out and "  b: " in out and "  a: " not in out
+    # the same set checked as whole-image pairs passes (2 of 2 masks in range, nothing flat or noise)
+    assert bench(["check-pairs", str(tmp_path / "cp"), "--kind", "whole-image"]) == 0
+
+
+def test_check_pairs_command_names_a_folder_without_a_set(tmp_path, capsys):
+    assert bench(["check-pairs", str(tmp_path)]) == 2
+    assert "no manifest.jsonl" in capsys.readouterr().err
