@@ -11,7 +11,7 @@ one text token" (Sec. 3.2; n = 4, Sec. 4.1). Built from torchvision's ResNet and
   `grid` map and averaged over levels; a spatial grid rather than a global pool, because the
   tokens exist to say *where* the anomaly is, and a global average of a mask keeps only its area;
 - each "fully-connected network" is one linear layer from the flattened grid to a token.
-The authors' code uses a pSp GradualStyleEncoder (IR-50) instead (NOTES A.2); we follow the paper.
+The authors' public code uses a pSp GradualStyleEncoder (IR-50) instead; we follow the paper.
 """
 
 from __future__ import annotations

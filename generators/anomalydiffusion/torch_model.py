@@ -62,7 +62,7 @@ def adaptive_scaling_softmax(m: torch.Tensor, y: torch.Tensor, x0_hat: torch.Ten
 def attention_weight_map(w_m: torch.Tensor, m: torch.Tensor, clamp: tuple[float, float] | None = None) -> torch.Tensor:
     """The multiplier applied to the cross-attention map: w_m inside the mask, 1 outside (the
     paper re-weights to fill the mask; it does not switch attention off in the background, which
-    a factor 0 would). `clamp`: the authors' code clamps the weight to [1, 1.5] (NOTES A.2), an
+    a factor 0 would). `clamp`: the authors' public code clamps the weight to [1, 1.5], an
     option; the paper has no clamp."""
     w = w_m if clamp is None else w_m.clamp(*clamp)
     inside = (m > 0.5).to(w.dtype)
