@@ -267,3 +267,29 @@ def test_rmp_reads_the_prompted_half_of_the_guidance_batch(trained, split):
         gen.unet(sample[2:], t, encoder_hidden_states=both[2:])
     for got, expected in zip(rmp_inputs[-1], taps.outputs):
         assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_da_weight_scales_the_da_term_only(trained):
+    gen, _, _ = trained
+    n = gen.unet.config.in_channels
+    side = SIZE // gen.backbone.vae_scale_factor
+    x0 = torch.randn(4, n, side, side, generator=torch.Generator().manual_seed(3))
+    masks = torch.zeros(4, 1, SIZE, SIZE)
+    masks[:2, :, 8:24, 16:40] = 1  # the two anomaly rows; rows 2, 3 are normal images
+    defect = gen.prompts["wood"].defect_types[0]
+    prompts = [gen._prompt("wood", defect)] * 2 + [gen._prompt("wood", None)] * 2
+    original = gen.options
+    out = {}
+    try:
+        for w in (0.0, 1.0, 2.5):
+            gen.options = original.model_copy(update={"da_weight": w})
+            with torch.no_grad():
+                out[w] = gen.ssf_losses(x0, masks, prompts, ["wood"] * 2, [defect] * 2, 2,
+                                        torch.Generator().manual_seed(0))
+    finally:
+        gen.options = original
+    da = sum(float(v) for k, v in out[1.0].items() if k.startswith("da_"))  # per-resolution terms, unweighted
+    assert da > 0
+    for w, terms in out.items():
+        assert float(terms["diffusion"]) == pytest.approx(float(out[1.0]["diffusion"]))
+        assert float(terms["loss"]) == pytest.approx(float(terms["diffusion"] + terms["na"]) + w * da, rel=1e-6)

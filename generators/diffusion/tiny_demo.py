@@ -30,6 +30,8 @@ touches by 1 + w in the eps-MSE. Measured: with 16 per type the backbone still d
 for those captions (nor with 3x the steps), and w = 20 or 50 turns its samples into cell noise;
 so the smoke backbone stays trained on normal images only (and keeps its cache folder: the recipe
 leaves the option's keys out while it is off).
+`PATCH` (8) is the PCA's block side, so the latent is size / PATCH cells a side; 4 was measured
+for issue 11 (docs/seas.md, "Recipe search"); the recipe names it only when it is not 8.
 
 Built on first use and cached under `$SIAS_BENCH_CACHE/models/tiny-demo-<recipe hash>` (temp dir
 + rename, like `tiny`); the hash covers the recipe, the tiny backbone's and the demo data's
@@ -62,6 +64,7 @@ log = logging.getLogger(__name__)
 TINY_DEMO = "tiny-demo"
 LATENT_CHANNELS = 32  # = the U-Net's first width: x_t passes through unchanged in width
 UNET_CHANNELS = (32, 64)  # tiny's shape
+PATCH = 8  # pixels per latent cell (the PCA's block side); 4 was measured for issue 11 (docs/seas.md)
 PRETRAIN = dict(steps=800, batch_size=8, lr=1e-3, images_per_category=48, seed=1000, size=128,
                 prompt="a {category}", drop_prompt=0.1,
                 # smoke-only departure (module docstring): defect images of the same unused seed, captioned
@@ -179,8 +182,9 @@ def recipe() -> dict:
     if not pretrain["defects_per_type"]:  # normal images only: the recipe (and folder) of before the option
         for key in ("defects_per_type", "defect_prompt", "defect_weight"):
             pretrain.pop(key)
+    patch = {} if PATCH == 8 else {"patch": PATCH}  # the recipe (and folder) of before the option at 8
     return {"latent_channels": LATENT_CHANNELS, "unet_channels": list(UNET_CHANNELS), "unet": "linear-skip", **pretrain,
-            "tiny_version": TINY_VERSION, "demo_version": DEMO_VERSION}
+            **patch, "tiny_version": TINY_VERSION, "demo_version": DEMO_VERSION}
 
 
 def tiny_demo_backbone_folder() -> Path:
@@ -319,12 +323,12 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
         shutil.rmtree(tmp / "vae")
         scheduler = DDPMScheduler.from_pretrained(tmp / "scheduler")
         pixels, _, _ = pretraining_set(**PRETRAIN)
-        vae = PatchPCAAutoencoder(factor=8, latent_channels=LATENT_CHANNELS).fit(pixels)
+        vae = PatchPCAAutoencoder(factor=PATCH, latent_channels=LATENT_CHANNELS).fit(pixels)
         vae.save_pretrained(tmp / "vae")
         with torch.random.fork_rng(devices=[]), quiet_hub_libraries():
             torch.manual_seed(TINY_SEED)
             unet = LinearSkipUNet(**{**UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
-                                     "block_out_channels": UNET_CHANNELS})
+                                     "block_out_channels": UNET_CHANNELS, "sample_size": PRETRAIN["size"] // PATCH})
             losses = pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, **PRETRAIN)
             unet.save_pretrained(tmp / "unet")
         index = json.loads((tmp / "model_index.json").read_text())

@@ -83,6 +83,7 @@ class SeasOptions(LatentDiffusionOptions):
     mask_threshold: float = Field(MASK_THRESHOLD, gt=0, lt=1)  # tau (Table 18)
     mask_steps: int = Field(MASK_STEPS, ge=1)  # RMP outputs averaged over the last sampling steps (authors' code)
     da_scales: tuple[int, ...] = (2, 4)  # DA grids = latent / scale (Table 13: 32 and 16 of SD's 64)
+    da_weight: float = Field(1.0, ge=0)  # weight of the DA term in the SSF loss (paper and authors: 1)
     rmp_features: tuple[int, ...] = RMP_FEATURES  # F_y = output of up_blocks[y - 1] (Table 14)
     rmp_coarse_channels: tuple[int, ...] = (128, 64)  # A.5: 192 in all; split as the authors
     rmp_attention_layers: int = Field(4, ge=0)  # authors' code; the paper says only "conv blocks"
@@ -280,9 +281,9 @@ class SeasGenerator(LatentDiffusionGenerator):
             pred = self.unet(x_t, index, encoder_hidden_states=context).sample
         records = [AttentionRecord(r.layer, r.probs[:n_df], r.size) for r in hook.records]  # anomaly rows only
         da = da_loss(records, masks[:n_df], ob, df, da_sizes(tuple(x0.shape[-2:]), self.options.da_scales))
-        out = ssf_loss(eps[:n_df], pred[:n_df], eps[n_df:], pred[n_df:], da["da"])
+        out = ssf_loss(eps[:n_df], pred[:n_df], eps[n_df:], pred[n_df:], self.options.da_weight * da["da"])
         if n_df == len(x0):  # no normal images in the batch: no NA term (Table 12 ablation)
-            out["loss"], out["na"] = out["diffusion"] + da["da"], out["na"].detach() * 0
+            out["loss"], out["na"] = out["diffusion"] + self.options.da_weight * da["da"], out["na"].detach() * 0
         return {**out, **{k: v for k, v in da.items() if k != "da"}}
 
     def rmp_features(self, x_t, index, context) -> list[torch.Tensor]:
