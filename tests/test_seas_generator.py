@@ -293,3 +293,44 @@ def test_da_weight_scales_the_da_term_only(trained):
     for w, terms in out.items():
         assert float(terms["diffusion"]) == pytest.approx(float(out[1.0]["diffusion"]))
         assert float(terms["loss"]) == pytest.approx(float(terms["diffusion"] + terms["na"]) + w * da, rel=1e-6)
+
+
+def test_ssf_target_is_eps_or_v_as_the_backbone_predicts(trained):
+    """With the U-Net's output forced to 0, the diffusion term is the mean square of the target over
+    the anomaly rows: eps, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022) for a
+    v-prediction backbone, with t and eps drawn from the same seeded generator as the loss draws them."""
+    from generators.diffusion.schedulers import make_scheduler
+
+    gen, _, _ = trained
+    n = gen.unet.config.in_channels
+    side = SIZE // gen.backbone.vae_scale_factor
+    x0 = torch.randn(4, n, side, side, generator=torch.Generator().manual_seed(4))
+    masks = torch.zeros(4, 1, SIZE, SIZE)
+    masks[:2, :, 8:24, 16:40] = 1
+    defect = gen.prompts["pill"].defect_types[0]
+    prompts = [gen._prompt("pill", defect)] * 2 + [gen._prompt("pill", None)] * 2
+
+    def zero_output(module, args, output):
+        output.sample = torch.zeros_like(output.sample)
+        return output
+
+    original = gen.forward_noise
+    handle = gen.unet.register_forward_hook(zero_output)
+    out = {}
+    try:
+        for kind in ("epsilon", "v_prediction"):
+            gen.forward_noise = make_scheduler("ddpm", {**gen.backbone.scheduler_config, "prediction_type": kind})
+            with torch.no_grad():
+                out[kind] = gen.ssf_losses(x0, masks, prompts, ["pill"] * 2, [defect] * 2, 2,
+                                           torch.Generator().manual_seed(5))
+    finally:
+        handle.remove()
+        gen.forward_noise = original
+    rng = torch.Generator().manual_seed(5)
+    t = gen.draw_timesteps(4, rng)
+    eps = gen.draw_noise(x0, rng)
+    abar = original.alphas_cumprod[t].view(-1, 1, 1, 1)
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    assert float(out["epsilon"]["diffusion"]) == pytest.approx(float(eps[:2].square().mean()), rel=1e-5)
+    assert float(out["v_prediction"]["diffusion"]) == pytest.approx(float(v[:2].square().mean()), rel=1e-5)
+    assert float(out["v_prediction"]["na"]) == pytest.approx(float(v[2:].square().mean()), rel=1e-5)

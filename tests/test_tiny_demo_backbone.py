@@ -65,6 +65,31 @@ def test_built_once_into_a_folder_named_by_the_recipe(monkeypatch):
     assert tiny_demo.tiny_demo_backbone_folder() != folder  # another recipe, another folder
 
 
+def test_issue_11_variants_build_their_own_folders(monkeypatch):
+    """PATCH and PREDICTION (measured for issue 11, docs/seas.md) change the recipe only when they
+    differ from 8 and "epsilon"; a v-prediction build has a plain U-Net and says so in its scheduler."""
+    from diffusers import UNet2DConditionModel
+
+    from generators.diffusion import tiny_demo
+    from generators.diffusion.backbone import load_backbone
+
+    monkeypatch.setattr(tiny_demo, "PRETRAIN", {**tiny_demo.PRETRAIN, "steps": 2, "images_per_category": 1,
+                                                "size": 32})
+    assert "patch" not in tiny_demo.recipe() and "prediction" not in tiny_demo.recipe()
+    default = tiny_demo.tiny_demo_backbone_folder()
+    monkeypatch.setattr(tiny_demo, "PATCH", 4)
+    patch4 = tiny_demo.tiny_demo_backbone_folder()
+    backbone = load_backbone("tiny-demo")
+    assert patch4 != default and backbone.vae_scale_factor == 4 and backbone.unet.config.sample_size == 8
+    monkeypatch.setattr(tiny_demo, "PATCH", 8)
+    monkeypatch.setattr(tiny_demo, "PREDICTION", "v_prediction")
+    folder = tiny_demo.tiny_demo_backbone_folder()
+    backbone = load_backbone("tiny-demo")
+    assert folder not in (default, patch4) and backbone.folder == folder
+    assert backbone.scheduler_config["prediction_type"] == "v_prediction"
+    assert type(backbone.unet) is UNet2DConditionModel  # no linear skip: E[v | x_t] = 0 for whitened data
+
+
 def test_pca_autoencoder_matches_an_eigendecomposition_and_whitens(tmp_path):
     from generators.diffusion.tiny_demo import PatchPCAAutoencoder
 

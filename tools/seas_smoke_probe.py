@@ -4,12 +4,12 @@ defect cells, sample pairs per type and save a PNG to look at; or check where th
 attention maps lie against the masks (the DA loss' target).
 
     python tools/seas_smoke_probe.py fit OUT [--set lr=1e-3 ...] [--patch 8] [--unet-channels 32,64]
-                                             [--guidance 2 5] [--pairs 2]
+                                             [--prediction epsilon] [--guidance 2 5] [--pairs 2]
     python tools/seas_smoke_probe.py attention OUT [--fresh]
 
 `fit` writes OUT/state.pt (the trained parts), OUT/overrides.json and OUT/samples_g<scale>.png: one
 row per product and type, its two few-shot images with their masks (red, green outline), then each
-pair and its predicted mask. `--patch` / `--unet-channels` build a `tiny-demo` variant (its own
+pair and its predicted mask. `--patch` / `--unet-channels` / `--prediction` build a `tiny-demo` variant (its own
 recipe hash and cache folder; set SIAS_BENCH_CACHE). One thread: OMP_NUM_THREADS=1.
 """
 
@@ -75,7 +75,11 @@ def defect_cell_error(gen: SeasGenerator, shots: FewShotDefects, draws: int = 2)
         for _ in range(draws):
             eps = torch.randn(x0.shape, generator=rng)
             index = torch.full((len(x0),), t)
-            pred = gen.unet(gen.forward_noise.add_noise(x0, eps, index), index, encoder_hidden_states=context).sample
+            x_t = gen.forward_noise.add_noise(x0, eps, index)
+            pred = gen.unet(x_t, index, encoder_hidden_states=context).sample
+            if gen.forward_noise.config.prediction_type == "v_prediction":  # as eps: sqrt(abar) v + sqrt(1 - abar) x_t
+                abar = gen.forward_noise.alphas_cumprod[t]
+                pred = abar.sqrt() * pred + (1 - abar).sqrt() * x_t
             err = (pred - eps).square().mean(1, keepdim=True)
             sums += [float((err * inside).sum() / inside.sum()), float((err * (1 - inside)).sum() / (1 - inside).sum())]
         out[t] = tuple(round(float(v), 3) for v in sums / draws)
@@ -124,7 +128,8 @@ def fit(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     (out / "overrides.json").write_text(json.dumps({"overrides": overrides, "patch": args.patch,
-                                                    "unet_channels": args.unet_channels}))
+                                                    "unet_channels": args.unet_channels,
+                                                    "prediction": args.prediction}))
     torch.manual_seed(0)
     start = time.process_time()
     gen, split, shots = generator({"pairs_per_type": args.pairs, **overrides})
@@ -184,6 +189,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="generator option KEY=JSON over the smoke preset")
     ap.add_argument("--patch", type=int, default=tiny_demo.PATCH)
     ap.add_argument("--unet-channels", default=None, help="e.g. 64,128 (tiny_demo.UNET_CHANNELS)")
+    ap.add_argument("--prediction", default=tiny_demo.PREDICTION, choices=["epsilon", "v_prediction"])
     ap.add_argument("--guidance", type=float, nargs="*", default=None)
     ap.add_argument("--pairs", type=int, default=2, help="pairs per type")
     ap.add_argument("--every", type=int, default=300, help="report the defect-cell error every this many SSF steps")
@@ -191,6 +197,7 @@ def main() -> None:
     args = ap.parse_args()
     saved = json.loads((Path(args.out) / "overrides.json").read_text()) if args.command == "attention" else vars(args)
     tiny_demo.PATCH = saved["patch"]
+    tiny_demo.PREDICTION = saved.get("prediction", "epsilon")
     if saved["unet_channels"]:
         tiny_demo.UNET_CHANNELS = tuple(int(c) for c in str(saved["unet_channels"]).split(","))
     fit(args) if args.command == "fit" else attention(args)

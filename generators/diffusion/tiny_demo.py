@@ -65,6 +65,7 @@ TINY_DEMO = "tiny-demo"
 LATENT_CHANNELS = 32  # = the U-Net's first width: x_t passes through unchanged in width
 UNET_CHANNELS = (32, 64)  # tiny's shape
 PATCH = 8  # pixels per latent cell (the PCA's block side); 4 was measured for issue 11 (docs/seas.md)
+PREDICTION = "epsilon"  # the U-Net's target; "v_prediction" was measured for issue 11 (docs/seas.md)
 PRETRAIN = dict(steps=800, batch_size=8, lr=1e-3, images_per_category=48, seed=1000, size=128,
                 prompt="a {category}", drop_prompt=0.1,
                 # smoke-only departure (module docstring): defect images of the same unused seed, captioned
@@ -182,8 +183,12 @@ def recipe() -> dict:
     if not pretrain["defects_per_type"]:  # normal images only: the recipe (and folder) of before the option
         for key in ("defects_per_type", "defect_prompt", "defect_weight"):
             pretrain.pop(key)
-    patch = {} if PATCH == 8 else {"patch": PATCH}  # the recipe (and folder) of before the option at 8
-    return {"latent_channels": LATENT_CHANNELS, "unet_channels": list(UNET_CHANNELS), "unet": "linear-skip", **pretrain,
+    # the options below name themselves only when they differ, so the default recipe (and folder) is as before them
+    patch = {} if PATCH == 8 else {"patch": PATCH}
+    unet = "linear-skip" if PREDICTION == "epsilon" else "plain"
+    if PREDICTION != "epsilon":
+        patch["prediction"] = PREDICTION
+    return {"latent_channels": LATENT_CHANNELS, "unet_channels": list(UNET_CHANNELS), "unet": unet, **pretrain,
             **patch, "tiny_version": TINY_VERSION, "demo_version": DEMO_VERSION}
 
 
@@ -283,6 +288,8 @@ def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, bat
         context = torch.where((torch.rand(batch_size, generator=rng) < drop_prompt).view(-1, 1, 1),
                               contexts[-1], contexts[label[pick]])
         pred = unet(scheduler.add_noise(x0, eps, t), t, encoder_hidden_states=context).sample
+        if scheduler.config.prediction_type == "v_prediction":
+            eps = scheduler.get_velocity(x0, eps, t)  # the target: v = sqrt(abar) eps - sqrt(1 - abar) x0
         # unweighted: torch's mse_loss as before the option, so the default recipe's build is unchanged
         loss = weighted_mse(pred, eps, weights[pick]) if defect_weight else F.mse_loss(pred, eps)
         optimizer.zero_grad()
@@ -322,18 +329,26 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
         shutil.rmtree(tmp / "unet")
         shutil.rmtree(tmp / "vae")
         scheduler = DDPMScheduler.from_pretrained(tmp / "scheduler")
+        if PREDICTION != "epsilon":
+            scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type=PREDICTION)
+            scheduler.save_pretrained(tmp / "scheduler")
         pixels, _, _ = pretraining_set(**PRETRAIN)
         vae = PatchPCAAutoencoder(factor=PATCH, latent_channels=LATENT_CHANNELS).fit(pixels)
         vae.save_pretrained(tmp / "vae")
         with torch.random.fork_rng(devices=[]), quiet_hub_libraries():
             torch.manual_seed(TINY_SEED)
-            unet = LinearSkipUNet(**{**UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
+            # v-prediction: a plain U-Net, whose zero output is already the linear estimate (for whitened
+            # data E[v | x_t] = sqrt(abar (1 - abar)) x_t - sqrt((1 - abar) abar) x_t = 0)
+            unet_class = LinearSkipUNet if PREDICTION == "epsilon" else UNet2DConditionModel
+            unet = unet_class(**{**UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
                                      "block_out_channels": UNET_CHANNELS, "sample_size": PRETRAIN["size"] // PATCH})
             losses = pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, **PRETRAIN)
             unet.save_pretrained(tmp / "unet")
         index = json.loads((tmp / "model_index.json").read_text())
         index["vae"] = ["generators.diffusion.tiny_demo", "PatchPCAAutoencoder"]
-        index["unet"] = ["generators.diffusion.tiny_demo", "LinearSkipUNet"]
+        # what was trained is what loads (the loader takes diffusers' own classes by library name)
+        library = "diffusers" if unet_class is UNet2DConditionModel else unet_class.__module__
+        index["unet"] = [library, unet_class.__name__]
         index["_sias_bench_tiny_demo"] = {**recipe(), "final_loss_last_100": float(np.mean(losses[-100:]))}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
     return folder

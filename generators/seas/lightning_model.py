@@ -281,6 +281,8 @@ class SeasGenerator(LatentDiffusionGenerator):
             pred = self.unet(x_t, index, encoder_hidden_states=context).sample
         records = [AttentionRecord(r.layer, r.probs[:n_df], r.size) for r in hook.records]  # anomaly rows only
         da = da_loss(records, masks[:n_df], ob, df, da_sizes(tuple(x0.shape[-2:]), self.options.da_scales))
+        if self.forward_noise.config.prediction_type == "v_prediction":  # a v-prediction backbone's target
+            eps = self.forward_noise.get_velocity(x0, eps, index)
         out = ssf_loss(eps[:n_df], pred[:n_df], eps[n_df:], pred[n_df:], self.options.da_weight * da["da"])
         if n_df == len(x0):  # no normal images in the batch: no NA term (Table 12 ablation)
             out["loss"], out["na"] = out["diffusion"] + self.options.da_weight * da["da"], out["na"].detach() * 0
