@@ -30,8 +30,10 @@ touches by 1 + w in the eps-MSE. Measured: with 16 per type the backbone still d
 for those captions (nor with 3x the steps), and w = 20 or 50 turns its samples into cell noise;
 so the smoke backbone stays trained on normal images only (and keeps its cache folder: the recipe
 leaves the option's keys out while it is off).
-`PATCH` (8) is the PCA's block side, so the latent is size / PATCH cells a side; 4 was measured
-for issue 11 (docs/seas.md, "Recipe search"); the recipe names it only when it is not 8.
+`PATCH` (8) is the PCA's block side, so the latent is size / PATCH cells a side; `PREDICTION`
+("epsilon") the U-Net's target, "v_prediction" giving a plain U-Net (no linear skip) trained on v.
+PATCH = 4 and v-prediction were measured for issue 11 (docs/seas.md, "Recipe search"); the recipe
+names them only when they differ from the defaults.
 
 Built on first use and cached under `$SIAS_BENCH_CACHE/models/tiny-demo-<recipe hash>` (temp dir
 + rename, like `tiny`); the hash covers the recipe, the tiny backbone's and the demo data's
@@ -184,12 +186,12 @@ def recipe() -> dict:
         for key in ("defects_per_type", "defect_prompt", "defect_weight"):
             pretrain.pop(key)
     # the options below name themselves only when they differ, so the default recipe (and folder) is as before them
-    patch = {} if PATCH == 8 else {"patch": PATCH}
+    variants = {} if PATCH == 8 else {"patch": PATCH}
     unet = "linear-skip" if PREDICTION == "epsilon" else "plain"
     if PREDICTION != "epsilon":
-        patch["prediction"] = PREDICTION
+        variants["prediction"] = PREDICTION
     return {"latent_channels": LATENT_CHANNELS, "unet_channels": list(UNET_CHANNELS), "unet": unet, **pretrain,
-            **patch, "tiny_version": TINY_VERSION, "demo_version": DEMO_VERSION}
+            **variants, "tiny_version": TINY_VERSION, "demo_version": DEMO_VERSION}
 
 
 def tiny_demo_backbone_folder() -> Path:
@@ -341,7 +343,7 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
             # data E[v | x_t] = sqrt(abar (1 - abar)) x_t - sqrt((1 - abar) abar) x_t = 0)
             unet_class = LinearSkipUNet if PREDICTION == "epsilon" else UNet2DConditionModel
             unet = unet_class(**{**UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
-                                     "block_out_channels": UNET_CHANNELS, "sample_size": PRETRAIN["size"] // PATCH})
+                                 "block_out_channels": UNET_CHANNELS, "sample_size": PRETRAIN["size"] // PATCH})
             losses = pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, **PRETRAIN)
             unet.save_pretrained(tmp / "unet")
         index = json.loads((tmp / "model_index.json").read_text())
