@@ -75,14 +75,16 @@ def pack_keys(scores: np.ndarray, payload: np.ndarray) -> np.ndarray:
     return pack_sparse_keys(scores, index, payload[index])
 
 
-def pack_sparse_keys(scores: np.ndarray, index: np.ndarray, payload: np.ndarray, positive: bool = False) -> np.ndarray:
+def pack_sparse_keys(scores: np.ndarray, index: np.ndarray, payload: np.ndarray, positive: bool = False,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """`pack_keys` with the payload given where it is non-zero: at `index` of the flattened scores.
-    `positive`: the caller knows every score is > 0, which saves the pass looking for sign bits."""
+    `positive`: the caller knows every score is > 0, which saves the pass looking for sign bits.
+    `out`: int64 array of scores.size to write the keys into (returned)."""
     scores = np.ascontiguousarray(scores, dtype=np.float32).ravel()
     bits = scores.view(np.int32)
     if not positive and bits.size and int(bits.min()) < 0:  # negative logits or -0.0 (-> +0.0: one key for one number)
         bits = _order_bits((scores + np.float32(0.0)).view(np.int32))
-    keys = np.left_shift(bits, 32, dtype=np.int64)  # one pass, whatever the byte order
+    keys = np.left_shift(bits, 32, dtype=np.int64, out=out)  # one pass, whatever the byte order
     keys[index] |= payload.astype(np.int64)
     return keys
 
@@ -106,15 +108,63 @@ def unpack_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- building curves
 
 
-def scores_of_chunks(chunks, n_keys: int) -> np.ndarray:
-    """float32 scores of every pixel of packed-key chunks, in one buffer of 4 bytes per pixel
-    (next to the chunks' 8), without concatenating the chunks."""
-    scores = np.empty(n_keys, dtype=np.float32)
+def high_words(keys: np.ndarray) -> np.ndarray:
+    """The high words of int64 packed keys (`order(score)`, see `pack_keys`), a strided int32 view:
+    they sort like the scores, and equal scores have equal words."""
+    return keys.view(np.int32)[1::2] if _LITTLE_ENDIAN else keys.view(np.int32)[0::2]
+
+
+def high_words_of_chunks(chunks, n_keys: int) -> np.ndarray:
+    """The high words of every key of packed-key chunks, in one new int32 buffer of 4 bytes per
+    key (next to the chunks' 8), without concatenating the chunks."""
+    words = np.empty(n_keys, dtype=np.int32)
     filled = 0
     for keys in chunks:
-        scores[filled : filled + keys.size] = unpack_keys(keys)[0]
+        words[filled : filled + keys.size] = high_words(keys)
         filled += keys.size
-    return scores
+    return words
+
+
+_BLOCK = 1 << 20  # keys moved per step by compact_high_words / expand_high_words
+
+
+def compact_high_words(keys: np.ndarray) -> np.ndarray:
+    """Move the high words of contiguous int64 keys into the first half of the keys' own memory
+    and return that int32 view (4 bytes per key, no new memory). The keys are garbage until
+    `restore_sorted_keys`. Word i comes from word 2i + h of the int32 view (h: the high word's
+    place), so copying blocks [i0, i1) with i1 <= 2 * i0 + h front to back never reads a word
+    that was already overwritten (the block's source starts at 2 * i0 + h)."""
+    words, n = keys.view(np.int32), keys.size
+    h = 1 if _LITTLE_ENDIAN else 0
+    i0 = 0
+    while i0 < n:
+        i1 = max(i0 + 1, min(n, 2 * i0 + h, i0 + _BLOCK))
+        words[i0:i1] = words[2 * i0 + h : 2 * i1 : 2]
+        i0 = i1
+    return words[:n]
+
+
+def restore_sorted_keys(keys: np.ndarray, high: np.ndarray, positive_keys: np.ndarray, first: np.ndarray,
+                        threshold_bits: np.ndarray, stop: np.ndarray | None) -> None:
+    """Undo `compact_high_words` after `high` (its view) was sorted: the keys become the original
+    keys in ascending order, a permutation of the state, which no metric depends on. Each key is
+    rebuilt as `high << 32` (back to front, blocks [i0, i1) with 2 * i0 >= i1, so a block's
+    8-byte keys land on words already read), then the anomalous keys (`positive_keys`, sorted,
+    grouped by `positive_groups` as `first` / `threshold_bits`) take the last slots of their
+    score's run [start, stop): with equal scores, payload 0 sorts first. `stop`: from
+    `positions_in_sorted`, or None (an error came before it): sort and search again."""
+    if stop is None:
+        high.sort()
+        stop = np.searchsorted(high, threshold_bits, side="right")
+    i1 = keys.size
+    while i1 > 0:
+        i0 = min(i1 - 1, max((i1 + 1) // 2, i1 - _BLOCK))
+        np.left_shift(high[i0:i1], 32, dtype=np.int64, out=keys[i0:i1])
+        i1 = i0
+    if positive_keys.size:
+        count = np.diff(np.append(first, positive_keys.size))
+        slot = np.repeat(stop.astype(np.int64) - count - first, count) + np.arange(positive_keys.size)
+        keys[slot] = positive_keys
 
 
 def normal_scores(chunks) -> np.ndarray:
@@ -124,13 +174,13 @@ def normal_scores(chunks) -> np.ndarray:
 
 
 def positive_groups(positive_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(first, thresholds) of the sorted anomalous pixels' keys: the index of each distinct
-    score's first key and the float32 score itself."""
+    """(first, threshold_bits) of the sorted anomalous pixels' keys: the index of each distinct
+    score's first key and its high word (int32, sorts like the score; `scores_of_high_words`)."""
     if positive_keys.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    pos_bits = positive_keys >> 32
+        return np.zeros(0, np.int64), np.zeros(0, np.int32)
+    pos_bits = high_words(positive_keys)
     first = np.flatnonzero(np.concatenate(([True], pos_bits[1:] != pos_bits[:-1])))
-    return first, scores_of_high_words(pos_bits[first])
+    return first, pos_bits[first]
 
 
 _SEARCH_CHUNK = 1 << 16  # thresholds per binary search: its int64 output stays small
@@ -152,28 +202,31 @@ def positions_in_sorted(scores: np.ndarray, thresholds: np.ndarray) -> tuple[np.
     return start, stop
 
 
-def confusion_in_sorted(scores: np.ndarray, positive_keys: np.ndarray, threshold: float) -> np.ndarray:
-    """`confusion.confusion_at_threshold` of every pixel's sorted float32 scores and the anomalous
-    pixels' keys: a binary search instead of a pass. The comparison is `score >= threshold` as
-    there (numpy compares a float32 array with a Python float in float32); the search checks
-    that its neighbours agree and counts by a pass if they do not."""
-    n = scores.size
-    below = int(np.searchsorted(scores, np.float32(threshold), side="left"))
-    if (below < n and not scores[below] >= threshold) or (below > 0 and scores[below - 1] >= threshold):
-        below = n - int(np.count_nonzero(scores >= threshold))
+def confusion_in_sorted(high: np.ndarray, positive_keys: np.ndarray, threshold: float) -> np.ndarray:
+    """`confusion.confusion_at_threshold` of every pixel's sorted high words (`high_words`) and the
+    anomalous pixels' keys: a binary search instead of a pass. The comparison is `score >=
+    threshold` as there (numpy compares a float32 array with a Python float in float32), searched
+    as the float32 threshold's high word; the search checks that its neighbours' scores agree and
+    counts by a pass if they do not."""
+    n = high.size
+    target = high_words(pack_keys(np.float32([threshold]), np.zeros(1, np.uint32)))
+    below = int(np.searchsorted(high, target[0], side="left"))
+    neighbours = scores_of_high_words(high[max(below - 1, 0) : below + 1])  # [below - 1], [below]
+    if (below < n and not neighbours[-1] >= threshold) or (below > 0 and neighbours[0] >= threshold):
+        below = n - int(np.count_nonzero(scores_of_high_words(high) >= threshold))
     return confusion_from_counts(n - below, unpack_keys(positive_keys)[0], n, threshold)
 
 
-def curve_from_sorted_parts(n: int, start: np.ndarray, stop: np.ndarray, first: np.ndarray, thresholds: np.ndarray,
-                            positive_keys: np.ndarray) -> Curve:
-    """Exact curve from `positions_in_sorted` of the `positive_groups` (first, thresholds) of the
-    sorted anomalous pixels' keys among n sorted float32 scores: one float32 `np.sort` over the
+def curve_from_sorted_parts(n: int, start: np.ndarray, stop: np.ndarray, first: np.ndarray,
+                            threshold_bits: np.ndarray, positive_keys: np.ndarray) -> Curve:
+    """Exact curve from `positions_in_sorted` of the `positive_groups` (first, threshold_bits) of
+    the sorted anomalous pixels' keys among n sorted high words: one int32 `np.sort` over the
     pixels made it, the keys are few."""
     if positive_keys.size == 0:
         return Curve.without_positives(n)
     weights = 1.0 / (positive_keys & 0xFFFFFFFF).astype(np.float64)
     return _curve_from_groups(n, start.astype(np.int64), stop.astype(np.int64), first, weights,
-                              thresholds.astype(np.float64))
+                              scores_of_high_words(threshold_bits).astype(np.float64))
 
 
 def curve_from_scores(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None = None) -> Curve:

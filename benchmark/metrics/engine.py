@@ -31,6 +31,10 @@ from benchmark.metrics.options import MetricOptions
 from benchmark.metrics.pro import anomalous_pixels
 
 _HISTOGRAM_CHUNK = 1 << 20  # pixels; whole-batch temporaries measured 3x slower at 1024^2 (fresh pages)
+# Keys of the exact state reserved per segment: 1 GiB of address space, whose pages are only
+# touched as updates write them. One segment holds every key of a category up to 134 M pixels, so
+# compute can sort them in their own memory (docs/metrics.md, "Exact compute").
+_SEGMENT_KEYS = 1 << 27
 _LIST_STATES = {"pixel_keys": torch.int64, "positive_keys": torch.int64, "image_scores": torch.float64,
                 "image_labels": torch.int64}
 
@@ -68,6 +72,8 @@ class AnomalyMetrics(Metric):
         self.add_state("best_iou_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("best_iou_count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.resolved_mode: str | None = None
+        self._segment: np.ndarray | None = None  # memory behind pixel_keys (exact mode, CPU), see _key_buffer
+        self._segment_used = 0
 
     # ------------------------------------------------------------------ update
 
@@ -94,6 +100,7 @@ class AnomalyMetrics(Metric):
             for keys in self.pixel_keys:
                 self._fold_keys(keys.cpu().numpy())
             self.pixel_keys, self.positive_keys = [], []
+            self._segment, self._segment_used = None, 0
 
         # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum
         iou_sum = 0.0
@@ -109,7 +116,8 @@ class AnomalyMetrics(Metric):
                 confusion = confusion_from_counts(int(total[edge:].sum()), scores.ravel()[pixels.index],
                                                   scores.size, opts.iou_threshold)
         else:
-            keys = curves.pack_sparse_keys(scores, pixels.index, pixels.area, positive=lowest > 0)
+            keys = curves.pack_sparse_keys(scores, pixels.index, pixels.area, positive=lowest > 0,
+                                           out=self._key_buffer(scores.size))
             self.pixel_keys.append(self._state(keys))
             self.positive_keys.append(self._state(keys[pixels.index]))
 
@@ -130,6 +138,48 @@ class AnomalyMetrics(Metric):
 
     def _state(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def _key_buffer(self, size: int) -> np.ndarray | None:
+        """Where the next `size` keys of the exact state go: the next slice of the current segment,
+        so that consecutive updates' keys are adjacent in memory (`_contiguous_keys`); a new
+        segment of `_SEGMENT_KEYS` (or `size`) keys when it is full. None (new memory of its own)
+        off the CPU, or if the address space cannot be reserved."""
+        if self.device.type != "cpu":
+            return None
+        if self._segment is None or self._segment_used + size > self._segment.size:
+            try:
+                self._segment, self._segment_used = np.empty(max(size, _SEGMENT_KEYS), np.int64), 0
+            except MemoryError:
+                return None
+        self._segment_used += size
+        return self._segment[self._segment_used - size : self._segment_used]
+
+    def _contiguous_keys(self, chunks: list) -> np.ndarray | None:
+        """Every key of the exact state as one int64 array in the state's own memory: the only
+        chunk, or consecutive chunks of the current segment (one view over them). None otherwise
+        (several segments, copies): compute then sorts a 4 B/pixel copy of the high words."""
+        if len(chunks) == 1:
+            return chunks[0] if chunks[0].flags.c_contiguous and chunks[0].flags.writeable else None
+        segment = self._segment
+        if segment is None or not chunks:
+            return None
+        address = start = chunks[0].ctypes.data
+        for keys in chunks:
+            if keys.ctypes.data != address or keys.dtype != np.int64 or not keys.flags.c_contiguous:
+                return None
+            address += keys.nbytes
+        offset = start - segment.ctypes.data
+        if offset < 0 or address > segment.ctypes.data + segment.nbytes:
+            return None
+        return segment[offset // 8 : (address - segment.ctypes.data) // 8]
+
+    def reset(self) -> None:
+        super().reset()
+        self._segment, self._segment_used = None, 0
+
+    def __getstate__(self) -> dict:
+        # a copy (clone, pickle) gets its state's own tensors; the reserved segment stays here
+        return {**super().__getstate__(), "_segment": None, "_segment_used": 0}
 
     def _local_binned(self) -> bool:
         mode = self.options.mode
@@ -176,15 +226,23 @@ class AnomalyMetrics(Metric):
         else:
             positive_keys = _cat(self.positive_keys, np.int64)
             positive_keys.sort()
-            first, thresholds = curves.positive_groups(positive_keys)
+            first, threshold_bits = curves.positive_groups(positive_keys)
             n = sum(keys.size for keys in chunks)
-            scores = curves.scores_of_chunks(chunks, n)
-            scores.sort()  # in place: float32, the one sort over every pixel
-            start, stop = curves.positions_in_sorted(scores, thresholds)
-            if self._counts_confusion_at_compute():
-                confusion += curves.confusion_in_sorted(scores, positive_keys, opts.iou_threshold)
-            del scores  # 4 bytes per pixel, freed before the curves' arrays of the anomalous pixels
-            pixel_curve = curves.curve_from_sorted_parts(n, start, stop, first, thresholds, positive_keys)
+            region = self._contiguous_keys(chunks)
+            # the one sort over every pixel, of int32 high words (4 B/pixel): in the state's own
+            # memory when it is one array (then restored, sorted), else in a new buffer
+            high = curves.compact_high_words(region) if region is not None else curves.high_words_of_chunks(chunks, n)
+            stop = None
+            try:
+                high.sort()
+                start, stop = curves.positions_in_sorted(high, threshold_bits)
+                if self._counts_confusion_at_compute():
+                    confusion += curves.confusion_in_sorted(high, positive_keys, opts.iou_threshold)
+            finally:
+                if region is not None:
+                    curves.restore_sorted_keys(region, high, positive_keys, first, threshold_bits, stop)
+            del high  # a new buffer: freed before the curves' arrays of the anomalous pixels
+            pixel_curve = curves.curve_from_sorted_parts(n, start, stop, first, threshold_bits, positive_keys)
         if opts.pro_curve == "quantile-100":  # exact state only (MetricOptions refuses binned)
             normal = curves.normal_scores(chunks)
             normal.sort()
