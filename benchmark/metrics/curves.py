@@ -393,7 +393,8 @@ def best_iou_of_image(scores: np.ndarray, positive: np.ndarray) -> float:
     >= some score c is known exactly, every threshold below c, which predicts at least the S
     pixels >= c, is bounded by P / S; if P / S <= L, L is the answer. Only the S pixels >= c
     are sorted. c comes from a sorted sample of every k-th pixel, chosen so that S should be
-    about twice P / L; when the check fails, c is lowered (in the end to every pixel)."""
+    about 1.5 P / L (2 P / L sorted more and measured 10 % slower on the benchmark maps); when
+    the check fails, c is lowered (in the end to every pixel)."""
     n_pos, n = positive.size, scores.size
     if n_pos == 0:
         return float("nan")
@@ -403,7 +404,7 @@ def best_iou_of_image(scores: np.ndarray, positive: np.ndarray) -> float:
     step = max(n // _IOU_SAMPLE, 1)
     sample = np.sort(scores[::step])
     guessed = (sample.size - np.searchsorted(sample, thresholds, side="left")) * step  # ~ pixels >= each
-    wanted = 2 * n_pos * float(np.min(np.maximum(guessed - tp + n_pos, n_pos) / tp))  # 2 P / (best IoU guess)
+    wanted = 1.5 * n_pos * float(np.min(np.maximum(guessed - tp + n_pos, n_pos) / tp))  # 1.5 P / (best IoU guess)
     while True:
         rank = sample.size - int(wanted // step) - 1
         if rank <= 0:
