@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage
 
 from benchmark.metrics import AnomalyMetrics, MetricOptions, curves, engine, evaluate
-from benchmark.metrics.curves import best_iou_of_image, pack_keys
+from benchmark.metrics.curves import best_iou_from_histogram, best_iou_of_image, pack_keys
 from benchmark.metrics.pro import anomalous_pixels
 from test_metric_variants import two_class_logits
 from test_metrics import blob_dataset, brute_best_iou  # tests/ is on sys.path (pytest rootdir conftest)
@@ -42,6 +42,40 @@ def test_best_iou_of_image_matches_every_threshold(seed, quantize, quality):
         score = score.astype(np.float32)
         got = best_iou_of_image(score.ravel(), np.flatnonzero(mask))
         assert got == pytest.approx(brute_best_iou(score, mask), abs=1e-12)
+
+
+@pytest.mark.parametrize("bins", [4, 16, 256])
+@pytest.mark.parametrize("seed, quantize, quality", [(5, None, 1.0), (6, None, 0.2), (7, "edges", 0.6), (8, None, 0.0)])
+def test_best_iou_from_histogram_matches_every_threshold(bins, seed, quantize, quality):
+    """Few bins put many thresholds and pixels in each bin; "edges" puts every score on a bin edge
+    k / bins (and some at 0 and 1), where `score >= k / bins` and the bin index must agree."""
+    rng = np.random.default_rng(seed)
+    for _ in range(15):
+        mask = ndimage.binary_dilation(rng.random((24, 24)) < 0.02, iterations=int(rng.integers(0, 3)))
+        mask[tuple(rng.integers(0, 24, 2))] = True
+        score = np.clip(quality * ndimage.gaussian_filter(mask.astype(float), 1.0) + rng.random((24, 24)) * 0.4, 0, 1)
+        if quantize:
+            score = np.round(score * bins) / bins
+            score[0, :3] = (0.0, 1.0, 1.0)
+        score = score.astype(np.float32).ravel()
+        histogram = np.bincount((score * np.float32(bins)).astype(np.intp), minlength=bins + 1)
+        got = best_iou_from_histogram(score, np.flatnonzero(mask), histogram)
+        assert got == pytest.approx(brute_best_iou(score.reshape(24, 24), mask), abs=1e-12)
+
+
+def test_binned_best_iou_per_image_histogram_equals_exact(monkeypatch):
+    """Images of at least 4 pixels per bin take their best IoU from their own histogram; the value
+    is the exact mode's, and the rest of the binned result equals the batch-histogram path."""
+    maps, masks = blob_dataset(34, n=8, size=64, quantize=128)
+    opts = MetricOptions(mode="binned", bins=1024)
+    assert engine._histogram_per_image(64 * 64, 1024) and not engine._histogram_per_image(64 * 64, 1000)
+    monkeypatch.setattr(curves, "best_iou_of_image", lambda *a: pytest.fail("sampled path"))
+    per_image = evaluate([maps[:5], maps[5:]], [masks[:5], masks[5:]], opts)
+    monkeypatch.undo()
+    exact = evaluate([maps], [masks], MetricOptions(mode="exact"))
+    assert per_image["pixel"]["iou_best_per_image"] == pytest.approx(exact["pixel"]["iou_best_per_image"], abs=1e-12)
+    monkeypatch.setattr(engine, "_histogram_per_image", lambda *a: False)
+    assert evaluate([maps[:5], maps[5:]], [masks[:5], masks[5:]], opts) == per_image
 
 
 def test_best_iou_of_image_ranks_negative_logits():

@@ -424,6 +424,41 @@ def best_iou_of_image(scores: np.ndarray, positive: np.ndarray) -> float:
         wanted = 4 * max(wanted, top.size)
 
 
+def best_iou_from_histogram(scores: np.ndarray, positive: np.ndarray, histogram: np.ndarray) -> float:
+    """`best_iou` of one image from its own histogram (binned mode): `histogram[k]` counts the
+    pixels with int(score * bins) = k, float32 product as `engine._bin_index`, bins a power of
+    two (then score >= k / bins is exactly bin >= k), the last entry the scores equal to 1.
+
+    With S[k] the pixels in bins >= k and t an anomalous score in bin b, the pixels >= t number at
+    most S[b] and at least max(S[b + 1], TP), which bounds each threshold's IoU from below and
+    above. L, the best lower bound, is reached by some threshold, so only thresholds whose upper
+    bound reaches L can be the best; their counts are completed exactly from the pixels of their
+    bins, taken in one compare pass and sorted (on the benchmark maps: 2 thresholds and about 10
+    pixels per image, against about 2 P pixels sorted by `best_iou_of_image`)."""
+    n_pos = positive.size
+    if n_pos == 0:
+        return float("nan")
+    bins = histogram.size - 1
+    pos = np.sort(scores[positive])
+    first = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))
+    thresholds, tp = pos[first], n_pos - first
+    b = (thresholds * np.float32(bins)).astype(np.intp)
+    at_or_above = np.zeros(bins + 2, np.int64)
+    np.cumsum(histogram[::-1], out=at_or_above[-2::-1])
+    lower = float(np.max(tp / (at_or_above[b] - tp + n_pos)))
+    # relative slack: rounding can only add candidates, never drop the best
+    candidates = np.flatnonzero(tp / (np.maximum(at_or_above[b + 1], tp) - tp + n_pos) >= lower * (1 - 1e-9))
+    k_lo, k_hi = int(b[candidates[0]]), int(b[candidates[-1]])
+    above = int(at_or_above[k_hi + 1])  # pixels in bins above every candidate, all >= each of them
+    in_bins = scores >= np.float32(k_lo / bins)
+    if above:
+        in_bins &= scores < np.float32((k_hi + 1) / bins)
+    selected = np.sort(scores[in_bins])
+    predicted = above + selected.size - np.searchsorted(selected, thresholds[candidates], side="left")
+    tp = tp[candidates]
+    return float(np.max(tp / (predicted - tp + n_pos)))
+
+
 def quantile_pro_auc(normal_scores: np.ndarray, positive_keys: np.ndarray, n_regions: int, max_fpr: float,
                      n_thresholds: int = 100) -> float:
     """PRO as the MVTec 3D-AD `au_pro_util` (AnomalyDiffusion's and STAGE's code) computes it: the

@@ -102,14 +102,26 @@ class AnomalyMetrics(Metric):
             self.pixel_keys, self.positive_keys = [], []
             self._segment, self._segment_used = None, 0
 
-        # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum
+        # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum; in binned
+        # mode with large images, from each image's own histogram (counted anyway)
         iou_sum = 0.0
-        for row in np.flatnonzero(anomalous):
-            positive = pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * flat_scores.shape[1]
-            iou_sum += curves.best_iou_of_image(flat_scores[row], positive)
+        per_image = binned and _histogram_per_image(flat_scores.shape[1], opts.bins)
+        if per_image:
+            total = np.zeros(opts.bins + 1, np.int64)
+            for row in range(flat_scores.shape[0]):
+                histogram = _histogram(flat_scores[row], opts.bins)
+                total += histogram
+                if anomalous[row]:
+                    positive = self._positive_of(pixels, row, flat_scores)
+                    iou_sum += curves.best_iou_from_histogram(flat_scores[row], positive, histogram)
+        else:
+            for row in np.flatnonzero(anomalous):
+                iou_sum += curves.best_iou_of_image(flat_scores[row], self._positive_of(pixels, row, flat_scores))
         confusion = None
         if binned:
-            total, anomalous_bins = _bin_counts(scores.ravel(), pixels.index, opts.bins)
+            if not per_image:
+                total = _histogram(scores.ravel(), opts.bins)
+            anomalous_bins = _bin_index(scores.ravel()[pixels.index], np.float32(opts.bins))
             self._add_to_histograms(*_split_histogram(total, anomalous_bins, pixels.area))
             edge = _threshold_bin(opts.iou_threshold, opts.bins)
             if edge is not None:  # the histogram already counted what the threshold predicts
@@ -135,6 +147,11 @@ class AnomalyMetrics(Metric):
         self.n_regions += pixels.n_regions
         self.best_iou_sum += iou_sum
         self.best_iou_count += int(anomalous.sum())
+
+    @staticmethod
+    def _positive_of(pixels, row: int, flat_scores: np.ndarray) -> np.ndarray:
+        """Indices of image `row`'s anomalous pixels in its flattened scores."""
+        return pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * flat_scores.shape[1]
 
     def _state(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -338,14 +355,21 @@ def _bin_index(scores: np.ndarray, scale: np.float32) -> np.ndarray:
     return (scores * scale).astype(np.intp)
 
 
-def _bin_counts(scores: np.ndarray, positive: np.ndarray, bins: int):
-    """(every pixel's count per bin, the scores equal to 1 in an extra last bin; the anomalous
-    pixels' bins, `positive` their indices): one pass over the float32 scores."""
+def _histogram(scores: np.ndarray, bins: int) -> np.ndarray:
+    """Every pixel's count per bin, the scores equal to 1 in an extra last bin: one pass over the
+    float32 scores."""
     scale = np.float32(bins)
     total = np.zeros(bins + 1, np.int64)
     for start in range(0, scores.size, _HISTOGRAM_CHUNK):  # temporaries stay in cache-sized chunks
         total += np.bincount(_bin_index(scores[start : start + _HISTOGRAM_CHUNK], scale), minlength=bins + 1)
-    return total, _bin_index(scores[positive], scale)
+    return total
+
+
+def _histogram_per_image(image_pixels: int, bins: int) -> bool:
+    """Binned mode counts each image apart (and takes its best IoU from that histogram) when the
+    bins are a power of two (`curves.best_iou_from_histogram`) and the image has at least 4
+    pixels per bin, so that clearing and adding its histogram costs little beside its pass."""
+    return bins & (bins - 1) == 0 and image_pixels >= 4 * bins
 
 
 def _split_histogram(total: np.ndarray, anomalous_index: np.ndarray, area: np.ndarray):
@@ -375,7 +399,8 @@ def _histograms_of_keys(keys: np.ndarray, bins: int):
     """(normal, anomalous, 1/area weight) per bin of packed keys (the exact state that auto mode folds)."""
     scores, areas = curves.unpack_keys(keys)
     positive = np.flatnonzero(areas)
-    return _split_histogram(*_bin_counts(scores, positive, bins), areas[positive].astype(np.float64))
+    return _split_histogram(_histogram(scores, bins), _bin_index(scores[positive], np.float32(bins)),
+                            areas[positive].astype(np.float64))
 
 
 def _to_numpy(x, what: str) -> np.ndarray:
