@@ -14,9 +14,11 @@ Pixel scores are packed with their payload into sortable int64 keys
 (`score float32 bits << 32 | payload`): non-negative scores' IEEE bit patterns sort like the
 numbers (negative raw logits get all but their sign bit flipped, which keeps the order). The
 payload is 0 for a negative pixel and the area of its ground-truth region for a positive one,
-which gives PRO its per-pixel weight 1/area without any region ids. At compute the float32
-scores are sorted alone (half the bytes of the keys; an argsort shared by the curves measured
-8x slower than `np.sort`, docs/metrics.md) and the few positive keys apart.
+which gives PRO its per-pixel weight 1/area without any region ids. At compute the keys' high
+words (int32, they sort like the scores) are sorted alone, half the bytes of the keys, moved
+into the first half of the keys' own memory and the keys restored afterwards
+(`compact_high_words`, `restore_sorted_keys`); an argsort shared by the curves measured 8x
+slower than `np.sort` (docs/metrics.md). The few positive keys are sorted apart.
 """
 
 from __future__ import annotations

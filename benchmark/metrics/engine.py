@@ -2,7 +2,9 @@
 functional twin. The definitions are in `benchmark/metrics/__init__.py` and docs/metrics.md.
 
 States (and how they reduce across ranks):
-  pixel_keys       list of int64 packed (score, region area) keys, "cat"   exact mode, 8 B/pixel
+  pixel_keys       list of int64 packed (score, region area) keys, "cat"   exact mode, 8 B/pixel; on the
+                   CPU consecutive updates write into one reserved segment (`_key_buffer`), so compute
+                   sorts in that memory; compute leaves the same keys, in ascending order
   positive_keys    the anomalous pixels' keys again, "cat"                  exact mode, 8 B/anomalous pixel
   hist_*           per-bin normal / anomalous counts, 1/area weights, "sum"  binned mode
   image_scores     list of float64, image_labels list of int64, "cat"     one entry per image
