@@ -445,8 +445,10 @@ def best_iou_from_histogram(scores: np.ndarray, positive: np.ndarray, histogram:
     first = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))
     thresholds, tp = pos[first], n_pos - first
     b = (thresholds * np.float32(bins)).astype(np.intp)
-    at_or_above = np.zeros(bins + 2, np.int64)
-    np.cumsum(histogram[::-1], out=at_or_above[-2::-1])
+    at_or_above = np.empty(bins + 2, np.int64)  # [k]: pixels in bins >= k
+    at_or_above[0] = 0
+    np.cumsum(histogram, out=at_or_above[1:])  # pixels in bins < k, forward (a reversed cumsum took 3x longer)
+    np.subtract(scores.size, at_or_above, out=at_or_above)
     lower = float(np.max(tp / (at_or_above[b] - tp + n_pos)))
     # relative slack: rounding can only add candidates, never drop the best
     candidates = np.flatnonzero(tp / (np.maximum(at_or_above[b + 1], tp) - tp + n_pos) >= lower * (1 - 1e-9))

@@ -361,6 +361,8 @@ def _histogram(scores: np.ndarray, bins: int) -> np.ndarray:
     """Every pixel's count per bin, the scores equal to 1 in an extra last bin: one pass over the
     float32 scores."""
     scale = np.float32(bins)
+    if scores.size <= _HISTOGRAM_CHUNK:  # one chunk (an image of up to 1024^2): no total to add to
+        return np.bincount(_bin_index(scores, scale), minlength=bins + 1).astype(np.int64, copy=False)
     total = np.zeros(bins + 1, np.int64)
     for start in range(0, scores.size, _HISTOGRAM_CHUNK):  # temporaries stay in cache-sized chunks
         total += np.bincount(_bin_index(scores[start : start + _HISTOGRAM_CHUNK], scale), minlength=bins + 1)
