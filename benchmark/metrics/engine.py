@@ -23,7 +23,6 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_cat
 
 from benchmark.errors import BenchError
 from benchmark.metrics import curves
@@ -218,9 +217,12 @@ class AnomalyMetrics(Metric):
             self.confusion += self._state(confusion_at_threshold(scores, np.flatnonzero(areas), self.options.iou_threshold))
 
     def _add_to_histograms(self, normal: np.ndarray, anomalous: np.ndarray, weight: np.ndarray) -> None:
-        self.hist_normal += self._state(normal)
-        self.hist_anomalous += self._state(anomalous)
-        self.hist_region_weight += self._state(weight)
+        for state, counts in ((self.hist_normal, normal), (self.hist_anomalous, anomalous),
+                              (self.hist_region_weight, weight)):
+            if state.device.type == "cpu":  # numpy, in the tensor's memory: torch splits a 2^16-bin add
+                np.add(state.numpy(), counts, out=state.numpy())  # over its threads, which then spin
+            else:
+                state += self._state(counts)
 
     # ------------------------------------------------------------------ compute
 
@@ -339,10 +341,14 @@ def evaluate(maps_iterable: Iterable, masks_iterable: Iterable, opts: MetricOpti
 
 
 def _cat(state, dtype) -> np.ndarray:
+    """A list state as one numpy array (the state's own memory when it is one tensor on the CPU).
+    numpy concatenates: torch.cat spreads a copy over its threads, which then spin and burn CPU."""
     if isinstance(state, list):
         if not state:
             return np.zeros(0, dtype=dtype)
-        state = dim_zero_cat(state) if len(state) > 1 else state[0]
+        if len(state) > 1:
+            return np.concatenate([t.cpu().numpy() for t in state])
+        state = state[0]
     return state.cpu().numpy()
 
 
