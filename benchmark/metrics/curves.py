@@ -431,36 +431,48 @@ def best_iou_from_histogram(scores: np.ndarray, positive: np.ndarray, histogram:
     pixels with int(score * bins) = k, float32 product as `engine._bin_index`, bins a power of
     two (then score >= k / bins is exactly bin >= k), the last entry the scores equal to 1.
 
-    With S[k] the pixels in bins >= k and t an anomalous score in bin b, the pixels >= t number at
-    most S[b] and at least max(S[b + 1], TP), which bounds each threshold's IoU from below and
-    above. L, the best lower bound, is reached by some threshold, so only thresholds whose upper
-    bound reaches L can be the best; their counts are completed exactly from the pixels of their
-    bins, taken in one compare pass and sorted (on the benchmark maps: 2 thresholds and about 10
-    pixels per image, against about 2 P pixels sorted by `best_iou_of_image`)."""
+    With S[k] the pixels and T[k] the anomalous pixels in bins >= k, every threshold in bin b
+    predicts at most S[b] pixels, and at least max(S[b + 1], TP) with TP <= T[b]; the lowest
+    anomalous score of the bin has TP = T[b]. That bounds the best IoU within each bin from
+    below (T / (S[b] - T + P), reached by that lowest score) and above (T / (max(S[b + 1], T) - T
+    + P), IoU growing with TP). L, the best lower bound, is reached, so only bins whose upper
+    bound reaches L can hold the best threshold; the thresholds and pixels of the bins between
+    the first and last of them are taken (one compare pass) and sorted to count them exactly.
+    On the benchmark maps: 2 thresholds and about 10 pixels per image; no sort of the image's
+    anomalous scores (numpy's AVX-512 sort made that one slow on this machine)."""
     n_pos = positive.size
     if n_pos == 0:
         return float("nan")
     bins = histogram.size - 1
-    pos = np.sort(scores[positive])
-    first = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))
-    thresholds, tp = pos[first], n_pos - first
-    b = (thresholds * np.float32(bins)).astype(np.intp)
-    at_or_above = np.empty(bins + 2, np.int64)  # [k]: pixels in bins >= k
-    at_or_above[0] = 0
-    np.cumsum(histogram, out=at_or_above[1:])  # pixels in bins < k, forward (a reversed cumsum took 3x longer)
-    np.subtract(scores.size, at_or_above, out=at_or_above)
-    lower = float(np.max(tp / (at_or_above[b] - tp + n_pos)))
+    pos_scores = scores[positive]
+    pos_bin = (pos_scores * np.float32(bins)).astype(np.intp)
+    at_or_above, pos_at_or_above = (_counts_at_or_above(h, bins) for h in
+                                    (histogram, np.bincount(pos_bin, minlength=bins + 1)))
+    occupied = np.flatnonzero(pos_at_or_above[:-1] > pos_at_or_above[1:])  # bins with an anomalous pixel
+    tp = pos_at_or_above[occupied]
+    lower = float(np.max(tp / (at_or_above[occupied] - tp + n_pos)))
     # relative slack: rounding can only add candidates, never drop the best
-    candidates = np.flatnonzero(tp / (np.maximum(at_or_above[b + 1], tp) - tp + n_pos) >= lower * (1 - 1e-9))
-    k_lo, k_hi = int(b[candidates[0]]), int(b[candidates[-1]])
-    above = int(at_or_above[k_hi + 1])  # pixels in bins above every candidate, all >= each of them
+    candidates = occupied[tp / (np.maximum(at_or_above[occupied + 1], tp) - tp + n_pos) >= lower * (1 - 1e-9)]
+    k_lo, k_hi = int(candidates[0]), int(candidates[-1])
+    above = int(at_or_above[k_hi + 1])  # pixels in bins above every candidate, all >= each threshold
     in_bins = scores >= np.float32(k_lo / bins)
     if above:
         in_bins &= scores < np.float32((k_hi + 1) / bins)
     selected = np.sort(scores[in_bins])
-    predicted = above + selected.size - np.searchsorted(selected, thresholds[candidates], side="left")
-    tp = tp[candidates]
+    pos = np.sort(pos_scores[(pos_bin >= k_lo) & (pos_bin <= k_hi)])
+    first = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))  # one per distinct score
+    tp = int(pos_at_or_above[k_hi + 1]) + pos.size - first
+    predicted = above + selected.size - np.searchsorted(selected, pos[first], side="left")
     return float(np.max(tp / (predicted - tp + n_pos)))
+
+
+def _counts_at_or_above(histogram: np.ndarray, bins: int) -> np.ndarray:
+    """[k]: the count in bins >= k, for k = 0 .. bins + 1, from a forward cumsum (a cumsum of the
+    reversed histogram took 3x longer)."""
+    out = np.empty(bins + 2, np.int64)
+    out[0] = 0
+    np.cumsum(histogram, out=out[1:])
+    return np.subtract(out[-1], out, out=out)
 
 
 def quantile_pro_auc(normal_scores: np.ndarray, positive_keys: np.ndarray, n_regions: int, max_fpr: float,
