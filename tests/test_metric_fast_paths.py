@@ -1,8 +1,9 @@
 """The engine's fast paths (issue 21) against independent computations, and its values pinned.
 
 `best_iou_of_image` prunes thresholds with an IoU bound, `anomalous_pixels` labels bounding-box
-crops, the exact curve finds the anomalous scores in one float32 sort; each is checked here against the
-plain way. `PINNED` holds values that the engine before issue 21 (main at c292c29, packed int64
+crops, the exact curve finds the anomalous scores in one sort of the keys' high words (in the
+state's own memory), binned mode takes each image's best IoU from its histogram; each is
+checked here against the plain way. `PINNED` holds values that the engine before issue 21 (main at c292c29, packed int64
 keys, one sort per anomalous image) printed for these seeded sets; they were recorded from that
 code, not derived here, so a change of any value shows up."""
 
