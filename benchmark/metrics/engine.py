@@ -2,7 +2,9 @@
 functional twin. The definitions are in `benchmark/metrics/__init__.py` and docs/metrics.md.
 
 States (and how they reduce across ranks):
-  pixel_keys       list of int64 packed (score, region area) keys, "cat"   exact mode, 8 B/pixel
+  pixel_keys       list of int64 packed (score, region area) keys, "cat"   exact mode, 8 B/pixel; on the
+                   CPU consecutive updates write into one reserved segment (`_key_buffer`), so compute
+                   sorts in that memory; compute leaves the same keys, in ascending order
   positive_keys    the anomalous pixels' keys again, "cat"                  exact mode, 8 B/anomalous pixel
   hist_*           per-bin normal / anomalous counts, 1/area weights, "sum"  binned mode
   image_scores     list of float64, image_labels list of int64, "cat"     one entry per image
@@ -15,13 +17,14 @@ metric's device so Lightning/torchmetrics can all-gather them.
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_cat
 
 from benchmark.errors import BenchError
 from benchmark.metrics import curves
@@ -31,6 +34,10 @@ from benchmark.metrics.options import MetricOptions
 from benchmark.metrics.pro import anomalous_pixels
 
 _HISTOGRAM_CHUNK = 1 << 20  # pixels; whole-batch temporaries measured 3x slower at 1024^2 (fresh pages)
+# Keys of the exact state reserved per segment: 1 GiB of address space, whose pages are only
+# touched as updates write them. One segment holds every key of a category up to 134 M pixels, so
+# compute can sort them in their own memory (docs/metrics.md, "Exact compute").
+_SEGMENT_KEYS = 1 << 27
 _LIST_STATES = {"pixel_keys": torch.int64, "positive_keys": torch.int64, "image_scores": torch.float64,
                 "image_labels": torch.int64}
 
@@ -68,6 +75,8 @@ class AnomalyMetrics(Metric):
         self.add_state("best_iou_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("best_iou_count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.resolved_mode: str | None = None
+        self._segment: np.ndarray | None = None  # memory behind pixel_keys (exact mode, CPU), see _key_buffer
+        self._segment_used = 0
 
     # ------------------------------------------------------------------ update
 
@@ -94,22 +103,36 @@ class AnomalyMetrics(Metric):
             for keys in self.pixel_keys:
                 self._fold_keys(keys.cpu().numpy())
             self.pixel_keys, self.positive_keys = [], []
+            self._segment, self._segment_used = None, 0
 
-        # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum
+        # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum; in binned
+        # mode with large images, from each image's own histogram (counted anyway)
         iou_sum = 0.0
-        for row in np.flatnonzero(anomalous):
-            positive = pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * flat_scores.shape[1]
-            iou_sum += curves.best_iou_of_image(flat_scores[row], positive)
+        per_image = binned and _histogram_per_image(flat_scores.shape[1], opts.bins)
+        if per_image:
+            total = np.zeros(opts.bins + 1, np.int64)
+            for row in range(flat_scores.shape[0]):
+                histogram = _histogram(flat_scores[row], opts.bins)
+                total += histogram
+                if anomalous[row]:
+                    positive = self._positive_of(pixels, row, flat_scores)
+                    iou_sum += curves.best_iou_from_histogram(flat_scores[row], positive, histogram)
+        else:
+            for row in np.flatnonzero(anomalous):
+                iou_sum += curves.best_iou_of_image(flat_scores[row], self._positive_of(pixels, row, flat_scores))
         confusion = None
         if binned:
-            total, anomalous_bins = _bin_counts(scores.ravel(), pixels.index, opts.bins)
+            if not per_image:
+                total = _histogram(scores.ravel(), opts.bins)
+            anomalous_bins = _bin_index(scores.ravel()[pixels.index], np.float32(opts.bins))
             self._add_to_histograms(*_split_histogram(total, anomalous_bins, pixels.area))
             edge = _threshold_bin(opts.iou_threshold, opts.bins)
             if edge is not None:  # the histogram already counted what the threshold predicts
                 confusion = confusion_from_counts(int(total[edge:].sum()), scores.ravel()[pixels.index],
                                                   scores.size, opts.iou_threshold)
         else:
-            keys = curves.pack_sparse_keys(scores, pixels.index, pixels.area, positive=lowest > 0)
+            keys = curves.pack_sparse_keys(scores, pixels.index, pixels.area, positive=lowest > 0,
+                                           out=self._key_buffer(scores.size))
             self.pixel_keys.append(self._state(keys))
             self.positive_keys.append(self._state(keys[pixels.index]))
 
@@ -128,8 +151,55 @@ class AnomalyMetrics(Metric):
         self.best_iou_sum += iou_sum
         self.best_iou_count += int(anomalous.sum())
 
+    @staticmethod
+    def _positive_of(pixels, row: int, flat_scores: np.ndarray) -> np.ndarray:
+        """Indices of image `row`'s anomalous pixels in its flattened scores."""
+        return pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * flat_scores.shape[1]
+
     def _state(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def _key_buffer(self, size: int) -> np.ndarray | None:
+        """Where the next `size` keys of the exact state go: the next slice of the current segment,
+        so that consecutive updates' keys are adjacent in memory (`_contiguous_keys`); a new
+        segment of `_SEGMENT_KEYS` (or `size`) keys when it is full. None (new memory of its own)
+        off the CPU, or if the address space cannot be reserved."""
+        if self.device.type != "cpu":
+            return None
+        if self._segment is None or self._segment_used + size > self._segment.size:
+            try:
+                self._segment, self._segment_used = _reserve_keys(max(size, _SEGMENT_KEYS)), 0
+            except MemoryError:
+                return None
+        self._segment_used += size
+        return self._segment[self._segment_used - size : self._segment_used]
+
+    def _contiguous_keys(self, chunks: list) -> np.ndarray | None:
+        """Every key of the exact state as one int64 array in the state's own memory: the only
+        chunk, or consecutive chunks of the current segment (one view over them). None otherwise
+        (several segments, copies): compute then sorts a 4 B/pixel copy of the high words."""
+        if len(chunks) == 1:
+            return chunks[0] if chunks[0].flags.c_contiguous and chunks[0].flags.writeable else None
+        segment = self._segment
+        if segment is None or not chunks:
+            return None
+        address = start = chunks[0].ctypes.data
+        for keys in chunks:
+            if keys.ctypes.data != address or keys.dtype != np.int64 or not keys.flags.c_contiguous:
+                return None
+            address += keys.nbytes
+        offset = start - segment.ctypes.data
+        if offset < 0 or address > segment.ctypes.data + segment.nbytes:
+            return None
+        return segment[offset // 8 : (address - segment.ctypes.data) // 8]
+
+    def reset(self) -> None:
+        super().reset()
+        self._segment, self._segment_used = None, 0
+
+    def __getstate__(self) -> dict:
+        # a copy (clone, pickle) gets its state's own tensors; the reserved segment stays here
+        return {**super().__getstate__(), "_segment": None, "_segment_used": 0}
 
     def _local_binned(self) -> bool:
         mode = self.options.mode
@@ -149,9 +219,12 @@ class AnomalyMetrics(Metric):
             self.confusion += self._state(confusion_at_threshold(scores, np.flatnonzero(areas), self.options.iou_threshold))
 
     def _add_to_histograms(self, normal: np.ndarray, anomalous: np.ndarray, weight: np.ndarray) -> None:
-        self.hist_normal += self._state(normal)
-        self.hist_anomalous += self._state(anomalous)
-        self.hist_region_weight += self._state(weight)
+        for state, counts in ((self.hist_normal, normal), (self.hist_anomalous, anomalous),
+                              (self.hist_region_weight, weight)):
+            if state.device.type == "cpu":  # numpy, in the tensor's memory: torch splits a 2^16-bin add
+                np.add(state.numpy(), counts, out=state.numpy())  # over its threads, which then spin
+            else:
+                state += self._state(counts)
 
     # ------------------------------------------------------------------ compute
 
@@ -176,15 +249,23 @@ class AnomalyMetrics(Metric):
         else:
             positive_keys = _cat(self.positive_keys, np.int64)
             positive_keys.sort()
-            first, thresholds = curves.positive_groups(positive_keys)
+            first, threshold_bits = curves.positive_groups(positive_keys)
             n = sum(keys.size for keys in chunks)
-            scores = curves.scores_of_chunks(chunks, n)
-            scores.sort()  # in place: float32, the one sort over every pixel
-            start, stop = curves.positions_in_sorted(scores, thresholds)
-            if self._counts_confusion_at_compute():
-                confusion += curves.confusion_in_sorted(scores, positive_keys, opts.iou_threshold)
-            del scores  # 4 bytes per pixel, freed before the curves' arrays of the anomalous pixels
-            pixel_curve = curves.curve_from_sorted_parts(n, start, stop, first, thresholds, positive_keys)
+            region = self._contiguous_keys(chunks)
+            # the one sort over every pixel, of int32 high words (4 B/pixel): in the state's own
+            # memory when it is one array (then restored, sorted), else in a new buffer
+            high = curves.compact_high_words(region) if region is not None else curves.high_words_of_chunks(chunks, n)
+            stop = None
+            try:
+                high.sort()
+                start, stop = curves.positions_in_sorted(high, threshold_bits)
+                if self._counts_confusion_at_compute():
+                    confusion += curves.confusion_in_sorted(high, positive_keys, opts.iou_threshold)
+            finally:
+                if region is not None:
+                    curves.restore_sorted_keys(region, high, positive_keys, first, threshold_bits, stop)
+            del high  # a new buffer: freed before the curves' arrays of the anomalous pixels
+            pixel_curve = curves.curve_from_sorted_parts(n, start, stop, first, threshold_bits, positive_keys)
         if opts.pro_curve == "quantile-100":  # exact state only (MetricOptions refuses binned)
             normal = curves.normal_scores(chunks)
             normal.sort()
@@ -261,11 +342,45 @@ def evaluate(maps_iterable: Iterable, masks_iterable: Iterable, opts: MetricOpti
 # ---------------------------------------------------------------------------- helpers
 
 
+def _reserve_keys(n: int) -> np.ndarray:
+    """An int64 segment of n keys, its pages backed only as they are written, in 4 KiB pages:
+    numpy asks for transparent huge pages on large arrays, and on this project's VM (which hands
+    freed 2 MiB blocks back to its host) writing the state in huge pages took 0.50-0.57 s of system
+    time per 252 MB against 0.08-0.12 s in 4 KiB pages (docs/metrics.md). A hint only: where
+    madvise is missing or refuses, the segment is used as it is."""
+    keys = np.empty(n, np.int64)
+    start = -(-keys.ctypes.data // _PAGE) * _PAGE
+    length = (keys.ctypes.data + keys.nbytes - start) // _PAGE * _PAGE
+    if _LIBC is not None and length > 0:
+        _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_NOHUGEPAGE)
+    return keys
+
+
+def _load_libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):  # pragma: no cover - no libc symbols to call
+        return None
+
+
+_PAGE = 4096
+_MADV_NOHUGEPAGE = 15  # Linux
+_LIBC = _load_libc()
+
+
 def _cat(state, dtype) -> np.ndarray:
+    """A list state as one numpy array (the state's own memory when it is one tensor on the CPU).
+    numpy concatenates: torch.cat spreads a copy over its threads, which then spin and burn CPU."""
     if isinstance(state, list):
         if not state:
             return np.zeros(0, dtype=dtype)
-        state = dim_zero_cat(state) if len(state) > 1 else state[0]
+        if len(state) > 1:
+            return np.concatenate([t.cpu().numpy() for t in state])
+        state = state[0]
     return state.cpu().numpy()
 
 
@@ -280,14 +395,23 @@ def _bin_index(scores: np.ndarray, scale: np.float32) -> np.ndarray:
     return (scores * scale).astype(np.intp)
 
 
-def _bin_counts(scores: np.ndarray, positive: np.ndarray, bins: int):
-    """(every pixel's count per bin, the scores equal to 1 in an extra last bin; the anomalous
-    pixels' bins, `positive` their indices): one pass over the float32 scores."""
+def _histogram(scores: np.ndarray, bins: int) -> np.ndarray:
+    """Every pixel's count per bin, the scores equal to 1 in an extra last bin: one pass over the
+    float32 scores."""
     scale = np.float32(bins)
+    if scores.size <= _HISTOGRAM_CHUNK:  # one chunk (an image of up to 1024^2): no total to add to
+        return np.bincount(_bin_index(scores, scale), minlength=bins + 1).astype(np.int64, copy=False)
     total = np.zeros(bins + 1, np.int64)
     for start in range(0, scores.size, _HISTOGRAM_CHUNK):  # temporaries stay in cache-sized chunks
         total += np.bincount(_bin_index(scores[start : start + _HISTOGRAM_CHUNK], scale), minlength=bins + 1)
-    return total, _bin_index(scores[positive], scale)
+    return total
+
+
+def _histogram_per_image(image_pixels: int, bins: int) -> bool:
+    """Binned mode counts each image apart (and takes its best IoU from that histogram) when the
+    bins are a power of two (`curves.best_iou_from_histogram`) and the image has at least 4
+    pixels per bin, so that clearing and adding its histogram costs little beside its pass."""
+    return bins & (bins - 1) == 0 and image_pixels >= 4 * bins
 
 
 def _split_histogram(total: np.ndarray, anomalous_index: np.ndarray, area: np.ndarray):
@@ -317,7 +441,8 @@ def _histograms_of_keys(keys: np.ndarray, bins: int):
     """(normal, anomalous, 1/area weight) per bin of packed keys (the exact state that auto mode folds)."""
     scores, areas = curves.unpack_keys(keys)
     positive = np.flatnonzero(areas)
-    return _split_histogram(*_bin_counts(scores, positive, bins), areas[positive].astype(np.float64))
+    return _split_histogram(_histogram(scores, bins), _bin_index(scores[positive], np.float32(bins)),
+                            areas[positive].astype(np.float64))
 
 
 def _to_numpy(x, what: str) -> np.ndarray:

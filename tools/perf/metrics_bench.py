@@ -290,7 +290,7 @@ def limits_table(n_images: int, size: int, rounds: int, anomalib_python: str | N
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [f"\n### {n_images} x {size}^2 = {pixels / 1e6:.1f} M pixels ({rounds} interleaved rounds; "
              f"load average {load} on {os.cpu_count()} CPUs; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
-             f"{'; pages recycled before each job' if warm_pages else ''})\n",
+             f"{'; pages recycled before each job' if warm_pages else ''}; {_numpy_simd()})\n",
              "| | engine exact | engine binned | one np.sort (float32) | one histogram pass | anomalib AUPRO |",
              "|---|---:|---:|---:|---:|---:|"]
     names = ("engine-exact", "engine-binned", "np.sort", "histogram pass")
@@ -309,6 +309,13 @@ def limits_table(n_images: int, size: int, rounds: int, anomalib_python: str | N
               f"- binned / one histogram pass: CPU {ratios('engine-binned', 'histogram pass', 0)}, "
               f"wall {ratios('engine-binned', 'histogram pass', 1)}"]
     return "\n".join(lines)
+
+
+def _numpy_simd() -> str:
+    """Which SIMD numpy may use: its AVX-512 sort measured 6x slower than its AVX2 sort on this
+    machine's AMD EPYC (docs/metrics.md), so the limit itself depends on it."""
+    disabled = os.environ.get("NPY_DISABLE_CPU_FEATURES", "").strip()
+    return f"numpy {np.__version__}, NPY_DISABLE_CPU_FEATURES={disabled or 'unset'}"
 
 
 def _importable(module: str) -> bool:
