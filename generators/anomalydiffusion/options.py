@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from generators.diffusion.options import LatentDiffusionOptions
 
@@ -64,7 +64,9 @@ class AnomalyDiffusionOptions(LatentDiffusionOptions):
     stored_masks_per_type: int = Field(32, ge=1)
 
     @model_validator(mode="after")
-    def _check_mask_tokens(self):
+    def _check_mask_tokens(self, info: ValidationInfo):
+        if (info.context or {}).get("partial"):  # the early check sees the user's keys without the preset
+            return self
         if self.mask_source == "generated" and self.mask_denoiser == "backbone" and self.mask_tokens > self.tokens_per_type:
             raise ValueError("mask_tokens (k') cannot exceed tokens_per_type (k): e_m shares the token table")
         return self

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from generators.diffusion.options import LatentDiffusionOptions
 
@@ -64,7 +64,9 @@ class SeasOptions(LatentDiffusionOptions):
     output: Literal["anomaly", "normal"] = "anomaly"  # "normal": SeaS' "a <ob>" images
 
     @model_validator(mode="after")
-    def _check(self):
+    def _check(self, info: ValidationInfo):
+        if (info.context or {}).get("partial"):  # the early check sees the user's keys without the preset
+            return self
         if len(self.rmp_features) != len(self.rmp_coarse_channels):
             raise ValueError("rmp_features and rmp_coarse_channels need one entry per U-Net feature")
         if sum(self.rmp_coarse_channels) % self.rmp_heads:
