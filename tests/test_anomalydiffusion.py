@@ -17,8 +17,9 @@ from generators.anomalydiffusion.augment import draw_affine, joint_augment, warp
 from generators.anomalydiffusion.loss import mask_embedding_loss, masked_diffusion_loss  # noqa: E402
 from generators.anomalydiffusion.options import DDIM_SETTINGS, DdimSettings  # noqa: E402
 from generators.anomalydiffusion.spatial_encoder import SpatialEncoder, spatial_anomaly_context  # noqa: E402
-from generators.anomalydiffusion.torch_model import (AdaptiveAttentionReweighting, adaptive_scaling_softmax,  # noqa: E402
-                                                     attention_weight_map, binarise_mask, blend_latents, blended_ddim_sampling,
+from generators.anomalydiffusion.torch_model import (AdaptiveAttentionReweighting,  # noqa: E402
+                                                     adaptive_scaling_softmax, attention_weight_map,
+                                                     binarise_mask, blend_latents, blended_ddim_sampling,
                                                      guided_mask_eps, StoredSetDenoiser, to_latent_grid,
                                                      touches_border)
 from generators.diffusion.attention import CrossAttentionHook, CrossAttentionProcessor  # noqa: E402

@@ -121,7 +121,8 @@ print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "lightning"
                                                     "or 'union' (did you mean 'scar'?)"),
     (["--segmenter", "segformer", "--set", "segmenter.options.variant=b9"], "segmenter.options.variant=\"b9\""),
     (["--generator", "stage", "--set", "generator.options.bogus_key=1"], "generator.options.bogus_key=1: unknown key"),
-    (["--generator", "defectdiffu", "--set", "generator.options.transformer=dit"], "generator.options.transformer=\"dit\""),
+    (["--generator", "defectdiffu", "--set", "generator.options.transformer=dit"],
+     "generator.options.transformer=\"dit\""),
 ])
 def test_a_bad_run_answers_before_torch_is_imported_and_leaves_no_folder(tmp_path, args, message):
     out = tmp_path / "run"

@@ -36,7 +36,8 @@ from torch import nn
 
 from benchmark.contracts import MASK_PREDICTED, BenchError, GenerationRequest, SyntheticPair
 from generators.defectdiffu.double_free import W_D_SWEEP, double_free_dropout, guidance_contexts, w_d_for_requests
-from generators.defectdiffu.loss import adaptive_attention_loss, defect_token_positions, mask_prediction_loss, total_loss
+from generators.defectdiffu.loss import (adaptive_attention_loss, defect_token_positions, mask_prediction_loss,
+                                         total_loss)
 from generators.defectdiffu.options import BLOCKS_PAPER, DIT_FOLDER, LAST_STEPS, SD_V15, DefectDiffuOptions
 from generators.defectdiffu.sampling import defect_pass_maps, double_free_sample
 from generators.defectdiffu.tiny_dit import TDIA as TINY_DEMO_TDIA
