@@ -78,24 +78,29 @@ GENERATORS = Registry("generator", [
           "DRAEM-style: thresholded Perlin-noise masks blended with an anomaly-source texture.",
           options="generators.baselines.options:DraemOptions"),
     Entry("stage", "generators.stage.lightning_model:StageGenerator",
-          "STAGE: graded diffusion with explicit mask alignment (frozen LDM, learned tokens, mask adapters)."),
+          "STAGE: graded diffusion with explicit mask alignment (frozen LDM, learned tokens, mask adapters).",
+          options="generators.stage.options:StageOptions"),
     Entry("seas", "generators.seas.lightning_model:SeasGenerator",
           "SeaS: separation and sharing fine-tuning of Stable Diffusion, refined mask prediction (predicted masks).",
+          options="generators.seas.options:SeasOptions",
           status="partial: smoke pairs pass issue 11's mask/flat/noise counts but show no recognisable "
                  "defect, so the predicted masks cover none: the tiny-demo smoke backbone draws no localised "
                  "defect, even pre-trained on captioned defect images (docs/seas.md, diagnosis); "
                  "paper preset not yet run with SD weights"),
     Entry("anomalydiffusion", "generators.anomalydiffusion:AnomalyDiffusion",
           "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting (smoke masks from a "
-          "stored-mask denoiser; docs/anomalydiffusion.md)."),
+          "stored-mask denoiser; docs/anomalydiffusion.md).",
+          options="generators.anomalydiffusion.options:AnomalyDiffusionOptions"),
     Entry("defectdiffu", "generators.defectdiffu.lightning_model:DefectDiffu",
           "DefectDiffu: three-part DiT with double-free guidance and a mask module (predicted masks).",
+          options="generators.defectdiffu.options:DefectDiffuOptions",
           status="partial: smoke pair counts pass (47 of 48 masks non-empty and < half the image) but the "
                  "tiny pre-trained DiT's pairs are block textures with at best the product's colour (no visible "
                  "defect under the masks) and the smoke run takes 17.6 CPU-min (docs/defectdiffu.md); paper "
                  "preset not yet run with DiT-XL/2 weights"),
     Entry("badg", "generators.badg.lightning_model:BadgGenerator",
           "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention).",
+          options="generators.badg.options:BadgOptions",
           protocol={"paper": {"split": {"folds": 2}}}),  # two 1/2 folds, averaged (BADG App. A.1)
 ])
 

@@ -15,9 +15,10 @@ from diffusers.models.attention_processor import Attention  # noqa: E402
 from benchmark.errors import BenchError  # noqa: E402
 from generators.anomalydiffusion.augment import draw_affine, joint_augment, warp  # noqa: E402
 from generators.anomalydiffusion.loss import mask_embedding_loss, masked_diffusion_loss  # noqa: E402
+from generators.anomalydiffusion.options import DDIM_SETTINGS, DdimSettings  # noqa: E402
 from generators.anomalydiffusion.spatial_encoder import SpatialEncoder, spatial_anomaly_context  # noqa: E402
-from generators.anomalydiffusion.torch_model import (DDIM_SETTINGS, AdaptiveAttentionReweighting,  # noqa: E402
-                                                     DdimSettings, adaptive_scaling_softmax, attention_weight_map,
+from generators.anomalydiffusion.torch_model import (AdaptiveAttentionReweighting,  # noqa: E402
+                                                     adaptive_scaling_softmax, attention_weight_map,
                                                      binarise_mask, blend_latents, blended_ddim_sampling,
                                                      guided_mask_eps, StoredSetDenoiser, to_latent_grid,
                                                      touches_border)

@@ -51,20 +51,54 @@ def test_every_registered_options_pointer_is_the_class_the_method_uses():
     from benchmark.registry import GENERATORS, SEGMENTERS
 
     pointers = [e for registry in (GENERATORS, SEGMENTERS) for e in registry if e.options]
-    assert {e.name for e in pointers} >= {"cutpaste", "draem", "real-only", "unet", "unet-draem", "lfd", "segformer"}
+    assert {e.name for e in pointers} >= {"cutpaste", "draem", "real-only", "unet", "unet-draem", "lfd", "segformer",
+                                          *DIFFUSION}
     for entry in pointers:
         assert entry.load().Options is entry.load_options(), entry.name
 
 
-def test_options_of_a_method_without_a_light_options_class_are_checked_when_it_loads(tmp_path, capsys):
-    # STAGE names no pydantic-only Options module: its own keys are checked once it is imported,
-    # still before any run folder exists
-    out = tmp_path / "r"
-    assert main(["--quiet", "run", "--generator", "stage", "--output", str(out), "--no-wandb",
-                 "--set", "generator.options.no_such_option=1"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: invalid options for stage: generator.options.no_such_option=1: unknown key")
-    assert len(err.splitlines()) == 1 and not out.exists()
+# the five diffusion generators: one of each one's own options, a good and an out-of-range value, and
+# the message's tail (pydantic's words for that field's bound)
+DIFFUSION = {
+    "stage": ("t_s", 3, -1, "greater than or equal to 0"),
+    "seas": ("mask_threshold", 0.5, 1.5, "less than 1"),
+    "anomalydiffusion": ("augment_max_zoom", 1.5, 0.5, "greater than or equal to 1"),
+    "defectdiffu": ("p1", 0.5, 2, "less than or equal to 1"),
+    "badg": ("refine_threshold", 0.5, 1, "less than 1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIFFUSION))
+def test_a_diffusion_generators_own_options_are_checked_before_it_loads(name):
+    key, good, bad, bound = DIFFUSION[name]
+    prefix = f"invalid options for {name}: generator.options."
+    with pytest.raises(BenchError) as info:
+        build(f"generator.name={name}", "generator.options.no_such_option=1")
+    assert f"{prefix}no_such_option=1: unknown key" in str(info.value)
+    with pytest.raises(BenchError) as info:
+        build(f"generator.name={name}", f"generator.options.{key}={bad}")
+    assert f"{prefix}{key}={bad}: should be {bound}" in str(info.value) and "\n" not in str(info.value)
+    assert build(f"generator.name={name}", f"generator.options.{key}={good}").generator.options == {key: good}
+
+
+@pytest.mark.parametrize("name, options", [
+    # smoke's preset sets mask_denoiser=stored_masks, where k' may exceed k
+    ("anomalydiffusion", ["tokens_per_type=2"]),
+    # smoke's preset sets rmp_heads=2, which splits 3 + 3 coarse channels (the default 8 does not)
+    ("seas", ["rmp_coarse_channels=[3, 3]"]),
+])
+def test_checks_across_options_wait_for_the_preset(name, options):
+    cfg = build(f"generator.name={name}", *(f"generator.options.{o}" for o in options))
+    assert cfg.generator.name == name
+
+
+@pytest.mark.parametrize("name", ["diffusion", *sorted(DIFFUSION)])
+def test_the_diffusion_options_modules_import_without_torch(name):
+    heavy = ("torch", "diffusers", "transformers", "lightning", "pytorch_lightning")
+    code = (f"import sys, generators.{name}.options; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert proc.stdout.strip() == "[]", proc.stderr
 
 
 SCRIPT = """
@@ -86,6 +120,9 @@ print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "lightning"
     (["--set", "generator.options.variant=scarr"], "generator.options.variant=\"scarr\": should be 'scar', 'normal' "
                                                     "or 'union' (did you mean 'scar'?)"),
     (["--segmenter", "segformer", "--set", "segmenter.options.variant=b9"], "segmenter.options.variant=\"b9\""),
+    (["--generator", "stage", "--set", "generator.options.bogus_key=1"], "generator.options.bogus_key=1: unknown key"),
+    (["--generator", "defectdiffu", "--set", "generator.options.transformer=dit"],
+     "generator.options.transformer=\"dit\""),
 ])
 def test_a_bad_run_answers_before_torch_is_imported_and_leaves_no_folder(tmp_path, args, message):
     out = tmp_path / "run"

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from benchmark.contracts import MASK_GIVEN, MASK_SYNTHESIZED, SyntheticPair
@@ -29,62 +28,20 @@ from benchmark.data.images import load_image
 from benchmark.errors import BenchError
 from generators.anomalydiffusion.augment import joint_augment
 from generators.anomalydiffusion.loss import mask_embedding_loss, masked_diffusion_loss
+from generators.anomalydiffusion.options import AnomalyDiffusionOptions, DdimSettings
 from generators.anomalydiffusion.spatial_encoder import IMAGENET_RESNET50, SpatialEncoder, spatial_anomaly_context
-from generators.anomalydiffusion.torch_model import (DDIM_SETTINGS, MASK_GUIDANCE_SCALE, MASK_THRESHOLDS,
-                                                     MASK_TOKENS, AdaptiveAttentionReweighting, DdimSettings,
-                                                     binarise_mask, blended_ddim_sampling, guided_mask_eps,
-                                                     StoredSetDenoiser, touches_border)
+from generators.anomalydiffusion.torch_model import (AdaptiveAttentionReweighting, StoredSetDenoiser, binarise_mask,
+                                                     blended_ddim_sampling, guided_mask_eps, touches_border)
 from generators.diffusion.attention import CrossAttentionHook
 from generators.diffusion.concepts import concept_name, prompt_text, split_concepts
 from generators.diffusion.ddpm import add_noise
-from generators.diffusion.generator import EncodedRequests, LatentDiffusionGenerator, LatentDiffusionOptions
+from generators.diffusion.generator import EncodedRequests, LatentDiffusionGenerator
 from generators.diffusion.latents import (decode_latents, encode_images, encode_masks, images_to_tensor, mask_to_latent,
                                           masks_to_tensor)
 from generators.diffusion.noise import PerSampleNoise
 from generators.diffusion.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
-
-
-class AnomalyDiffusionOptions(LatentDiffusionOptions):
-    """Defaults are the paper's (Sec. 4.1, Supp. C.1); the `smoke` preset shrinks them."""
-
-    pairs_per_type: int = 1000
-    train_steps: int = Field(300_000, ge=1)
-    train_batch_size: int = Field(4, ge=1)
-    lr: float = 5e-3
-    tokens_per_type: int = Field(8, ge=1)  # k, the anomaly embedding e_a
-    spatial_tokens: int = Field(4, ge=1)  # n, the spatial embedding e_s
-    spatial_arch: Literal["resnet50", "resnet18"] = "resnet50"
-    spatial_fpn_channels: int = Field(256, ge=1)
-    spatial_grid: int = Field(4, ge=1)
-    spatial_encoder_weights: str | None = None  # torchvision ImageNet ResNet state dict: a path, or a name under <cache>/weights/
-    augment: bool = True  # Supp. B joint crop / translate / rotate
-    augment_max_angle: float = 30.0
-    augment_max_zoom: float = Field(1.25, ge=1.0)
-    ddim_steps: int = Field(DDIM_SETTINGS["authors"].steps, ge=1)  # the paper gives none: the authors' 200
-    ddim_eta: float = DDIM_SETTINGS["authors"].eta
-    aar: bool = True
-    aar_x0_from: Literal["current", "previous"] = "current"
-    aar_clamp: tuple[float, float] | None = None  # the authors' code: (1.0, 1.5)
-    mask_source: Literal["generated", "given"] = "generated"
-    mask_tokens: int = Field(MASK_TOKENS["main_text"], ge=1)  # k'; Supp. C.1 says 2
-    mask_guidance: float = MASK_GUIDANCE_SCALE
-    mask_threshold: float = MASK_THRESHOLDS["midpoint"]  # the authors' code: 0.8
-    mask_border_rule: bool = True  # the authors' rejection of masks along the border (not in the paper)
-    mask_ddim_steps: int = Field(DDIM_SETTINGS["authors_masks"].steps, ge=1)
-    mask_tries: int = Field(4, ge=1)  # draws per request before falling back to the given mask
-    # the denoiser of Eq. 10: "backbone" = the frozen LDM steered by e_m (the paper); "stored_masks" =
-    # the ideal denoiser of the jointly augmented few-shot masks seen in the fit (smoke: the random
-    # tiny U-Net has no prior for e_m to steer; no e_m is then learned)
-    mask_denoiser: Literal["backbone", "stored_masks"] = "backbone"
-    stored_masks_per_type: int = Field(32, ge=1)
-
-    @model_validator(mode="after")
-    def _check_mask_tokens(self):
-        if self.mask_source == "generated" and self.mask_denoiser == "backbone" and self.mask_tokens > self.tokens_per_type:
-            raise ValueError("mask_tokens (k') cannot exceed tokens_per_type (k): e_m shares the token table")
-        return self
 
 
 class AnomalyDiffusionGenerator(LatentDiffusionGenerator):

@@ -12,12 +12,11 @@ latent, x0_hat the decoded clean-image prediction, abar the cumulative alpha pro
 - Eq. 10  `guided_mask_eps`: classifier-free guidance for mask sampling, s = 5.
 - Supp. C.1 / authors' code: `binarise_mask`, `touches_border` (the authors' border rule).
 - Smoke only: `StoredSetDenoiser`, the ideal denoiser of a stored set of mask latents.
-- `DdimSettings`: sampler steps and eta (the paper states none; see DDIM_SETTINGS).
+- `options.DdimSettings`: sampler steps and eta (the paper states none; see options.DDIM_SETTINGS).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from generators.diffusion.attention import CrossAttentionHook
 from generators.diffusion.conditioning import multi_condition_guidance
 from generators.diffusion.ddpm import add_noise
+from generators.anomalydiffusion.options import MASK_GUIDANCE_SCALE, MASK_THRESHOLDS, DdimSettings
 from generators.diffusion.noise import PerSampleNoise
 
 
@@ -96,12 +96,7 @@ class AdaptiveAttentionReweighting:
         self.hook.reweight(None)
 
 
-# -- Eq. 10 and the masks --------------------------------------------------------------------------
-MASK_GUIDANCE_SCALE = 5.0  # Supp. C.1: "s is set 5 (the same as Textual Inversion)"
-MASK_TOKENS = {"main_text": 4, "supplement": 2}  # k' (Sec. 4.1) vs "2 tokens" (Supp. C.1): they disagree
-MASK_THRESHOLDS = {"midpoint": 0.5, "authors": 0.8}  # on the [0, 1] channel mean; the paper gives none
-
-
+# -- Eq. 10 and the masks (their constants: options.py) ---------------------------------------------
 def guided_mask_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float = MASK_GUIDANCE_SCALE) -> torch.Tensor:
     """Eq. 10: eps(x_t) + s (eps(x_t, e_m) - eps(x_t))."""
     return multi_condition_guidance(eps_uncond, [eps_cond], [scale])
@@ -150,19 +145,7 @@ class StoredSetDenoiser:
         return (x_t - a.sqrt() * self.x0(x_t, abar_t)) / (1 - a).sqrt()
 
 
-# -- DDIM settings and the blended sampling loop -----------------------------------------------------
-@dataclass(frozen=True)
-class DdimSettings:
-    steps: int
-    eta: float
-
-
-# The paper states no sampler settings. "authors": generate_with_mask.py (DDIM, 200 steps, eta 1);
-# "authors_masks": generate_mask.py (100 steps, eta 1 by log_images' default). "smoke": few steps.
-DDIM_SETTINGS = {"authors": DdimSettings(200, 1.0), "authors_masks": DdimSettings(100, 1.0),
-                 "smoke": DdimSettings(10, 1.0)}
-
-
+# -- the blended sampling loop (its DDIM settings: options.DdimSettings) ---------------------------
 # denoise(x_t, t) -> eps_hat; decode(x0 latent) -> image in [-1, 1]
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

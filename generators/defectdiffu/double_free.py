@@ -11,11 +11,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from generators.defectdiffu.options import P1, P2
 from generators.defectdiffu.vocabulary import GOOD, PartPrompts, guidance_prompts
 from generators.diffusion.conditioning import multi_condition_guidance
 
-P1 = 0.2  # probability of the unconditional product (Sec. 4.1)
-P2 = 0.2  # probability of the unconditional ("good") defect (Sec. 4.1)
 W_D_SWEEP = (0.5, 1.0, 1.5, 2.0, 2.5)  # the paper prints no values; the authors' public code sweeps these
 
 

@@ -14,11 +14,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from generators.defectdiffu.options import LAMBDA_MASK
 from generators.diffusion.attention import AttentionRecord
 
 ALPHA = 1e-3  # Eq. 8 (Sec. 4.1)
 R_MIN, R_MAX = 2.0, 8.0  # Eq. 9
-LAMBDA_MASK = 0.2  # lambda of Eq. 11 (Sec. 4.1)
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

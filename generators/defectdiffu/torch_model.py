@@ -25,11 +25,10 @@ from diffusers.models.embeddings import PatchEmbed
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
+from generators.defectdiffu.options import BLOCKS_PAPER, LAST_STEPS
 from generators.diffusion.attention import AttentionRecord
 
-BLOCKS_PAPER = (10, 10, 8)  # N background, M defect, K fusion blocks (Sec. 4.1)
 PARTS = ("background", "defect", "fusion")
-LAST_STEPS = 100  # masks averaged over the last 100 denoising steps (Sec. 3.4)
 
 # DiT-XL/2 at 512 px (Peebles & Xie 2023, Table 1 XL config; 64x64 latent of the SD VAE, 4 channels,
 # learned variance -> 8 output channels) with a cross-attention to CLIP ViT-L/14 text states (768).

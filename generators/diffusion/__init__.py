@@ -13,16 +13,24 @@
 - `conditioning`, `feature_taps`, `denoiser`, `inversion`: extra context tokens and
   multi-condition guidance; forward hooks on decoder features; one interface for U-Net and DiT
   denoisers; masked DDIM inversion (docs/diffusion.md says which method needs which).
-Importing this package costs torch only; diffusers/transformers load when a backbone does, and
+Importing this package costs nothing (the names below load on first use, PEP 562), so the
+torch-free `options` imports without torch; diffusers/transformers load when a backbone does, and
 Lightning when `generator` is imported.
 """
 
-from generators.diffusion.attention import CrossAttentionHook
-from generators.diffusion.backbone import TINY, Backbone, load_backbone
-from generators.diffusion.latents import decode_latents, decode_masks, encode_images, encode_masks, mask_to_latent
-from generators.diffusion.noise import PerSampleNoise
-from generators.diffusion.schedulers import make_scheduler
-from generators.diffusion.tokens import LearnedTokens
+_EXPORTS = {
+    "CrossAttentionHook": "attention", "TINY": "backbone", "Backbone": "backbone", "load_backbone": "backbone",
+    "decode_latents": "latents", "decode_masks": "latents", "encode_images": "latents",
+    "encode_masks": "latents", "mask_to_latent": "latents", "PerSampleNoise": "noise",
+    "make_scheduler": "schedulers", "LearnedTokens": "tokens",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["TINY", "Backbone", "CrossAttentionHook", "LearnedTokens", "PerSampleNoise", "decode_latents",
-           "decode_masks", "encode_images", "encode_masks", "load_backbone", "make_scheduler", "mask_to_latent"]
+
+def __getattr__(name: str):
+    # lazily, so `generators.diffusion.options` (pydantic only) imports without torch
+    if name in _EXPORTS:
+        from importlib import import_module
+
+        return getattr(import_module(f"generators.diffusion.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)

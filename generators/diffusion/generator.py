@@ -26,37 +26,21 @@ from typing import ClassVar
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmark.contracts import MASK_GIVEN, BenchError, GenerationRequest, SyntheticPair
 from benchmark.data.images import load_image, load_mask
-from generators.base import Generator, GeneratorOptions
+from generators.base import Generator
 from generators.diffusion.backbone import load_backbone
 from generators.diffusion.concepts import concept_name, prompt_text, split_concepts
 from generators.diffusion.few_shot import FewShotDefects, ResumableDraws, place_mask, random_flips
 from generators.diffusion.latents import (decode_latents, encode_images, images_to_tensor, mask_to_latent,
                                           masks_to_tensor, tensor_to_images)
 from generators.diffusion.noise import PerSampleNoise
+from generators.diffusion.options import LatentDiffusionOptions
 from generators.diffusion.schedulers import alphas_cumprod, make_scheduler
 from generators.diffusion.tokens import LearnedTokens
-
-
-class LatentDiffusionOptions(GeneratorOptions):
-    """Options every latent-diffusion generator has; a method subclasses this with its own."""
-
-    backbone: str = "CompVis/ldm-text2im-large-256"  # hub id, local folder, or "tiny"
-    resolution: int | None = None  # px; None = the run's image size
-    train_steps: int = Field(80_000, ge=1)
-    train_batch_size: int = Field(4, ge=1)
-    lr: float = 1e-3
-    tokens_per_type: int = Field(8, ge=0)  # learned tokens per concept; 0 = the plain prompt
-    init_word: str = "anomaly"  # initialises the learned tokens
-    prompt: str = "{category} {defect}"  # the text before the learned tokens
-    sampling_steps: int = Field(1000, ge=1)
-    mask_augment: bool = True  # rot90/flip/shift of the given mask from the request seed
-    seed: int = 0  # training draws: batches, flips, timesteps, noise
 
 
 @dataclass

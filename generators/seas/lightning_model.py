@@ -28,11 +28,10 @@ Departures, each also in docs/seas.md ("The Lightning glue"):
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
 from benchmark.contracts import MASK_PREDICTED, BenchError, GenerationRequest, SyntheticPair
@@ -42,63 +41,18 @@ from generators.diffusion.attention import AttentionRecord, CrossAttentionHook
 from generators.diffusion.concepts import split_concepts
 from generators.diffusion.conditioning import multi_condition_guidance
 from generators.diffusion.few_shot import random_flips
-from generators.diffusion.generator import LatentDiffusionGenerator, LatentDiffusionOptions
+from generators.diffusion.generator import LatentDiffusionGenerator
 from generators.diffusion.latents import decode_latents, encode_images, images_to_tensor, tensor_to_images
 from generators.diffusion.noise import PerSampleNoise
 from generators.diffusion.schedulers import make_scheduler
 from generators.seas.loss import ENCODER, da_loss, da_sizes, rmp_loss, ssf_loss
-from generators.seas.prompts import (ANOMALY_TOKENS, INIT_WORD, NORMAL_TOKENS, TOKEN_LR, UNET_LR, UnbalancedPrompts,
-                                     param_groups)
-from generators.seas.torch_model import (MASK_STEPS, MASK_THRESHOLD, RMP_FEATURES, RMP_LR, SAMPLING_STEPS, T_EXTENDED,
-                                         RefinedMaskPrediction, anomaly_probability, binarize_mask, extended_schedule,
+from generators.seas.options import (GUIDANCE, RMP_LR, SAMPLING_STEPS, SD_V14, T_EXTENDED, TOKEN_LR, UNET_LR,
+                                     SeasOptions)
+from generators.seas.prompts import UnbalancedPrompts, param_groups
+from generators.seas.torch_model import (RefinedMaskPrediction, anomaly_probability, binarize_mask, extended_schedule,
                                          noise_to_extended_timestep, unet_decoder_features, vae_decoder_features)
 
-SD_V14 = "CompVis/stable-diffusion-v1-4"  # the authors' config (the appendix names no version)
 PYRAMID = (4, 2, 1)  # tiny backbone: the decoded image at 1/4, 1/2, 1/1 stands in for VAE-decoder features
-GUIDANCE = {"mvtec": 8.0, "visa": 2.0, "mvtec3d": 5.0}  # authors' config: CFG scale per dataset
-
-
-class SeasOptions(LatentDiffusionOptions):
-    """Defaults are the paper's (A.3) on SD v1.4 at 512 px; the `smoke` preset shrinks them."""
-
-    backbone: str = SD_V14
-    resolution: int | None = None  # the run's image size; the paper preset: 512
-    pairs_per_type: int = 1000  # not in the appendix; a choice (AnomalyDiffusion's count)
-    # fit steps, SSF then RMP; None = (ssf + rmp steps per type) x the split's anomaly types (A.3: 800 x G each)
-    train_steps: int | None = Field(None, ge=2)
-    ssf_steps_per_type: int = Field(800, ge=1)
-    rmp_steps_per_type: int = Field(800, ge=1)
-    train_batch_size: int = Field(2, ge=1)  # anomaly images per step (A.3: 2)
-    normal_batch_size: int = Field(2, ge=0)  # normal images per step (A.3: 2; 0 = Table 12 without normals)
-    lr: float = UNET_LR  # the whole U-Net (A.3)
-    token_lr: float = TOKEN_LR  # the UA prompt's new token rows (A.3)
-    rmp_lr: float = RMP_LR  # the RMP branch (A.3)
-    tokens_per_type: int = Field(1, ge=1, le=1)  # each <ob>/<df_k> is its own one-token concept (prompts.py)
-    normal_tokens: int = Field(NORMAL_TOKENS, ge=1)  # N' (Table 9)
-    anomaly_tokens: int = Field(ANOMALY_TOKENS, ge=1)  # N (Table 9)
-    init_word: str = INIT_WORD
-    sampling_steps: int = Field(SAMPLING_STEPS, ge=1)  # DPM-Solver steps (A.3: 25)
-    noise_timestep: int = Field(T_EXTENDED, ge=1)  # A.3: t = 1500; above T the schedule is re-spread over it
-    guidance_scale: float = GUIDANCE["mvtec"]  # 8 / 2 / 5 for MVTec AD / VisA / MVTec 3D AD (authors' config)
-    mask_threshold: float = Field(MASK_THRESHOLD, gt=0, lt=1)  # tau (Table 18)
-    mask_steps: int = Field(MASK_STEPS, ge=1)  # RMP outputs averaged over the last sampling steps (authors' code)
-    da_scales: tuple[int, ...] = (2, 4)  # DA grids = latent / scale (Table 13: 32 and 16 of SD's 64)
-    da_weight: float = Field(1.0, ge=0)  # weight of the DA term in the SSF loss (paper and authors: 1)
-    rmp_features: tuple[int, ...] = RMP_FEATURES  # F_y = output of up_blocks[y - 1] (Table 14)
-    rmp_coarse_channels: tuple[int, ...] = (128, 64)  # A.5: 192 in all; split as the authors
-    rmp_attention_layers: int = Field(4, ge=0)  # authors' code; the paper says only "conv blocks"
-    rmp_heads: int = Field(8, ge=1)
-    rmp_norm_groups: int = Field(32, ge=1)
-    rmp_timesteps: int | None = Field(None, ge=1)  # RMP training draws t in [0, this); None = [0, T) (paper silent)
-    output: Literal["anomaly", "normal"] = "anomaly"  # "normal": SeaS' "a <ob>" images
-
-    @model_validator(mode="after")
-    def _check(self):
-        if len(self.rmp_features) != len(self.rmp_coarse_channels):
-            raise ValueError("rmp_features and rmp_coarse_channels need one entry per U-Net feature")
-        if sum(self.rmp_coarse_channels) % self.rmp_heads:
-            raise ValueError("the coarse feature's channels must split evenly into rmp_heads")
-        return self
 
 
 class SeasGenerator(LatentDiffusionGenerator):

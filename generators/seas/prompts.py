@@ -22,12 +22,7 @@ import torch
 from torch import nn
 
 from generators.diffusion.tokens import LearnedTokens
-
-NORMAL_TOKENS = 1  # N' (A.3, Table 9)
-ANOMALY_TOKENS = 4  # N (A.3, Table 9)
-UNET_LR = 4e-6  # A.3
-TOKEN_LR = 4e-5  # A.3
-INIT_WORD = "defect"  # the authors' initializer token; the paper does not say how rows start
+from generators.seas.options import ANOMALY_TOKENS, NORMAL_TOKENS, TOKEN_LR, UNET_LR
 
 
 class UnbalancedPrompts:

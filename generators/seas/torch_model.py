@@ -28,12 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-T_EXTENDED = 1500  # A.3: "we use t = 1500 to perform diffusion forward on normal images"
-SAMPLING_STEPS = 25  # A.3: T = 25 sampling steps
-MASK_THRESHOLD = 0.2  # tau, Table 18
-MASK_STEPS = 3  # the authors' code averages the RMP output of the last 3 sampling steps
-RMP_FEATURES = (2, 3)  # F_2 ("up-2") and F_3 ("up-3"), Table 14; F_y is the output of up_blocks[y - 1]
-RMP_LR = 5e-4  # A.3
+from generators.seas.options import MASK_THRESHOLD, RMP_FEATURES, T_EXTENDED
 
 
 # -- extended noise schedule (A.3) ------------------------------------------------------------------
