@@ -85,7 +85,8 @@ GENERATORS = Registry("generator", [
           options="generators.seas.options:SeasOptions",
           status="partial: smoke pairs pass issue 11's mask/flat/noise counts but show no recognisable "
                  "defect, so the predicted masks cover none: the tiny-demo smoke backbone draws no localised "
-                 "defect, even pre-trained on captioned defect images (docs/seas.md, diagnosis); "
+                 "defect, even pre-trained on captioned defect images, nor in any recipe of a measured search "
+                 "(docs/seas.md, diagnosis and recipe search); "
                  "paper preset not yet run with SD weights"),
     Entry("anomalydiffusion", "generators.anomalydiffusion:AnomalyDiffusion",
           "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting (smoke masks from a "
