@@ -405,3 +405,97 @@ def test_state_segment_asks_for_small_pages():
                 flags = next(l for l in lines[i + 1 :] if l.startswith("VmFlags:")).split()[1:]
                 break
     assert flags is not None and "nh" in flags and "hg" not in flags
+
+
+# ---------------------------------------------------------------------------- threads (issue 21)
+
+
+def _in_threads_of(monkeypatch, threads: int) -> None:
+    """Every batch and state split over `threads` threads, however small."""
+    monkeypatch.setattr(engine, "_PARALLEL_MIN_PIXELS", 0)
+    monkeypatch.setattr(engine, "_threads", lambda: threads)
+
+
+@pytest.mark.parametrize("options", [
+    dict(mode="exact"), dict(mode="exact", iou_threshold="f1"), dict(mode="exact", iou_threshold=0.3),
+    dict(mode="exact", pro_curve="quantile-100", pixel_f1_max="grid-21"),
+    dict(mode="binned", bins=1024), dict(mode="binned", bins=1000), dict(mode="auto", exact_max_pixels=4000),
+])
+def test_threads_change_no_value(monkeypatch, options):
+    """Images labelled, packed and histogrammed in slices, the state sorted in slices whose counts
+    add up: every value equals one thread's, to the last bit, for 2 and 3 threads (slices of
+    unequal size, a slice of one image); the state keeps the same keys, one ascending run per
+    slice, and a second compute gives the same values."""
+    opts = MetricOptions(**options)
+    maps, masks = blob_dataset(41, n=7, size=40, quantize=32)  # ties across slices
+    batches = [(maps[:5], masks[:5]), (maps[5:], masks[5:])]
+    serial = AnomalyMetrics(opts)
+    for m, g in batches:
+        serial.update(m, g)
+    expected = serial.compute()
+    for threads in (2, 3):
+        with monkeypatch.context() as patch:
+            _in_threads_of(patch, threads)
+            metric = AnomalyMetrics(opts)
+            for m, g in batches:
+                metric.update(m, g)
+            before = _state_keys(metric) if metric.pixel_keys else None
+            assert metric.compute() == expected
+            if before is not None:
+                after = _state_keys(metric)
+                assert np.array_equal(np.sort(after), np.sort(before))
+                assert all(np.all(np.diff(after[a:b]) >= 0) for a, b in engine._slices(after.size, threads))
+            metric._computed = None
+            assert metric.compute() == expected
+
+
+def test_restore_in_slices_puts_each_anomalous_key_back(monkeypatch):
+    """Slices of the high words sorted apart: each slice becomes an ascending run of int64 keys,
+    together exactly the original keys; a score's anomalous keys may fall in several slices (only
+    the total count per score is known), so they fill its runs slice after slice. Also after an
+    error before the searches (the slices are sorted and searched again)."""
+    monkeypatch.setattr(curves, "_BLOCK", 5)
+    for seed in range(4):
+        keys, positive_keys = _packed(seed, n=300)
+        original = keys.copy()
+        bounds = [0, 97, 98, 300]  # a slice of one key
+        first, bits = curves.positive_groups(positive_keys)
+        for searched in (True, False):
+            keys[:] = original
+            high = curves.compact_high_words(keys)
+            start, stop = [], []
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                high[a:b].sort()
+                found = curves.positions_in_sorted(high[a:b], bits)
+                start.append(found[0])
+                stop.append(found[1])
+            curves.restore_sorted_keys(keys, high, positive_keys, first, bits, stop if searched else None,
+                                       bounds=bounds, start=start if searched else None)
+            assert np.array_equal(np.sort(keys), np.sort(original))
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                assert np.all(np.diff(keys[a:b]) >= 0)
+
+
+def test_positions_of_thresholds_absent_from_a_slice():
+    """start = number of scores < t, stop = number <= t, counted by hand, for thresholds that are
+    in the sorted scores (tied or not) and thresholds that are not (a slice of the state)."""
+    scores = np.array([1, 3, 3, 3, 5, 8], np.int32)
+    thresholds = np.array([0, 1, 2, 3, 5, 6, 8, 9], np.int32)
+    start, stop = curves.positions_in_sorted(scores, thresholds)
+    assert start.tolist() == [0, 0, 1, 1, 4, 5, 5, 6]
+    assert stop.tolist() == [0, 1, 1, 4, 5, 5, 6, 6]
+    empty = curves.positions_in_sorted(np.zeros(0, np.int32), thresholds)
+    assert empty[0].tolist() == empty[1].tolist() == [0] * 8
+
+
+def test_anomalous_pixels_of_slices_equal_the_batch():
+    """Labelling consecutive slices of a batch and joining them gives the batch's own result."""
+    from benchmark.metrics.pro import AnomalousPixels
+
+    _, masks = blob_dataset(42, n=7, size=24)
+    whole = anomalous_pixels(masks)
+    joined = AnomalousPixels.of_parts([anomalous_pixels(masks[a:b]) for a, b in [(0, 2), (2, 3), (3, 7)]], 24 * 24)
+    for name in ("index", "area", "image_start"):
+        assert np.array_equal(getattr(joined, name), getattr(whole, name)), name
+        assert getattr(joined, name).dtype == getattr(whole, name).dtype, name
+    assert joined.n_regions == whole.n_regions

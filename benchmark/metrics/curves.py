@@ -147,26 +147,50 @@ def compact_high_words(keys: np.ndarray) -> np.ndarray:
 
 
 def restore_sorted_keys(keys: np.ndarray, high: np.ndarray, positive_keys: np.ndarray, first: np.ndarray,
-                        threshold_bits: np.ndarray, stop: np.ndarray | None) -> None:
+                        threshold_bits: np.ndarray, stop, bounds=None, start=None) -> None:
     """Undo `compact_high_words` after `high` (its view) was sorted: the keys become the original
     keys in ascending order, a permutation of the state, which no metric depends on. Each key is
     rebuilt as `high << 32` (back to front, blocks [i0, i1) with 2 * i0 >= i1, so a block's
     8-byte keys land on words already read), then the anomalous keys (`positive_keys`, sorted,
     grouped by `positive_groups` as `first` / `threshold_bits`) take the last slots of their
     score's run [start, stop): with equal scores, payload 0 sorts first. `stop`: from
-    `positions_in_sorted`, or None (an error came before it): sort and search again."""
+    `positions_in_sorted`, or None (an error came before it): sort and search again.
+
+    `bounds` [0, ..., n]: `high` was sorted in parts [bounds[i], bounds[i + 1]) (by several
+    threads); `start` / `stop` are then lists of each part's positions, and the keys end as one
+    ascending run per part, each score's anomalous keys filling its runs part after part."""
+    n = keys.size
+    bounds = [0, n] if bounds is None else list(bounds)
     if stop is None:
-        high.sort()
-        stop = np.searchsorted(high, threshold_bits, side="right")
-    i1 = keys.size
+        start, stop = [], []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            high[a:b].sort()
+            start.append(np.searchsorted(high[a:b], threshold_bits, side="left"))
+            stop.append(np.searchsorted(high[a:b], threshold_bits, side="right"))
+    elif isinstance(stop, np.ndarray):  # one sorted array
+        start, stop = [start], [stop]
+    i1 = n
     while i1 > 0:
         i0 = min(i1 - 1, max((i1 + 1) // 2, i1 - _BLOCK))
         np.left_shift(high[i0:i1], 32, dtype=np.int64, out=keys[i0:i1])
         i1 = i0
     if positive_keys.size:
-        count = np.diff(np.append(first, positive_keys.size))
-        slot = np.repeat(stop.astype(np.int64) - count - first, count) + np.arange(positive_keys.size)
-        keys[slot] = positive_keys
+        remaining = np.diff(np.append(first, positive_keys.size))  # each score's anomalous keys
+        placed = np.zeros_like(remaining)
+        for offset, part_start, part_stop in zip(bounds[:-1], start, stop):
+            part_stop = part_stop.astype(np.int64)
+            # one part holds them all (its run [start, stop) has every key of the score)
+            here = remaining if part_start is None else np.minimum(remaining, part_stop - part_start)
+            keys[_ranges(offset + part_stop - here, here)] = positive_keys[_ranges(first + placed, here)]
+            placed += here
+            remaining = remaining - here
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices start, start + 1, ..., start + length - 1 of every (start, length), one array."""
+    lengths = lengths.astype(np.int64)
+    ends = np.cumsum(lengths)
+    return np.repeat(starts.astype(np.int64) - ends + lengths, lengths) + np.arange(int(ends[-1]) if ends.size else 0)
 
 
 def normal_scores(chunks) -> np.ndarray:
@@ -190,33 +214,45 @@ _SEARCH_CHUNK = 1 << 16  # thresholds per binary search: its int64 output stays 
 
 def positions_in_sorted(scores: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(start, stop): every sample scoring a threshold lies in sorted positions [start, stop),
-    both sorted ascending, each threshold one of the scores. One binary search per threshold:
-    stop = start + 1 unless the next sorted score is the same (only those get a second search).
-    Positions are kept in int32 below 2^31 pixels (they live next to the 4 B/pixel scores)."""
+    `scores` and `thresholds` sorted ascending (a threshold absent from `scores`, as from one part
+    of them, gets start = stop). One binary search per threshold: stop = start + 1 unless the next
+    sorted score is the same (only those get a second search). Positions are kept in int32 below
+    2^31 pixels (they live next to the 4 B/pixel scores)."""
     n = scores.size
     start = np.empty(thresholds.size, np.int32 if n < 2**31 else np.int64)
     for lo in range(0, thresholds.size, _SEARCH_CHUNK):
         start[lo : lo + _SEARCH_CHUNK] = np.searchsorted(scores, thresholds[lo : lo + _SEARCH_CHUNK], side="left")
-    stop = start + 1
-    tied = np.flatnonzero(scores[np.minimum(stop, n - 1)] == thresholds)
-    tied = tied[stop[tied] < n]
+    if n == 0:
+        return start, start.copy()
+    present = (start < n) & (scores[np.minimum(start, n - 1)] == thresholds)
+    stop = start + present
+    tied = np.flatnonzero(present & (stop < n) & (scores[np.minimum(stop, n - 1)] == thresholds))
     stop[tied] = np.searchsorted(scores, thresholds[tied], side="right")
     return start, stop
 
 
-def confusion_in_sorted(high: np.ndarray, positive_keys: np.ndarray, threshold: float) -> np.ndarray:
-    """`confusion.confusion_at_threshold` of every pixel's sorted high words (`high_words`) and the
-    anomalous pixels' keys: a binary search instead of a pass. The comparison is `score >=
-    threshold` as there (numpy compares a float32 array with a Python float in float32), searched
-    as the float32 threshold's high word; the search checks that its neighbours' scores agree and
-    counts by a pass if they do not."""
+def confusion_in_sorted(high, positive_keys: np.ndarray, threshold: float) -> np.ndarray:
+    """`confusion.confusion_at_threshold` of every pixel's sorted high words (`high_words`; one
+    sorted array, or a list of sorted parts) and the anomalous pixels' keys: a binary search per
+    part instead of a pass."""
+    parts = [high] if isinstance(high, np.ndarray) else list(high)
+    n = sum(part.size for part in parts)
+    below = sum(_count_below(part, threshold) for part in parts)
+    return confusion_from_counts(n - below, unpack_keys(positive_keys)[0], n, threshold)
+
+
+def _count_below(high: np.ndarray, threshold: float) -> int:
+    """Sorted high words whose score is < threshold. The comparison is `score >= threshold` as in
+    `confusion_at_threshold` (numpy compares a float32 array with a Python float in float32),
+    searched as the float32 threshold's high word; the search checks that its neighbours' scores
+    agree and counts by a pass if they do not."""
     n = high.size
     target = high_words(pack_keys(np.float32([threshold]), np.zeros(1, np.uint32)))
     below = int(np.searchsorted(high, target[0], side="left"))
     neighbours = scores_of_high_words(high[max(below - 1, 0) : below + 1])  # [below - 1], [below]
     if (below < n and not neighbours[-1] >= threshold) or (below > 0 and neighbours[0] >= threshold):
         below = n - int(np.count_nonzero(scores_of_high_words(high) >= threshold))
-    return confusion_from_counts(n - below, unpack_keys(positive_keys)[0], n, threshold)
+    return below
 
 
 def curve_from_sorted_parts(n: int, start: np.ndarray, stop: np.ndarray, first: np.ndarray,

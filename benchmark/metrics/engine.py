@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import math
 import mmap
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import torch
@@ -30,13 +33,17 @@ from benchmark.metrics import curves
 from benchmark.metrics.confusion import confusion_at_threshold, confusion_from_counts, segmentation_scores
 from benchmark.metrics.image_score import image_scores
 from benchmark.metrics.options import MetricOptions
-from benchmark.metrics.pro import anomalous_pixels
+from benchmark.metrics.pro import AnomalousPixels, anomalous_pixels
 
 _HISTOGRAM_CHUNK = 1 << 20  # pixels; whole-batch temporaries measured 3x slower at 1024^2 (fresh pages)
 # Keys of the exact state reserved per segment: 1 GiB of address space, whose pages are only
 # touched as updates write them. One segment holds every key of a category up to 134 M pixels, so
 # compute can sort them in their own memory (docs/metrics.md, "Exact compute").
 _SEGMENT_KEYS = 1 << 27
+# Work of at least this many pixels is split over the engine's threads (`_threads`): numpy's sort,
+# searches, bincount and ufuncs and scipy's labelling release the GIL, so parts run on all cores.
+_PARALLEL_MIN_PIXELS = 1 << 20
+_MAX_THREADS = 8
 _LIST_STATES = {"pixel_keys": torch.int64, "positive_keys": torch.int64, "image_scores": torch.float64,
                 "image_labels": torch.int64}
 
@@ -93,9 +100,6 @@ class AnomalyMetrics(Metric):
                 raise BenchError("pixel_score='logit' with a numeric iou_threshold: pass the anomaly "
                                  "probabilities too, update(logits, masks, probabilities=...), or use iou_threshold='f1'")
             thresholded = _check_inputs(probabilities, masks)[0]
-        pixels = anomalous_pixels(gt)
-        flat_scores = scores.reshape(scores.shape[0], -1)
-        anomalous = pixels.image_start[1:] > pixels.image_start[:-1]
         self.n_pixels += scores.size
         binned = self._local_binned()
         if binned and self.pixel_keys:  # auto mode just crossed the size limit: fold the exact state
@@ -104,25 +108,48 @@ class AnomalyMetrics(Metric):
             self.pixel_keys, self.positive_keys = [], []
             self._segment, self._segment_used = None, 0
 
-        # per-image best IoU (LFD/SeaS): exact in every mode, its state is a running sum; in binned
-        # mode with large images, from each image's own histogram (counted anyway)
+        # the images in consecutive slices, one per thread: labels, then each image's best IoU
+        # (LFD/SeaS; exact in every mode, its state a running sum) and either its keys (exact) or
+        # its histogram (binned: with large images each image's own, which also gives its best IoU)
+        image_pixels = scores[0].size
+        per_image = binned and _histogram_per_image(image_pixels, opts.bins)
+        keys = None if binned else self._key_buffer(scores.size)
+        if keys is None and not binned:
+            keys = np.empty(scores.size, np.int64)
+
+        def images(r0: int, r1: int):
+            part = anomalous_pixels(gt[r0:r1])
+            flat = scores[r0:r1].reshape(r1 - r0, -1)
+            is_anomalous = part.image_start[1:] > part.image_start[:-1]
+            total = None
+            if per_image:
+                total, ious = np.zeros(opts.bins + 1, np.int64), []
+                for row in range(r1 - r0):
+                    histogram = _histogram(flat[row], opts.bins)
+                    total += histogram
+                    if is_anomalous[row]:
+                        ious.append(curves.best_iou_from_histogram(flat[row], _positive_of(part, row, image_pixels),
+                                                                    histogram))
+            else:
+                ious = [curves.best_iou_of_image(flat[row], _positive_of(part, row, image_pixels))
+                        for row in np.flatnonzero(is_anomalous)]
+                if binned:
+                    total = _histogram(flat.ravel(), opts.bins)
+                else:
+                    curves.pack_sparse_keys(scores[r0:r1], part.index, part.area, positive=lowest > 0,
+                                            out=keys[r0 * image_pixels : r1 * image_pixels])
+            return part, total, ious
+
+        done = _in_threads([partial(images, r0, r1) for r0, r1 in _image_slices(scores.shape[0], scores.size)])
+        pixels = AnomalousPixels.of_parts([part for part, _, _ in done], image_pixels)
+        anomalous = pixels.image_start[1:] > pixels.image_start[:-1]
         iou_sum = 0.0
-        per_image = binned and _histogram_per_image(flat_scores.shape[1], opts.bins)
-        if per_image:
-            total = np.zeros(opts.bins + 1, np.int64)
-            for row in range(flat_scores.shape[0]):
-                histogram = _histogram(flat_scores[row], opts.bins)
-                total += histogram
-                if anomalous[row]:
-                    positive = self._positive_of(pixels, row, flat_scores)
-                    iou_sum += curves.best_iou_from_histogram(flat_scores[row], positive, histogram)
-        else:
-            for row in np.flatnonzero(anomalous):
-                iou_sum += curves.best_iou_of_image(flat_scores[row], self._positive_of(pixels, row, flat_scores))
+        for _, _, ious in done:
+            for iou in ious:  # in image order, as one thread would add them
+                iou_sum += iou
         confusion = None
         if binned:
-            if not per_image:
-                total = _histogram(scores.ravel(), opts.bins)
+            total = sum(part_total for _, part_total, _ in done)
             anomalous_bins = _bin_index(scores.ravel()[pixels.index], np.float32(opts.bins))
             self._add_to_histograms(*_split_histogram(total, anomalous_bins, pixels.area))
             edge = _threshold_bin(opts.iou_threshold, opts.bins)
@@ -130,8 +157,6 @@ class AnomalyMetrics(Metric):
                 confusion = confusion_from_counts(int(total[edge:].sum()), scores.ravel()[pixels.index],
                                                   scores.size, opts.iou_threshold)
         else:
-            keys = curves.pack_sparse_keys(scores, pixels.index, pixels.area, positive=lowest > 0,
-                                           out=self._key_buffer(scores.size))
             self.pixel_keys.append(self._state(keys))
             self.positive_keys.append(self._state(keys[pixels.index]))
 
@@ -149,11 +174,6 @@ class AnomalyMetrics(Metric):
         self.n_regions += pixels.n_regions
         self.best_iou_sum += iou_sum
         self.best_iou_count += int(anomalous.sum())
-
-    @staticmethod
-    def _positive_of(pixels, row: int, flat_scores: np.ndarray) -> np.ndarray:
-        """Indices of image `row`'s anomalous pixels in its flattened scores."""
-        return pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * flat_scores.shape[1]
 
     def _state(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -252,17 +272,24 @@ class AnomalyMetrics(Metric):
             n = sum(keys.size for keys in chunks)
             region = self._contiguous_keys(chunks)
             # the one sort over every pixel, of int32 high words (4 B/pixel): in the state's own
-            # memory when it is one array (then restored, sorted), else in a new buffer
+            # memory when it is one array (then restored, sorted), else in a new buffer. Large
+            # states are sorted in one slice per thread: the curves only count the pixels below
+            # each threshold, which the slices' counts add up to, so they are never merged.
             high = curves.compact_high_words(region) if region is not None else curves.high_words_of_chunks(chunks, n)
-            stop = None
+            slices = _slices(n, _threads() if n >= _PARALLEL_MIN_PIXELS else 1)
+            parts = [high[a:b] for a, b in slices]
+            searched = None
             try:
-                high.sort()
-                start, stop = curves.positions_in_sorted(high, threshold_bits)
+                searched = _in_threads([partial(_sort_and_search, part, threshold_bits) for part in parts])
+                start, stop = (np.sum([found[i].astype(np.int64) for found in searched], axis=0) for i in (0, 1))
                 if self._counts_confusion_at_compute():
-                    confusion += curves.confusion_in_sorted(high, positive_keys, opts.iou_threshold)
+                    confusion += curves.confusion_in_sorted(parts, positive_keys, opts.iou_threshold)
             finally:
                 if region is not None:
-                    curves.restore_sorted_keys(region, high, positive_keys, first, threshold_bits, stop)
+                    curves.restore_sorted_keys(region, high, positive_keys, first, threshold_bits,
+                                               None if searched is None else [found[1] for found in searched],
+                                               bounds=[0] + [b for _, b in slices],
+                                               start=None if searched is None else [found[0] for found in searched])
             del high  # a new buffer: freed before the curves' arrays of the anomalous pixels
             pixel_curve = curves.curve_from_sorted_parts(n, start, stop, first, threshold_bits, positive_keys)
         if opts.pro_curve == "quantile-100":  # exact state only (MetricOptions refuses binned)
@@ -339,6 +366,50 @@ def evaluate(maps_iterable: Iterable, masks_iterable: Iterable, opts: MetricOpti
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _threads() -> int:
+    """Threads for the engine's large passes: torch's intra-op count (OMP_NUM_THREADS, or
+    torch.set_num_threads), at most the cores this process may use and `_MAX_THREADS`."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), cores, _MAX_THREADS))
+
+
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, threads, pool): a forked child makes its own
+
+
+def _in_threads(tasks: list[Callable[[], object]]) -> list:
+    """The tasks' results, in order; run on the engine's thread pool when there are several (the
+    work inside releases the GIL), here otherwise. concurrent.futures is the whole machinery."""
+    if len(tasks) == 1:
+        return [tasks[0]()]
+    global _pool
+    threads = _threads()
+    if _pool is None or _pool[:2] != (os.getpid(), threads):
+        _pool = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="sias-metrics"))
+    return [future.result() for future in [_pool[2].submit(task) for task in tasks]]
+
+
+def _slices(n: int, parts: int) -> list[tuple[int, int]]:
+    """[start, stop) of `parts` consecutive slices of n items, as equal as they can be."""
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _image_slices(n_images: int, n_pixels: int) -> list[tuple[int, int]]:
+    """One slice of a batch's images per thread, one slice for small batches."""
+    return _slices(n_images, min(n_images, _threads()) if n_pixels >= _PARALLEL_MIN_PIXELS else 1)
+
+
+def _sort_and_search(high: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort a slice of the high words in place; (start, stop) of every threshold in it."""
+    high.sort()
+    return curves.positions_in_sorted(high, thresholds)
+
+
+def _positive_of(pixels: AnomalousPixels, row: int, image_pixels: int) -> np.ndarray:
+    """Indices of image `row`'s anomalous pixels in its flattened scores."""
+    return pixels.index[pixels.image_start[row] : pixels.image_start[row + 1]] - row * image_pixels
 
 
 def _reserve_keys(n: int) -> np.ndarray:

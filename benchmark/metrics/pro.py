@@ -27,6 +27,21 @@ class AnomalousPixels:
     image_start: np.ndarray
     n_regions: int
 
+    @staticmethod
+    def of_parts(parts: "list[AnomalousPixels]", image_pixels: int) -> "AnomalousPixels":
+        """The pixels of a batch from those of its consecutive slices of images (labelled apart,
+        in threads), `image_pixels` per image."""
+        if len(parts) == 1:
+            return parts[0]
+        images_before = np.cumsum([0] + [p.image_start.size - 1 for p in parts])
+        starts_before = np.cumsum([0] + [int(p.image_start[-1]) for p in parts])
+        return AnomalousPixels(
+            np.concatenate([p.index + first * image_pixels for p, first in zip(parts, images_before)]),
+            np.concatenate([p.area for p in parts]),
+            np.concatenate([[0]] + [p.image_start[1:] + s for p, s in zip(parts, starts_before)]),
+            sum(p.n_regions for p in parts),
+        )
+
 
 def anomalous_pixels(masks: np.ndarray) -> AnomalousPixels:
     """masks: bool BxHxW. Each anomalous image is labelled inside the bounding box of its mask
