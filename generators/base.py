@@ -48,6 +48,12 @@ class Generator(L.LightningModule):
         self.image_size = image_size
         self.split: FewShotSplit | None = None
 
+    @classmethod
+    def preflight(cls, options: GeneratorOptions, image_size: int) -> None:
+        """Raise a BenchError for what the method needs from outside the run and lacks (a weights
+        folder, a texture folder, a size its backbone cannot take), cheaply and without loading a
+        model: `bench run` calls it before its first stage."""
+
     # -- data the method learns from ------------------------------------------------------
     def setup_split(self, split: FewShotSplit) -> None:
         """Called before fit and generate with the few-shot split (only its train parts may be used)."""

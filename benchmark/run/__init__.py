@@ -95,8 +95,8 @@ class Run:
                     self._run_stage(stage)
                     ctx.ranks.barrier()  # what the stage wrote is complete before anyone reads it
         except BenchError:
-            if ctx.ranks.is_zero and not ctx.folder.is_done("data"):
-                ctx.folder.remove_if_created()
+            if ctx.ranks.is_zero:
+                ctx.folder.discard_after_bad_input()
             raise
         ctx.ranks.close()
         if until == "generate":

@@ -44,11 +44,18 @@ class RunFolder:
         if not self.config_path.exists():
             atomic_write_text(self.config_path, json.dumps(resolved, indent=2, sort_keys=True))
 
-    def remove_if_created(self) -> None:
-        """After a failure on bad input: a folder this process created holds nothing worth keeping
-        and would only make the next attempt ask for --overwrite."""
-        if self.created and self.root.exists():
+    def discard_after_bad_input(self) -> None:
+        """After a failure on bad input: a folder this process created that holds no work (only the
+        configuration, the split and the record of a failed stage) would only make the corrected
+        command ask for --overwrite, so it goes; one that holds work stays for --resume."""
+        if self.created and self.root.exists() and not self.holds_work():
             shutil.rmtree(self.root)
+
+    def holds_work(self) -> bool:
+        """A stage after `data` finished, or a fit checkpointed: what a resumed run continues from
+        (reading the dataset and writing the split again take seconds)."""
+        finished = [stage for stage, entry in self.state().items() if entry["done"] and stage != "data"]
+        return bool(finished) or (self.root / "checkpoints").exists()
 
     # -- stage state ----------------------------------------------------------------------------
     def state(self) -> dict[str, dict]:

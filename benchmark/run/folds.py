@@ -64,7 +64,7 @@ def execute_folds(run, resume: bool, overwrite: bool, until: str) -> dict | None
                 raise RunInterrupted(f"fold {k}/{n}, {e.where}".rstrip(", "), e.signal_name) from None
     except BenchError:
         if not any(fold_folder(root, k).exists() for k in range(1, n + 1)):
-            ctx.folder.remove_if_created()
+            ctx.folder.discard_after_bad_input()
         raise
     if until != REPORT:
         return None

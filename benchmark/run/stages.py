@@ -130,6 +130,9 @@ class GenerateStage(Stage):
 
     name = "generate"
 
+    def preflight(self, ctx: RunContext) -> None:
+        ctx.generator_cls.preflight(ctx.generator_options, ctx.cfg.data.image_size)
+
     def run(self, ctx: RunContext) -> None:
         from torch.utils.data import DataLoader
 
@@ -255,6 +258,12 @@ class TrainStage(Stage):
     and ends in `segmenter/<group>.pt`, the one copy of its weights kept (the checkpoint goes)."""
 
     name = "train"
+
+    def preflight(self, ctx: RunContext) -> None:
+        weights = getattr(ctx.segmenter_options, "weights", None)
+        if weights and not Path(weights).is_file():
+            raise BenchError(f"{weights}: segmenter weights not found; give a local checkpoint with "
+                             "--set segmenter.options.weights=<file>, or unset it for random init")
 
     def groups(self, ctx: RunContext) -> list[str | None]:
         return [None] if ctx.cfg.training == "unified" else sorted(ctx.split.categories)

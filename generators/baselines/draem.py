@@ -205,21 +205,31 @@ def blend_anomaly(image: np.ndarray, source: np.ndarray, mask: np.ndarray, beta:
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
+def source_images(source_dir: str) -> list[str]:
+    """The anomaly-source images under `source_dir` (any depth), sorted."""
+    root = Path(source_dir)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        what = "no images" if root.is_dir() else "no such folder"
+        raise BenchError(f"{root}: {what} for the DRAEM anomaly source; give a folder of textures (e.g. DTD's "
+                         "images/) with --set generator.options.source_dir=<folder>, or unset it to use the "
+                         "other categories' normal images")
+    return [str(f) for f in files]
+
+
 class DraemPerlin(TrainingFreeGenerator):
     name = "draem"
     Options = DraemOptions
     code_version: ClassVar[int] = 2  # 2: DRAEM's augmentation set and ranges, torchvision ops
 
+    @classmethod
+    def preflight(cls, options: DraemOptions, image_size: int) -> None:
+        if options.source_dir:
+            source_images(options.source_dir)
+
     def setup_split(self, split) -> None:
         super().setup_split(split)
-        self.source_files: list[str] | None = None
-        if self.options.source_dir:
-            root = Path(self.options.source_dir)
-            files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise BenchError(f"{root}: no images for the DRAEM anomaly source; give a folder of "
-                                 "textures (e.g. DTD's images/) with generator.source_dir")
-            self.source_files = [str(f) for f in files]
+        self.source_files = source_images(self.options.source_dir) if self.options.source_dir else None
         self.normals_by_category = {name: sorted(str(s.image) for s in c.train_good)
                                     for name, c in split.categories.items()}
 

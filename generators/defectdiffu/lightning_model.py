@@ -51,7 +51,7 @@ from generators.diffusion.concepts import split_concepts
 from generators.diffusion.ddpm import add_noise
 from generators.diffusion.denoiser import as_denoiser
 from generators.diffusion.few_shot import random_flips
-from generators.diffusion.generator import LatentDiffusionGenerator
+from generators.diffusion.generator import LatentDiffusionGenerator, resolution_fix
 from generators.diffusion.latents import decode_latents, encode_images, encode_masks, tensor_to_images
 from generators.diffusion.noise import PerSampleNoise
 from generators.diffusion.schedulers import make_scheduler
@@ -107,17 +107,16 @@ class DefectDiffu(LatentDiffusionGenerator):
         self.trained_types: set[tuple[str, str]] = set()  # (product, unified defect) with few-shot defects
 
     # -- construction -----------------------------------------------------------------------------
-    def _check_backbone(self) -> None:
-        """The base's checks with the DiT's patch in place of the U-Net's downsampling."""
-        b, o = self.backbone, self.options
-        patch = {"dit-xl-2": DIT_XL_2_512, "tiny": TINY_DIT, TINY_DEMO_DIT: TINY_DEMO_TDIA}[o.transformer]["patch_size"]
-        multiple = b.vae_scale_factor * patch
-        if self.resolution % multiple:
-            raise BenchError(f"defectdiffu: resolution {self.resolution} px is not a multiple of {multiple} (the VAE's "
-                             f"{b.vae_scale_factor} px per latent cell x the DiT patch {patch}); set the generator "
-                             "option resolution")
-        if o.sampling_steps > self.T:
-            raise BenchError(f"defectdiffu: sampling_steps {o.sampling_steps} must lie within T = {self.T}")
+    @classmethod
+    def check_resolution(cls, options: DefectDiffuOptions, resolution: int, pixels_per_cell: int,
+                         multiple: int) -> None:
+        """The base's check with the DiT's patch in place of the U-Net's downsampling."""
+        patch = {"dit-xl-2": DIT_XL_2_512, "tiny": TINY_DIT, TINY_DEMO_DIT: TINY_DEMO_TDIA}[options.transformer]["patch_size"]
+        multiple = pixels_per_cell * patch
+        if resolution % multiple:
+            raise BenchError(f"defectdiffu: resolution {resolution} px is not a multiple of {multiple} (the VAE's "
+                             f"{pixels_per_cell} px per latent cell x the DiT patch {patch}); "
+                             + resolution_fix(options, resolution, multiple))
 
     def check_options(self, T: int) -> None:
         o = self.options

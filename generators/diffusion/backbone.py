@@ -24,6 +24,8 @@ from torch import nn
 
 from benchmark.errors import BenchError
 from generators.diffusion.hub import KNOWN_BACKBONES, LDM_SCHEDULE, ROLES, TINY, quiet_hub_libraries
+from generators.diffusion import tiny as tiny_recipe
+from generators.diffusion import tiny_demo as tiny_demo_recipe
 from generators.diffusion.tiny import tiny_backbone_folder
 from generators.diffusion.tiny_demo import TINY_DEMO, tiny_demo_backbone_folder
 
@@ -49,8 +51,7 @@ class Backbone:
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell: the autoencoder's own figure when it has one (the tiny backbone's
         pixel-unshuffle), else AutoencoderKL's one halving per block after the first."""
-        factor = getattr(self.vae, "downscale_factor", None)
-        return int(factor) if factor else 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae.config)
 
     @property
     def resolution(self) -> int:
@@ -69,10 +70,7 @@ class Backbone:
     def size_multiple(self) -> int:
         """Image sizes must be multiples of this: the VAE's downsampling times the denoiser's (a
         U-Net halves the latent once per block after the first; a DiT cuts it into patches)."""
-        config = self.unet.config
-        if getattr(config, "block_out_channels", None):
-            return self.vae_scale_factor * 2 ** (len(config.block_out_channels) - 1)
-        return self.vae_scale_factor * int(getattr(config, "patch_size", None) or 1)
+        return size_multiple(self.vae_scale_factor, self.unet.config)
 
     @property
     def max_length(self) -> int:
@@ -112,9 +110,10 @@ def missing_weights_message(source: str, reason: str) -> str:
         f"backbone '{source}' ({known}) is not available: {reason}. Download it where the hub is "
         f"reachable, e.g. `huggingface-cli download {source} --local-dir <folder>` (it needs "
         "model_index.json and the unet/, vae/ or vqvae/, text_encoder/ or bert/, tokenizer/ and "
-        "scheduler/ subfolders), copy <folder> to this machine and set the generator option "
-        "`backbone=<folder>`; or put it in the Hugging Face cache (HF_HOME). For a quick run "
-        "without weights use `backbone=tiny` (random init, numbers are not meaningful)."
+        "scheduler/ subfolders), copy <folder> to this machine and pass "
+        "`--set generator.options.backbone=<folder>`; or put it in the Hugging Face cache (HF_HOME). "
+        "For a quick run without weights use `--set generator.options.backbone=tiny` (random init, "
+        "numbers are not meaningful)."
     )
 
 
@@ -140,21 +139,68 @@ def resolve_folder(source: str) -> Path:
                                                  "name and the hub snapshot could not be loaded")) from err
 
 
+def component_subfolders(source: str, folder: Path) -> dict[str, tuple[str, str, str]]:
+    """role -> (subfolder, library, class name) as the folder's model_index.json names them."""
+    index_file = folder / "model_index.json"
+    if not index_file.exists():
+        raise BenchError(missing_weights_message(source, f"{index_file} is missing (not a diffusers folder)"))
+    index = json.loads(index_file.read_text())
+    found = {}
+    for role, names in ROLES.items():
+        sub = next((n for n in names if isinstance(index.get(n), list) and index[n][0] and (folder / n).is_dir()), None)
+        if sub is None:
+            raise BenchError(missing_weights_message(source, f"{folder} has no {' or '.join(names)} component"))
+        found[role] = (sub, *index[sub])
+    return found
+
+
+def vae_scale_factor(vae_config) -> int:
+    """Pixels per latent cell: the project autoencoders' `factor` (pixel-unshuffle, patch PCA),
+    else AutoencoderKL's (and VQModel's) one halving per block after the first."""
+    factor = vae_config.get("factor")
+    return int(factor) if factor else 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def size_multiple(vae_factor: int, denoiser_config) -> int:
+    """Image sizes must be multiples of this: the VAE's downsampling times the denoiser's (a U-Net
+    halves the latent once per block after the first; a DiT cuts it into patches)."""
+    if denoiser_config.get("block_out_channels"):
+        return vae_factor * 2 ** (len(denoiser_config["block_out_channels"]) - 1)
+    return vae_factor * int(denoiser_config.get("patch_size") or 1)
+
+
+# the built backbones' VAE and denoiser configs, from their recipes: checked before they are built
+BUILT_GEOMETRY = {TINY: (tiny_recipe.VAE, tiny_recipe.UNET),
+                  TINY_DEMO: ({"factor": tiny_demo_recipe.PATCH}, {"block_out_channels": tiny_demo_recipe.UNET_CHANNELS})}
+
+
+def backbone_geometry(source: str) -> tuple[int, int]:
+    """(pixels per latent cell, the multiple image sizes must be) of a backbone, read from its
+    components' config.json without loading a weight; a missing backbone raises the BenchError
+    `load_backbone` would, so a run can check both before its first stage."""
+    if source in BUILT_GEOMETRY:
+        vae, denoiser = BUILT_GEOMETRY[source]
+    else:
+        folder = resolve_folder(source)
+        configs = {}
+        for role, (sub, _, _) in component_subfolders(source, folder).items():
+            config_file = folder / sub / "config.json"
+            if role in ("unet", "vae"):
+                if not config_file.is_file():
+                    raise BenchError(missing_weights_message(source, f"{config_file} is missing"))
+                configs[role] = json.loads(config_file.read_text())
+        vae, denoiser = configs["vae"], configs["unet"]
+    factor = vae_scale_factor(vae)
+    return factor, size_multiple(factor, denoiser)
+
+
 def load_backbone(source: str, dtype: torch.dtype = torch.float32, freeze: bool = True) -> Backbone:
     """Load the denoiser (`unet/` or a DiT's `transformer/`), vae, text encoder, tokenizer and the
     noise schedule from `source`; frozen (no gradients, eval mode) unless `freeze=False`, for
     methods that fine-tune the denoiser (SeaS, BADG)."""
     folder = resolve_folder(source)
-    index_file = folder / "model_index.json"
-    if not index_file.exists():
-        raise BenchError(missing_weights_message(source, f"{index_file} is missing (not a diffusers folder)"))
-    index = json.loads(index_file.read_text())
     parts = {}
-    for role, names in ROLES.items():
-        sub = next((n for n in names if isinstance(index.get(n), list) and index[n][0] and (folder / n).is_dir()), None)
-        if sub is None:
-            raise BenchError(missing_weights_message(source, f"{folder} has no {' or '.join(names)} component"))
-        library, cls_name = index[sub]
+    for role, (sub, library, cls_name) in component_subfolders(source, folder).items():
         cls = _component_class(library, cls_name)
         try:
             with quiet_hub_libraries():

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from benchmark.contracts import MASK_GIVEN, BenchError, GenerationRequest, SyntheticPair
 from benchmark.data.images import load_image, load_mask
 from generators.base import Generator
-from generators.diffusion.backbone import load_backbone
+from generators.diffusion.backbone import backbone_geometry, load_backbone
 from generators.diffusion.concepts import concept_name, prompt_text, split_concepts
 from generators.diffusion.few_shot import FewShotDefects, ResumableDraws, place_mask, random_flips
 from generators.diffusion.latents import (decode_latents, encode_images, images_to_tensor, mask_to_latent,
@@ -41,6 +41,16 @@ from generators.diffusion.noise import PerSampleNoise
 from generators.diffusion.options import LatentDiffusionOptions
 from generators.diffusion.schedulers import alphas_cumprod, make_scheduler
 from generators.diffusion.tokens import LearnedTokens
+
+
+def resolution_fix(options: LatentDiffusionOptions, resolution: int, multiple: int) -> str:
+    """How to give a resolution the backbone takes: the generator option when it is set, else
+    the run's --image-size (which it follows), each with the two nearest multiples."""
+    below, above = max(multiple, resolution // multiple * multiple), (resolution // multiple + 1) * multiple
+    if options.resolution is None:
+        return (f"pass --image-size {below} or {above}, or keep the image size and give the generator its own "
+                f"with --set generator.options.resolution={below}")
+    return f"pass --set generator.options.resolution={below} (or {above})"
 
 
 @dataclass
@@ -108,13 +118,24 @@ class LatentDiffusionGenerator(Generator):
         raise NotImplementedError
 
     # -- backbone -------------------------------------------------------------------------------
+    @classmethod
+    def preflight(cls, options: LatentDiffusionOptions, image_size: int) -> None:
+        """The backbone is there and takes the resolution (its configs only, no weights loaded)."""
+        pixels_per_cell, multiple = backbone_geometry(options.backbone)
+        cls.check_resolution(options, options.resolution or image_size, pixels_per_cell, multiple)
+
+    @classmethod
+    def check_resolution(cls, options: LatentDiffusionOptions, resolution: int, pixels_per_cell: int,
+                         multiple: int) -> None:
+        if resolution % multiple:
+            raise BenchError(f"{cls.name}: resolution {resolution} px is not a multiple of {multiple} "
+                             f"(what backbone '{options.backbone}' needs: its VAE maps {pixels_per_cell} px to one "
+                             f"latent cell, its denoiser downsamples the latent by {multiple // pixels_per_cell}); "
+                             + resolution_fix(options, resolution, multiple))
+
     def _check_backbone(self) -> None:
         b, o = self.backbone, self.options
-        if self.resolution % b.size_multiple:
-            raise BenchError(f"{self.name}: resolution {self.resolution} px is not a multiple of {b.size_multiple} "
-                             f"(what backbone '{o.backbone}' needs: its VAE maps {b.vae_scale_factor} px to one "
-                             f"latent cell, its denoiser downsamples the latent by {b.size_multiple // b.vae_scale_factor}); "
-                             "set the generator option resolution")
+        self.check_resolution(o, self.resolution, b.vae_scale_factor, b.size_multiple)
         if o.sampling_steps > self.T:
             raise BenchError(f"{self.name}: sampling_steps {o.sampling_steps} must lie within T = {self.T}")
 
