@@ -98,6 +98,21 @@ def test_mask_steps_beyond_sampling_steps_is_refused(split):
         _generator(split, mask_steps=5)
 
 
+def test_a_size_the_dit_cannot_take_is_refused_before_anything_loads():
+    """8 px per cell of the tiny backbone x the TDIA's patch 2 = 16; the fix named is the flag in use."""
+    from benchmark.config import resolve_options
+    from generators.defectdiffu.lightning_model import DefectDiffu
+
+    options = resolve_options(DefectDiffu, "smoke", {})
+    refused = r"100 px is not a multiple of 16 \(the VAE's 8 px per latent cell x the DiT patch 2\); pass --image-size 96 or 112"
+    with pytest.raises(BenchError, match=refused):
+        DefectDiffu.preflight(options, 100)
+    DefectDiffu.preflight(options, 96)
+    own = resolve_options(DefectDiffu, "smoke", {"resolution": 100})
+    with pytest.raises(BenchError, match=r"--set generator.options.resolution=96 \(or 112\)"):
+        DefectDiffu.preflight(own, 96)
+
+
 def test_missing_dit_weights_answer_with_one_line_naming_the_folder(tmp_path):
     from generators.defectdiffu.lightning_model import DefectDiffu
 

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 from benchmark.errors import BenchError  # noqa: E402
 from generators.diffusion.attention import CrossAttentionHook  # noqa: E402
-from generators.diffusion.backbone import LDM_SCHEDULE, load_backbone  # noqa: E402
+from generators.diffusion.backbone import LDM_SCHEDULE, backbone_geometry, load_backbone  # noqa: E402
 from generators.diffusion.latents import (decode_latents, decode_masks, encode_images, encode_masks,  # noqa: E402
                                           images_to_tensor, mask_to_latent, tensor_to_images)
 from generators.diffusion.noise import PerSampleNoise  # noqa: E402
@@ -47,6 +47,8 @@ def test_tiny_backbone_is_cached_and_loads_through_the_loader(tiny_folder, backb
     same = load_backbone(str(tiny_folder))  # a local folder goes through the same path
     assert type(same.unet) is type(backbone.unet)
     assert backbone.resolution == 128 and backbone.vae_scale_factor == 8 and backbone.latent_channels == 192
+    # what a run checks before loading anything: 8 px per cell, one U-Net halving
+    assert backbone_geometry("tiny") == (backbone.vae_scale_factor, backbone.size_multiple) == (8, 16)
     assert len(backbone.tokenizer) == 514 and backbone.max_length == 77  # the byte-level CLIP vocabulary
     assert not any(p.requires_grad for m in backbone.modules().values() for p in m.parameters())
     # the same random init every build
@@ -97,6 +99,7 @@ def test_ldm_layout_with_bert_and_vqvae_loads(tmp_path, tiny_folder):
     b = load_backbone(str(root))
     assert type(b.text_encoder).__name__ == "LDMBertModel" and b.scheduler_config["beta_schedule"] == "scaled_linear"
     assert b.vae_scale_factor == 2 and b.latent_channels == 4  # AutoencoderKL: one halving per extra block
+    assert backbone_geometry(str(root)) == (b.vae_scale_factor, b.size_multiple) == (2, 4)  # from config.json
     assert b.max_length == 77  # capped by LDM-BERT's positions, whatever the tokenizer claims
     tokens = LearnedTokens(b.tokenizer, b.text_encoder, 2)
     tokens.add("bottle/broken_large")

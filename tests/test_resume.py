@@ -74,6 +74,62 @@ def test_a_run_that_fails_on_bad_input_leaves_no_folder(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, fix", [
+    (["--generator", "stage", "--image-size", "100"], "pass --image-size 96 or 112"),
+    (["--generator", "stage", "--profile", "paper", "--set", "quality.enabled=false"],
+     "--set generator.options.backbone=<folder>"),
+    (["--generator", "draem", "--set", "generator.options.source_dir=/nope"], "--set generator.options.source_dir="),
+    (["--set", "segmenter.options.weights=/nope.pth"], "--set segmenter.options.weights=<file>"),
+])
+def test_bad_input_that_a_later_stage_needs_answers_before_the_first_stage(tmp_path, capsys, monkeypatch, args, fix):
+    """The backbone (and the size it takes), DRAEM's texture folder and the segmenter's weights are
+    checked before the data stage runs, so the message names the fix and no folder is left."""
+    from benchmark.run.stages import DataStage
+
+    def no_work(self, ctx):
+        raise AssertionError("the data stage ran before the bad input was found")
+
+    monkeypatch.setattr(DataStage, "run", no_work)
+    out = tmp_path / "bad"
+    assert bench("run", "--output", str(out), *args, "--no-wandb") == 2
+    assert fix in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_input_found_after_the_split_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    from benchmark.errors import BenchError
+    from benchmark.run.stages import GenerateStage
+
+    def bad_input(self, ctx):
+        raise BenchError("found while generating")
+
+    monkeypatch.setattr(GenerateStage, "run", bad_input)
+    out = tmp_path / "bad"
+    assert bench("run", "--output", str(out), *TINY) == 2
+    assert "found while generating" in capsys.readouterr().err
+    assert not out.exists()
+    monkeypatch.undo()  # the corrected command needs neither --overwrite nor --resume
+    assert bench("run", "--output", str(out), *TINY, "--set", "segmenter.options.max_steps=1") == 0
+
+
+def test_a_failure_after_a_finished_stage_keeps_the_folder_for_resume(tmp_path, capsys, monkeypatch):
+    from benchmark.errors import BenchError
+    from benchmark.run.stages import TrainStage
+
+    def bad_input(self, ctx):
+        raise BenchError("found while training")
+
+    monkeypatch.setattr(TrainStage, "run", bad_input)
+    out = tmp_path / "kept"
+    assert bench("run", "--output", str(out), *TINY, "--set", "segmenter.options.max_steps=1") == 2
+    assert "found while training" in capsys.readouterr().err
+    state = json.loads((out / "state.json").read_text())
+    assert state["generate"]["done"] is True and state["train"]["done"] is False
+    monkeypatch.undo()
+    assert bench("run", "--output", str(out), "--resume") == 0
+    assert (out / "results.json").exists()
+
+
 def test_an_interrupted_stage_is_not_shown_as_finished():
     from rich.console import Console
 

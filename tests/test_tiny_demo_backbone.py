@@ -46,7 +46,7 @@ def test_pretraining_lowers_the_eps_loss():
 
 def test_built_once_into_a_folder_named_by_the_recipe(monkeypatch):
     from generators.diffusion import tiny_demo
-    from generators.diffusion.backbone import load_backbone
+    from generators.diffusion.backbone import backbone_geometry, load_backbone
 
     monkeypatch.setattr(tiny_demo, "PRETRAIN", {**tiny_demo.PRETRAIN, "steps": 2, "images_per_category": 1,
                                                 "size": 32})
@@ -71,7 +71,7 @@ def test_issue_11_variants_build_their_own_folders(monkeypatch):
     from diffusers import UNet2DConditionModel
 
     from generators.diffusion import tiny_demo
-    from generators.diffusion.backbone import load_backbone
+    from generators.diffusion.backbone import backbone_geometry, load_backbone
 
     monkeypatch.setattr(tiny_demo, "PRETRAIN", {**tiny_demo.PRETRAIN, "steps": 2, "images_per_category": 1,
                                                 "size": 32})
@@ -81,6 +81,7 @@ def test_issue_11_variants_build_their_own_folders(monkeypatch):
     patch4 = tiny_demo.tiny_demo_backbone_folder()
     backbone = load_backbone("tiny-demo")
     assert patch4 != default and backbone.vae_scale_factor == 4 and backbone.unet.config.sample_size == 8
+    assert backbone_geometry("tiny-demo") == (backbone.vae_scale_factor, backbone.size_multiple) == (4, 8)
     monkeypatch.setattr(tiny_demo, "PATCH", 8)
     monkeypatch.setattr(tiny_demo, "PREDICTION", "v_prediction")
     folder = tiny_demo.tiny_demo_backbone_folder()

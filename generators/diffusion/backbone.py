@@ -169,17 +169,20 @@ def size_multiple(vae_factor: int, denoiser_config) -> int:
     return vae_factor * int(denoiser_config.get("patch_size") or 1)
 
 
-# the built backbones' VAE and denoiser configs, from their recipes: checked before they are built
-BUILT_GEOMETRY = {TINY: (tiny_recipe.VAE, tiny_recipe.UNET),
-                  TINY_DEMO: ({"factor": tiny_demo_recipe.PATCH}, {"block_out_channels": tiny_demo_recipe.UNET_CHANNELS})}
+def built_backbone_configs(source: str) -> tuple[dict, dict]:
+    """The VAE and denoiser configs of a built backbone, from its recipe (read at call time: tests
+    vary the recipe), so its geometry is known before it is built."""
+    if source == TINY:
+        return tiny_recipe.VAE, tiny_recipe.UNET
+    return {"factor": tiny_demo_recipe.PATCH}, {"block_out_channels": tiny_demo_recipe.UNET_CHANNELS}
 
 
 def backbone_geometry(source: str) -> tuple[int, int]:
     """(pixels per latent cell, the multiple image sizes must be) of a backbone, read from its
     components' config.json without loading a weight; a missing backbone raises the BenchError
     `load_backbone` would, so a run can check both before its first stage."""
-    if source in BUILT_GEOMETRY:
-        vae, denoiser = BUILT_GEOMETRY[source]
+    if source in BUILT_BACKBONES:
+        vae, denoiser = built_backbone_configs(source)
     else:
         folder = resolve_folder(source)
         configs = {}
