@@ -104,7 +104,8 @@ def test_a_size_the_dit_cannot_take_is_refused_before_anything_loads():
     from generators.defectdiffu.lightning_model import DefectDiffu
 
     options = resolve_options(DefectDiffu, "smoke", {})
-    refused = r"100 px is not a multiple of 16 \(the VAE's 8 px per latent cell x the DiT patch 2\); pass --image-size 96 or 112"
+    refused = (r"100 px is not a multiple of 16 \(the VAE's 8 px per latent cell x the DiT patch 2\); "
+               r"pass --image-size 96 or 112")
     with pytest.raises(BenchError, match=refused):
         DefectDiffu.preflight(options, 100)
     DefectDiffu.preflight(options, 96)

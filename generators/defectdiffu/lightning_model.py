@@ -111,7 +111,8 @@ class DefectDiffu(LatentDiffusionGenerator):
     def check_resolution(cls, options: DefectDiffuOptions, resolution: int, pixels_per_cell: int,
                          multiple: int) -> None:
         """The base's check with the DiT's patch in place of the U-Net's downsampling."""
-        patch = {"dit-xl-2": DIT_XL_2_512, "tiny": TINY_DIT, TINY_DEMO_DIT: TINY_DEMO_TDIA}[options.transformer]["patch_size"]
+        transformers = {"dit-xl-2": DIT_XL_2_512, "tiny": TINY_DIT, TINY_DEMO_DIT: TINY_DEMO_TDIA}
+        patch = transformers[options.transformer]["patch_size"]
         multiple = pixels_per_cell * patch
         if resolution % multiple:
             raise BenchError(f"defectdiffu: resolution {resolution} px is not a multiple of {multiple} (the VAE's "
