@@ -72,6 +72,19 @@ def test_bench_quality_on_the_run_folder_gives_the_runs_numbers(quality_run, tmp
     assert again["categories"] == stored["categories"] and again["mean"] == stored["mean"]
 
 
+def test_bench_quality_on_a_run_folder_takes_the_runs_settings(quality_run, tmp_path):
+    """No flag: the run's own quality settings (random-test features, alex, 32 px, reference=train),
+    so the same report; a flag still overrides them."""
+    out = tmp_path / "q.json"
+    assert bench("quality", "--synthetic", str(quality_run), "--json", str(out)) == 0
+    again = json.loads(out.read_text())
+    stored = json.loads((quality_run / "results.json").read_text())["quality"]
+    assert again["protocol"] == stored["protocol"]
+    assert again["categories"] == stored["categories"] and again["mean"] == stored["mean"]
+    assert bench("quality", "--synthetic", str(quality_run), "--reference", "all", "--json", str(out)) == 0
+    assert json.loads(out.read_text())["protocol"]["reference"] == "all"
+
+
 def test_every_printed_output_marks_the_numbers_not_comparable(quality_run, capsys):
     results = json.loads((quality_run / "results.json").read_text())
     console = Console(record=True, width=80)
