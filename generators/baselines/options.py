@@ -12,7 +12,7 @@ from pydantic import Field
 from generators.options import GeneratorOptions, draw_range
 
 DRAEM_AUGMENTATION_COUNT = 10  # the augmentations DRAEM's randAugmenter draws from (draem.py)
-DEGREES = draw_range(float, -180, 180)  # a rotation beyond a half turn repeats one inside it
+DegreeRange = draw_range(float, -180, 180)  # a rotation beyond a half turn repeats one inside it
 
 
 class CutPasteOptions(GeneratorOptions):
@@ -22,7 +22,7 @@ class CutPasteOptions(GeneratorOptions):
     variant: Literal["scar", "normal", "union"] = "scar"
     scar_width: draw_range(float, 0, above_lowest=True) = (2, 16)  # px at `reference_size`
     scar_height: draw_range(float, 0, above_lowest=True) = (10, 25)  # px at `reference_size`
-    rotation: DEGREES = (-45.0, 45.0)  # degrees, scars only
+    rotation: DegreeRange = (-45.0, 45.0)  # degrees, scars only
     area_ratio: draw_range(float, 0, 1, above_lowest=True) = (0.02, 0.15)  # of the image area, `normal` patches
     aspect_ratio: float = Field(0.3, gt=0, le=1)  # `normal` patches: width/height log-uniform in [r, 1/r]
     # ColorJitter brightness = contrast = saturation = hue; torchvision takes a hue of at most 0.5
@@ -35,10 +35,10 @@ class DraemOptions(GeneratorOptions):
     """`draem` (generators/baselines/draem.py). Defaults: the authors' data_loader.py, docs/baselines.md."""
 
     source_dir: Optional[str] = None  # anomaly-source textures (DTD's images/ in DRAEM)
-    # lattice 2**U{lo..hi-1} per axis (data_loader.py: 0, 6); 2**10 cells a side are finer than the
-    # pixels of any image the benchmark runs, and the noise grid grows with the lattice
+    # lattice 2**U{lo..hi-1} per axis (data_loader.py: 0, 6); at most 2**10 cells a side (one per
+    # pixel at 1024 px): the noise grid grows to the lattice, so more costs memory for sub-pixel noise
     perlin_scale: draw_range(int, 0, 11, low_below_high=True) = (0, 6)
-    perlin_rotation: DEGREES = (-90.0, 90.0)  # degrees, iaa.Affine on the noise
+    perlin_rotation: DegreeRange = (-90.0, 90.0)  # degrees, iaa.Affine on the noise
     # sqrt(2) x 2-D Perlin noise lies in [-1, 1]: from 1 no pixel is above it; below 0 the
     # zeros the rotation fills the corners with would be masked
     threshold: float = Field(0.5, ge=0, lt=1)
