@@ -124,7 +124,7 @@ SEGMENTERS = Registry("segmenter", [
           "STDC1 (mmsegmentation); option variant=stdc2.", options="segmenters.options:STDCOptions"),
     Entry("upernet", "segmenters.mmseg_models:UPerNet",
           "UPerNet with ResNet-50 (mmsegmentation), with its auxiliary FCN head.",
-          options="segmenters.options:MMSegOptions"),
+          options="segmenters.options:UPerNetOptions"),
     Entry("segformer", "segmenters.mmseg_models:SegFormer",
           "SegFormer MiT-B0 (mmsegmentation); option variant=b1..b5.", options="segmenters.options:SegFormerOptions"),
     Entry("lfd", "segmenters.lfd:LFDRoadSeg",
