@@ -184,6 +184,8 @@ print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "lightning"
      "generator.options.scar_width=[16, 2]: should be [low, high] with 0 < low <= high"),
     (["--set", "generator.options.patches=[0,0]"],
      "generator.options.patches=[0, 0]: should be [low, high] with 1 <= low <= high"),
+    (["--profile", "paper", "--segmenter", "lfd"],  # tests/test_paper_weights.py: every segmenter's file
+     "segmenter.options.weights is unset: the paper profile starts lfd from torchvision's resnet18-f37072fd.pth"),
 ])
 def test_a_bad_run_answers_before_torch_is_imported_and_leaves_no_folder(tmp_path, args, message):
     out = tmp_path / "run"
