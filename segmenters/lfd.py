@@ -153,7 +153,7 @@ class LFDRoadSeg(Segmenter):
         if self.options.weights_file:
             load_lfd_weights(model, self.options.weights_file)
         else:
-            log.info("%s: no segmenter.options.weights given, randomly initialised", self.name)
+            log.info("%s: randomly initialised (segmenter.options.weights unset or none)", self.name)
         return model
 
     def schedule_steps(self) -> int:

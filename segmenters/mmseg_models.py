@@ -188,7 +188,7 @@ class MMSegSegmenter(Segmenter):
         if self.options.weights_file:
             self.load_weights(model, self.options.weights_file)
         else:
-            log.info("%s: no segmenter.options.weights given, randomly initialised", self.name)
+            log.info("%s: randomly initialised (segmenter.options.weights unset or none)", self.name)
         return model
 
     def load_weights(self, model: nn.Module, path: str) -> None:

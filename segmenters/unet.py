@@ -72,7 +72,7 @@ class SmpUNet(Segmenter):
         if self.options.weights_file:
             load_encoder_weights(model.encoder, self.options.weights_file, self.options.encoder)
         else:
-            log.info("%s: no segmenter.options.weights given, %s encoder randomly initialised", self.name,
+            log.info("%s: %s encoder randomly initialised (segmenter.options.weights unset or none)", self.name,
                      self.options.encoder)
         return model
 

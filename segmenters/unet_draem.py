@@ -117,7 +117,7 @@ class DraemUNet(Segmenter):
                 "give a saved DRAEM discriminative U-Net state dict or unset segmenter.options.weights"))
             log.info("%s: loaded %s", self.name, self.options.weights_file)
         else:
-            log.info("%s: no segmenter.options.weights given, randomly initialised (DRAEM's N(0, 0.02))", self.name)
+            log.info("%s: randomly initialised, DRAEM's N(0, 0.02) (segmenter.options.weights unset or none)", self.name)
         return model
 
     def logits(self, x):
