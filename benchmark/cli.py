@@ -350,15 +350,20 @@ def _add_delegated_arguments(parser, module: str) -> None:
 
     try:
         importlib.import_module(module).add_arguments(parser)
-    except ModuleNotFoundError:
-        parser.description = f"(not available in this build: {module} is missing)"
+    except ModuleNotFoundError as e:  # the command then says so when called (`_delegate`)
+        parser.description = f"(not available in this install: {e.name} is missing)"
 
 
 def _delegate(module: str):
     def run(args) -> int:
         import importlib
 
-        return importlib.import_module(module).run(args)
+        try:
+            command = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            raise BenchError(f"bench {args.command} needs {e.name}, which is not installed; "
+                             "fix: pip install -e '.[all]' (README, Install)") from e
+        return command.run(args)
 
     return run
 

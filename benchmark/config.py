@@ -212,6 +212,21 @@ def check_options_early(cfg: RunConfig) -> None:
             except ValidationError as e:
                 raise BenchError(f"invalid options for {component.name}: "
                                  f"{describe_errors(e, model, f'{kind}.options.')}") from None
+    if cfg.profile == "paper":
+        refuse_unset_published_weights(cfg.segmenter, SEGMENTERS.get(cfg.segmenter.name).load_options())
+
+
+def refuse_unset_published_weights(segmenter: ComponentConfig, options_cls) -> None:
+    """`paper` means the published setup: a segmenter that starts from ImageNet weights there needs
+    the local file, or weights=none to train from random weights on purpose (recorded in
+    results.json, so the leaderboard gives such runs a protocol of their own)."""
+    if options_cls is None or segmenter.options.get("weights") is not None:
+        return
+    needed = options_cls.model_validate(segmenter.options, context={"partial": True}).published_weights()
+    if needed:
+        raise BenchError(f"segmenter.options.weights is unset: the paper profile starts {segmenter.name} from "
+                         f"{needed}; give its local path (--set segmenter.options.weights=PATH), or "
+                         "--set segmenter.options.weights=none to train from random weights")
 
 
 def check_data(cfg: RunConfig) -> None:

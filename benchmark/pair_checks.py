@@ -11,7 +11,10 @@ autoencoder), per pair against the normal image the manifest names (`source_imag
 - `background_psnr`: PSNR (data range 255) outside the dilated mask; infinite when identical;
 - `changed_inside_fraction`: of the pixels whose largest channel change exceeds `threshold`/255,
   the share inside the dilated mask (1.0 when nothing changed).
-A pair passes at >= 30 dB and >= 0.9 (the STAGE trust issue's bounds).
+A pair passes at >= 30 dB and >= 0.9 (the STAGE trust issue's bounds), with a mask that marks a
+pixel and an image that differs from its source: a pair with an empty mask, or whose image is its
+source unchanged, teaches nothing about defects (both checks above pass it), so each fails with
+its own reason.
 
 Whole-image generators (SeaS, DefectDiffu) repaint every pixel and predict the mask, so there is
 no source to compare with; over the set (issues 11 and 13):
@@ -84,20 +87,33 @@ def changed_inside_fraction(image: np.ndarray, source: np.ndarray, mask: np.ndar
 class PairCheck:
     background_psnr: float
     changed_inside: float
+    empty_mask: bool
+    unchanged: bool  # the image equals its source pixel for pixel
+
+    def failures(self, min_psnr: float = MIN_PSNR, min_inside: float = MIN_INSIDE) -> list[str]:
+        """Why the pair fails, one reason per failed check; empty when it passes."""
+        reasons = ["empty mask"] if self.empty_mask else []
+        reasons += ["image identical to its source"] if self.unchanged else []
+        if self.background_psnr < min_psnr:
+            reasons.append(f"background PSNR {self.background_psnr:.2f} dB < {min_psnr:g}")
+        if self.changed_inside < min_inside:
+            reasons.append(f"changed inside {self.changed_inside:.4f} < {min_inside:g}")
+        return reasons
 
     def passes(self, min_psnr: float = MIN_PSNR, min_inside: float = MIN_INSIDE) -> bool:
-        return self.background_psnr >= min_psnr and self.changed_inside >= min_inside
+        return not self.failures(min_psnr, min_inside)
 
 
 def check_pair(image: np.ndarray, source: np.ndarray, mask: np.ndarray, radius: int = RADIUS) -> PairCheck:
-    """Both checks for one pair; `source` must be the normal image at the pair's resolution."""
+    """Every check for one pair; `source` must be the normal image at the pair's resolution."""
     if image.shape != source.shape or image.shape[:2] != mask.shape:
         raise ValueError(f"image {image.shape}, source {source.shape} and mask {mask.shape} differ in size")
-    return PairCheck(background_psnr(image, source, mask, radius), changed_inside_fraction(image, source, mask, radius))
+    return PairCheck(background_psnr(image, source, mask, radius), changed_inside_fraction(image, source, mask, radius),
+                     empty_mask=not mask.any(), unchanged=bool(np.array_equal(image, source)))
 
 
 def check_synthetic_set(folder) -> dict[str, PairCheck]:
-    """Both checks for every pair of a synthetic set on disk, at the pair's resolution (its manifest
+    """The checks for every pair of a synthetic set on disk, at the pair's resolution (its manifest
     names each pair's source normal image; the written mask is the pair's own, after any
     augmentation by the generator)."""
     from benchmark.data.images import load_image
@@ -247,7 +263,9 @@ def run(args) -> int:
     print(f"{folder} (mask-kept checks, mask dilated by {RADIUS} px): {len(checks)} pairs, min background PSNR "
           f"{min(c.background_psnr for c in checks.values()):.2f} dB (need {MIN_PSNR:.0f}), min changed-inside "
           f"fraction {min(c.changed_inside for c in checks.values()):.4f} (need {MIN_INSIDE}); "
+          f"{sum(c.empty_mask for c in checks.values())} empty masks, "
+          f"{sum(c.unchanged for c in checks.values())} images identical to their source; "
           f"{len(failed)} fail; {'FAIL' if failed else 'PASS'}")
     for k in failed[: args.show]:
-        print(f"  {k}: background PSNR {checks[k].background_psnr:.2f} dB, changed inside {checks[k].changed_inside:.4f}")
+        print(f"  {k}: {'; '.join(checks[k].failures())}")
     return 1 if failed else 0

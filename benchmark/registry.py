@@ -78,7 +78,9 @@ GENERATORS = Registry("generator", [
           "DRAEM-style: thresholded Perlin-noise masks blended with an anomaly-source texture.",
           options="generators.baselines.options:DraemOptions"),
     Entry("stage", "generators.stage.lightning_model:StageGenerator",
-          "STAGE: graded diffusion with explicit mask alignment (frozen LDM, learned tokens, mask adapters).",
+          "STAGE: graded diffusion with explicit mask alignment (frozen LDM, learned tokens, mask adapters). "
+          "Smoke pairs: the source image outside the mask, noise in the latent cells under it (random frozen "
+          "tiny backbone); paper preset not yet run with SD weights.",
           options="generators.stage.options:StageOptions"),
     Entry("seas", "generators.seas.lightning_model:SeasGenerator",
           "SeaS: separation and sharing fine-tuning of Stable Diffusion, refined mask prediction (predicted masks).",
@@ -90,7 +92,8 @@ GENERATORS = Registry("generator", [
                  "paper preset not yet run with SD weights"),
     Entry("anomalydiffusion", "generators.anomalydiffusion:AnomalyDiffusion",
           "AnomalyDiffusion: spatial anomaly embedding + adaptive attention re-weighting (smoke masks from a "
-          "stored-mask denoiser; docs/anomalydiffusion.md).",
+          "stored-mask denoiser; docs/anomalydiffusion.md). Smoke pairs: noise in the latent cells under the "
+          "mask (random frozen tiny backbone); paper preset not yet run with LDM weights.",
           options="generators.anomalydiffusion.options:AnomalyDiffusionOptions"),
     Entry("defectdiffu", "generators.defectdiffu.lightning_model:DefectDiffu",
           "DefectDiffu: three-part DiT with double-free guidance and a mask module (predicted masks).",
@@ -100,7 +103,9 @@ GENERATORS = Registry("generator", [
                  "defect under the masks) and the smoke run takes 17.6 CPU-min (docs/defectdiffu.md); paper "
                  "preset not yet run with DiT-XL/2 weights"),
     Entry("badg", "generators.badg.lightning_model:BadgGenerator",
-          "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention).",
+          "BADG: background-aware defect generation (fine-tuned U-Net, masked DDIM inversion, masked cross-attention). "
+          "Smoke pairs: noise in the latent cells under the mask (random tiny backbone); paper preset not yet "
+          "run with SD weights.",
           options="generators.badg.options:BadgOptions",
           protocol={"paper": {"split": {"folds": 2}}}),  # two 1/2 folds, averaged (BADG App. A.1)
 ])
@@ -119,7 +124,7 @@ SEGMENTERS = Registry("segmenter", [
           "STDC1 (mmsegmentation); option variant=stdc2.", options="segmenters.options:STDCOptions"),
     Entry("upernet", "segmenters.mmseg_models:UPerNet",
           "UPerNet with ResNet-50 (mmsegmentation), with its auxiliary FCN head.",
-          options="segmenters.options:MMSegOptions"),
+          options="segmenters.options:UPerNetOptions"),
     Entry("segformer", "segmenters.mmseg_models:SegFormer",
           "SegFormer MiT-B0 (mmsegmentation); option variant=b1..b5.", options="segmenters.options:SegFormerOptions"),
     Entry("lfd", "segmenters.lfd:LFDRoadSeg",

@@ -150,10 +150,10 @@ class LFDRoadSeg(Segmenter):
 
     def build_model(self) -> nn.Module:
         model = LFDNet(num_classes=2, scale_factor=self.options.scale_factor)
-        if self.options.weights:
-            load_lfd_weights(model, self.options.weights)
+        if self.options.weights_file:
+            load_lfd_weights(model, self.options.weights_file)
         else:
-            log.info("%s: no segmenter.options.weights given, randomly initialised", self.name)
+            log.info("%s: randomly initialised (segmenter.options.weights unset or none)", self.name)
         return model
 
     def schedule_steps(self) -> int:
@@ -178,7 +178,8 @@ def load_lfd_weights(model: LFDNet, path: str) -> None:
     (torchvision's resnet18-f37072fd.pth) that initialises both branches, as the paper does."""
     p = Path(path)
     state = read_state_dict(path, "LFD weights", "give a local ImageNet ResNet-18 checkpoint (torchvision's "
-                            "resnet18-f37072fd.pth) or a saved LFD state dict, or unset segmenter.options.weights")
+                            "resnet18-f37072fd.pth) or a saved LFD state dict, or segmenter.options.weights=none "
+                            "for random weights")
     if any(k.startswith(("detail.", "context.")) for k in state):
         model.load_state_dict(state, strict=True)
         log.info("lfd: loaded the full network from %s", p)

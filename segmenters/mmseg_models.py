@@ -40,7 +40,7 @@ from torch import nn
 
 from benchmark.errors import BenchError, missing_extra
 from segmenters.base import IMAGENET_MEAN, IMAGENET_STD, Segmenter
-from segmenters.options import MMSegOptions, SegFormerOptions, STDCOptions
+from segmenters.options import MMSegOptions, SegFormerOptions, STDCOptions, UPerNetOptions
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def load_state(path: str) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise BenchError(f"{p}: segmenter weights not found; give a local checkpoint (segmenter.options.weights) "
-                         "or unset it for random init")
+                         "or segmenter.options.weights=none for random weights")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception:  # mmseg checkpoints may pickle numpy metadata; the file is the user's own
@@ -185,10 +185,10 @@ class MMSegSegmenter(Segmenter):
             warnings.filterwarnings("ignore", message=".*avg_non_ignore.*")  # our masks have no ignore label
             model = MODELS.build(cfg)
             model.init_weights()  # mmseg's own initialisation (no Pretrained init_cfg is left)
-        if self.options.weights:
-            self.load_weights(model, self.options.weights)
+        if self.options.weights_file:
+            self.load_weights(model, self.options.weights_file)
         else:
-            log.info("%s: no segmenter.options.weights given, randomly initialised", self.name)
+            log.info("%s: randomly initialised (segmenter.options.weights unset or none)", self.name)
         return model
 
     def load_weights(self, model: nn.Module, path: str) -> None:
@@ -329,6 +329,7 @@ class STDC(MMSegSegmenter):
 class UPerNet(MMSegSegmenter):
     name = "upernet"
     config = "upernet_r50"
+    Options = UPerNetOptions
     recipe = "upernet/upernet_r50_4xb4-160k_ade20k-512x512.py"
     presets = {
         # ResNet-50 costs ~10x the small models on CPU: a shorter smoke run

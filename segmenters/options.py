@@ -3,11 +3,19 @@ a value such as `segmenter.options.max_steps=-5` before torch is imported)."""
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
-from typing import ClassVar
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+# `segmenter.options.weights=none`: random initial weights chosen on purpose. Unset weights also
+# mean random weights, but the `paper` profile refuses them where the published setup starts from
+# ImageNet weights (`published_weights`, checked by benchmark.config.check_options_early).
+RANDOM_INIT = "none"
+
+
+def weights_file(weights: str | None) -> str | None:
+    """The checkpoint a `weights` value names; None for random initial weights (unset or "none")."""
+    return None if weights is None or weights == RANDOM_INIT else weights
 
 
 class SegmenterOptions(BaseModel):
@@ -36,9 +44,23 @@ class SegmenterOptions(BaseModel):
     min_lr: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
-    weights: Optional[str] = None  # local pretrained weights; None = random init (never downloads)
+    weights: Optional[str] = None  # a local checkpoint (never downloaded), or RANDOM_INIT; None = random init
 
     poly_floor: ClassVar[bool] = False  # torch's PolynomialLR decays to 0; mmengine's PolyLR has eta_min
+
+    @field_validator("weights")
+    @classmethod
+    def _random_init_in_any_case(cls, weights: str | None) -> str | None:
+        return RANDOM_INIT if weights is not None and weights.strip().lower() == RANDOM_INIT else weights
+
+    @property
+    def weights_file(self) -> str | None:
+        return weights_file(self.weights)
+
+    def published_weights(self) -> str | None:
+        """The local file the model's published setup starts from (ImageNet weights), which the
+        `paper` profile asks for; None: the published setup trains from random weights."""
+        return None
 
     @model_validator(mode="after")
     def _length_and_floor(self, info: ValidationInfo):
@@ -54,11 +76,24 @@ class SegmenterOptions(BaseModel):
 
 # -- each segmenter's own options (the model modules import them from here; the command line
 # checks them without loading the models). Redefined shared fields keep the shared constraints.
+
+# torchvision's ImageNet (IMAGENET1K_V1) files of the ResNets smp's U-Net takes as encoders
+TORCHVISION_RESNETS = {"resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth",
+                       "resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth",
+                       "resnet152": "resnet152-394f9c45.pth"}
+
+
 class SmpUNetOptions(SegmenterOptions):
     """`unet` (segmenters/unet.py)."""
 
     encoder: str = "resnet34"
     lr: float = Field(1e-3, gt=0)
+
+    def published_weights(self) -> str | None:
+        # smp's default encoder_weights="imagenet"; for ResNets torchvision's ImageNet file fits
+        # (segmenters/unet.py, encoder_checkpoint_hint; tests/test_paper_weights.py compares them)
+        known = TORCHVISION_RESNETS.get(self.encoder)
+        return f"torchvision's {known}" if known else f"an ImageNet checkpoint of the {self.encoder} encoder"
 
 
 class DraemUNetOptions(SegmenterOptions):
@@ -89,6 +124,9 @@ class LFDOptions(SegmenterOptions):
     # LFD's 150-epoch cosine but evaluates the epoch-100 checkpoint. None: the schedule ends with training
     schedule_epochs: Optional[int] = Field(None, gt=0)
 
+    def published_weights(self) -> str | None:
+        return f"torchvision's {TORCHVISION_RESNETS['resnet18']} (LFD initialises both branches from ImageNet ResNet-18)"
+
 
 class MMSegOptions(SegmenterOptions):
     """The MMSegmentation models (segmenters/mmseg_models.py)."""
@@ -100,11 +138,32 @@ class MMSegOptions(SegmenterOptions):
     poly_floor: ClassVar[bool] = True  # mmengine's PolyLR (eta_min = min_lr), as the configs use it
 
 
+# The ImageNet files mmseg's configs load (init_cfg Pretrained / pretrained=), named here so the
+# early check needs no mmseg; tests/test_paper_weights.py reads them from the packaged configs.
+MMSEG_IMAGENET = {"upernet": "resnet50_v1c-2cccc1ad.pth",  # upernet_r50.py: open-mmlab://resnet50_v1c
+                  "stdc1": "stdc1_20220308-5368626c.pth", "stdc2": "stdc2_20220308-7dbd9127.pth",  # stdc*_in1k-pre
+                  "b0": "mit_b0_20220624-7e0fe6dd.pth", "b1": "mit_b1_20220624-02e5a6a1.pth",
+                  "b2": "mit_b2_20220624-66e8bf70.pth", "b3": "mit_b3_20220624-13b1141c.pth",
+                  "b4": "mit_b4_20220624-d588d980.pth", "b5": "mit_b5_20220624-658746d9.pth"}
+
+
+class UPerNetOptions(MMSegOptions):
+    def published_weights(self) -> str | None:
+        return f"mmseg's ResNet-50 V1c ImageNet checkpoint {MMSEG_IMAGENET['upernet']}"
+
+
 class STDCOptions(MMSegOptions):
     variant: Literal["stdc1", "stdc2"] = "stdc1"
+
+    def published_weights(self) -> str | None:
+        # the STDC paper pretrains its backbone on ImageNet (mmseg: stdc*_in1k-pre, same schedule)
+        return f"mmseg's {self.variant.upper()} ImageNet checkpoint {MMSEG_IMAGENET[self.variant]}"
 
 
 class SegFormerOptions(MMSegOptions):
     variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = "b0"
     # the config's paramwise_cfg 'head' lr_mult (10); its other custom keys come from the config
     head_lr_mult: float = Field(10.0, gt=0)
+
+    def published_weights(self) -> str | None:
+        return f"mmseg's MiT-{self.variant.upper()} ImageNet checkpoint {MMSEG_IMAGENET[self.variant]}"

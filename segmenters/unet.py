@@ -38,7 +38,7 @@ def encoder_checkpoint_hint(encoder: str) -> str:
 
 def load_encoder_weights(encoder: torch.nn.Module, path: str, name: str) -> None:
     hint = f"a local ImageNet checkpoint of the {name} encoder, e.g. {encoder_checkpoint_hint(name)}"
-    state = read_state_dict(path, "encoder weights", f"give {hint}, or unset segmenter.options.weights")
+    state = read_state_dict(path, "encoder weights", f"give {hint}, or segmenter.options.weights=none for random weights")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     # smp's ResNetEncoder.load_state_dict returns None; call nn.Module's to get the key report
     try:
@@ -69,10 +69,10 @@ class SmpUNet(Segmenter):
         import segmentation_models_pytorch as smp
 
         model = smp.Unet(self.options.encoder, encoder_weights=None, classes=2)
-        if self.options.weights:
-            load_encoder_weights(model.encoder, self.options.weights, self.options.encoder)
+        if self.options.weights_file:
+            load_encoder_weights(model.encoder, self.options.weights_file, self.options.encoder)
         else:
-            log.info("%s: no segmenter.options.weights given, %s encoder randomly initialised", self.name,
+            log.info("%s: %s encoder randomly initialised (segmenter.options.weights unset or none)", self.name,
                      self.options.encoder)
         return model
 

@@ -111,13 +111,13 @@ class DraemUNet(Segmenter):
     def build_model(self) -> nn.Module:
         model = DiscriminativeUNet(3, 2, self.options.base_width)
         model.apply(draem_init)
-        if self.options.weights:
+        if self.options.weights_file:
             model.load_state_dict(read_state_dict(
-                self.options.weights, "unet-draem weights",
+                self.options.weights_file, "unet-draem weights",
                 "give a saved DRAEM discriminative U-Net state dict or unset segmenter.options.weights"))
-            log.info("%s: loaded %s", self.name, self.options.weights)
+            log.info("%s: loaded %s", self.name, self.options.weights_file)
         else:
-            log.info("%s: no segmenter.options.weights given, randomly initialised (DRAEM's N(0, 0.02))", self.name)
+            log.info("%s: randomly initialised, DRAEM's N(0, 0.02) (segmenter.options.weights unset or none)", self.name)
         return model
 
     def logits(self, x):

@@ -29,6 +29,7 @@ from generators.baselines.draem import (
     perlin_mask,
     rotated_perlin_noise,
 )
+from generators.baselines.options import DRAEM_AUGMENTATION_COUNT
 
 # DRAEM's list, in its order: GammaContrast, MultiplyAndAddToBrightness, EnhanceSharpness,
 # AddToHueAndSaturation, Solarize, Posterize, Invert, Autocontrast, Equalize, Affine(rotate)
@@ -151,6 +152,15 @@ def test_mask_is_the_rotated_noise_above_one_half():
         if (noise > 0.5).any():  # the first draw is kept unless it is empty
             assert np.array_equal(mask, noise > 0.5)
         assert mask.any()
+
+
+def test_the_option_bounds_are_the_generators_own():
+    """augmentations_per_source <= the augmentations there are; threshold < 1 because the noise
+    (sqrt(2) x 2-D Perlin, whose extremes are +-sqrt(1/2)) never leaves [-1, 1]."""
+    assert len(draem.DRAEM_AUGMENTATIONS) == DRAEM_AUGMENTATION_COUNT
+    rng = np.random.default_rng(3)
+    extremes = [np.abs(draem.perlin_noise((64, 64), (2**k, 2**k), rng)).max() for k in range(6) for _ in range(40)]
+    assert 0.8 < max(extremes) <= 1.0
 
 
 def test_beta_is_uniform_on_zero_to_point_eight():

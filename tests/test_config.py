@@ -81,6 +81,61 @@ def test_a_diffusion_generators_own_options_are_checked_before_it_loads(name):
     assert build(f"generator.name={name}", f"generator.options.{key}={good}").generator.options == {key: good}
 
 
+# every bounded option of the two hand-crafted baselines: an out-of-range value and the message's
+# tail (pydantic's words for a scalar's bound; the allowed range for a (low, high) option)
+BASELINE_BOUNDS = [
+    ("cutpaste", "jitter=-1", "should be greater than or equal to 0"),
+    ("cutpaste", "jitter=0.6", "should be less than or equal to 0.5"),  # torchvision's largest hue
+    ("cutpaste", "scar_width=[16, 2]", "should be [low, high] with 0 < low <= high"),
+    ("cutpaste", "scar_width=[0, 2]", "should be [low, high] with 0 < low <= high"),
+    ("cutpaste", "scar_height=[25, 10]", "should be [low, high] with 0 < low <= high"),
+    ("cutpaste", "rotation=[-200, 45]", "should be [low, high] with -180 <= low <= high <= 180"),
+    ("cutpaste", "rotation=[45, -45]", "should be [low, high] with -180 <= low <= high <= 180"),
+    ("cutpaste", "area_ratio=[0.02, 1.5]", "should be [low, high] with 0 < low <= high <= 1"),
+    ("cutpaste", "area_ratio=[0, 0.15]", "should be [low, high] with 0 < low <= high <= 1"),
+    ("cutpaste", "aspect_ratio=0", "should be greater than 0"),
+    ("cutpaste", "aspect_ratio=3", "should be less than or equal to 1"),
+    ("cutpaste", "reference_size=0", "should be greater than or equal to 1"),
+    ("cutpaste", "patches=[0, 0]", "should be [low, high] with 1 <= low <= high"),
+    ("cutpaste", "patches=[3, 1]", "should be [low, high] with 1 <= low <= high"),
+    ("draem", "perlin_scale=[3, 3]", "should be [low, high] with 0 <= low < high <= 11"),  # U{lo..hi-1}: empty
+    ("draem", "perlin_scale=[-1, 6]", "should be [low, high] with 0 <= low < high <= 11"),
+    ("draem", "perlin_scale=[0, 12]", "should be [low, high] with 0 <= low < high <= 11"),
+    ("draem", "perlin_rotation=[90, -90]", "should be [low, high] with -180 <= low <= high <= 180"),
+    ("draem", "threshold=1", "should be less than 1"),
+    ("draem", "threshold=-0.5", "should be greater than or equal to 0"),
+    ("draem", "beta=[0.8, 0]", "should be [low, high] with 0 <= low <= high <= 1"),
+    ("draem", "beta=[0, 1.2]", "should be [low, high] with 0 <= low <= high <= 1"),
+    ("draem", "augmentations_per_source=11", "should be less than or equal to 10"),
+    ("draem", "augmentations_per_source=-1", "should be greater than or equal to 0"),
+    ("draem", "min_area=1", "should be less than 1"),
+    ("draem", "min_area=-0.1", "should be greater than or equal to 0"),
+]
+
+
+@pytest.mark.parametrize("name, option, bound", BASELINE_BOUNDS)
+def test_a_baselines_option_values_are_checked_with_their_range_before_it_loads(name, option, bound):
+    with pytest.raises(BenchError) as info:
+        build(f"generator.name={name}", f"generator.options.{option}")
+    assert str(info.value) == f"invalid options for {name}: generator.options.{option}: {bound}"
+
+
+@pytest.mark.parametrize("name, options", [
+    ("cutpaste", {"jitter": 0.5, "scar_width": [2, 2], "rotation": [-180, 180], "area_ratio": [1, 1],
+                  "aspect_ratio": 1, "patches": [2, 2]}),  # the edges of every range
+    ("draem", {"perlin_scale": [5, 6], "perlin_rotation": [0, 0], "threshold": 0, "beta": [1, 1],
+               "augmentations_per_source": 0, "min_area": 0.9}),
+])
+def test_a_baselines_option_values_at_the_edges_of_their_ranges_pass(name, options):
+    from benchmark.registry import GENERATORS
+
+    cfg = build(f"generator.name={name}", *(f"generator.options.{k}={v}" for k, v in options.items()))
+    assert cfg.generator.options == options
+    validated = GENERATORS.get(name).load_options().model_validate(options)
+    assert validated.model_dump(include=set(options)) == {k: tuple(v) if isinstance(v, list) else v
+                                                          for k, v in options.items()}
+
+
 @pytest.mark.parametrize("name, options", [
     # smoke's preset sets mask_denoiser=stored_masks, where k' may exceed k
     ("anomalydiffusion", ["tokens_per_type=2"]),
@@ -123,6 +178,14 @@ print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "lightning"
     (["--generator", "stage", "--set", "generator.options.bogus_key=1"], "generator.options.bogus_key=1: unknown key"),
     (["--generator", "defectdiffu", "--set", "generator.options.transformer=dit"],
      "generator.options.transformer=\"dit\""),
+    # the reviewer's three: a torchvision and a numpy traceback after the folder was made, and 30 empty masks
+    (["--set", "generator.options.jitter=-1"], "generator.options.jitter=-1: should be greater than or equal to 0"),
+    (["--set", "generator.options.scar_width=[16,2]"],
+     "generator.options.scar_width=[16, 2]: should be [low, high] with 0 < low <= high"),
+    (["--set", "generator.options.patches=[0,0]"],
+     "generator.options.patches=[0, 0]: should be [low, high] with 1 <= low <= high"),
+    (["--profile", "paper", "--segmenter", "lfd"],  # tests/test_paper_weights.py: every segmenter's file
+     "segmenter.options.weights is unset: the paper profile starts lfd from torchvision's resnet18-f37072fd.pth"),
 ])
 def test_a_bad_run_answers_before_torch_is_imported_and_leaves_no_folder(tmp_path, args, message):
     out = tmp_path / "run"

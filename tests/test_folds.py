@@ -96,10 +96,11 @@ def test_two_folds_set_the_fraction_and_reject_a_contradicting_one():
 
 def test_badg_paper_profile_selects_two_folds_and_a_flag_overrides_it():
     badg = parse_override("generator.name=badg")
-    assert build_config("paper", [badg]).split.folds == 2
+    draem_unet = parse_override("segmenter.name=unet-draem")  # BADG's segmenter, from random weights
+    assert build_config("paper", [badg, draem_unet]).split.folds == 2
     assert build_config("smoke", [badg]).split.folds == 1
-    assert build_config("paper", [parse_override("generator.name=cutpaste")]).split.folds == 1
-    one = build_config("paper", [badg, parse_override("split.folds=1")]).split
+    assert build_config("paper", [parse_override("generator.name=cutpaste"), draem_unet]).split.folds == 1
+    one = build_config("paper", [badg, draem_unet, parse_override("split.folds=1")]).split
     assert one.folds == 1 and one.fraction == pytest.approx(1 / 3)
 
 

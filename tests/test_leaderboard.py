@@ -16,7 +16,7 @@ import yaml
 
 from benchmark.leaderboard import command, layout, render, reported, reproduced
 from benchmark.leaderboard import rows as lb_rows
-from benchmark.leaderboard.protocol import protocol_of
+from benchmark.leaderboard.protocol import describe_protocol, protocol_of, short_protocol
 from benchmark.errors import BenchError
 
 REPORTED = command.DATA_DIR / "reported"
@@ -167,7 +167,7 @@ def test_rows_group_by_protocol_and_reported_rows_never_join_reproduced(tmp_path
     text = render.render_markdown(board)
     protocol_column = {line.split(" | ")[2] for line in text.splitlines() if line.startswith("| draem")}
     assert protocol_column == {"[P1](#p1)"}
-    assert '<a id="p1"></a>**P1** reproduced · MVTec AD · U-Net (unified) · 128 px' in text
+    assert '<a id="p1"></a>**P1** reproduced (smoke) · MVTec AD · U-Net (unified) · 128 px' in text
     assert "reported by SeaS (Tables 22, 23) · MVTec AD · BiSeNet V2" in text
 
 
@@ -203,6 +203,41 @@ def test_newest_run_per_generator_and_protocol_wins(tmp_path):
     new = write(tmp_path / "new.json", make_results("cutpaste", 0.5, time="2026-02-01T00:00:00+00:00"))
     (row,) = reproduced.load_reproduced([new, old])
     assert row.values["miou"]["mean"] == 0.5 and row.run["where"].endswith("new.json")
+
+
+def with_setup(results: dict, profile: str = "smoke", **options) -> dict:
+    """`results` as a run of `profile` whose segmenter was resolved with `options` (what runs record)."""
+    results["config"]["profile"] = profile
+    results["config"]["segmenter"]["options"] = {"max_steps": 400, "max_epochs": None, "weights": None, **options}
+    return results
+
+
+def test_profile_training_length_and_initial_weights_separate_protocols(tmp_path):
+    smoke = with_setup(make_results("cutpaste", 0.4, time="2026-01-01T00:00:00+00:00"))
+    # the reviewer's case: a newer copy relabelled `paper` with weights set hid the smoke row
+    relabelled = with_setup(make_results("cutpaste", 0.9, time="2026-02-01T00:00:00+00:00"), "paper",
+                            weights="/models/resnet34-b627a593.pth")
+    rows = reproduced.load_reproduced([write(tmp_path / "smoke.json", smoke), write(tmp_path / "paper.json", relabelled)])
+    assert sorted(r.values["miou"]["mean"] for r in rows) == [0.4, 0.9] and len({r.key for r in rows}) == 2
+
+    def key(profile="smoke", **options):
+        return lb_rows.protocol_key(protocol_of(with_setup(make_results(), profile, **options)))
+
+    same = key()
+    assert key("paper") != same  # only the profile differs
+    assert key(weights="/models/a.pth") != same  # only the initial weights differ
+    assert key(max_steps=150) != same and key(max_steps=None, max_epochs=200) != same  # only the length
+    assert key(max_steps=None, max_epochs=200, epoch_samples=500) != key(max_steps=None, max_epochs=200)
+    # the same setup shares one protocol: weights=none is random init as unset is, and where the
+    # pretrained file lies is the machine's business, not the protocol's
+    assert key(weights="none") == same and key(lr=0.5, batch_size=2) == same
+    assert key(weights="/a/r.pth") == key(weights="/b/r.pth")
+    paper = protocol_of(relabelled)
+    assert paper["profile"] == "paper" and paper["segmenter_training"] == {"max_steps": 400, "init": "pretrained"}
+    assert short_protocol(paper) == "reproduced (paper), U-Net, 400 steps from pretrained weights, 128 px"
+    epochs = protocol_of(with_setup(make_results(), max_steps=None, max_epochs=200, epoch_samples=500))
+    assert describe_protocol(epochs)[0] == ("reproduced (smoke) · demo · U-Net (unified), 200 epochs of "
+                                                   "500 samples from random weights · 128 px")
 
 
 def test_a_method_variant_is_its_own_row_next_to_the_paper_run(tmp_path):

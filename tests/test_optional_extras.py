@@ -127,3 +127,15 @@ def test_a_core_only_environment_runs_cutpaste_into_a_unet_with_wandb_asked_for(
     assert "pip install 'sias-bench[wandb]'" in printed
     assert (tmp_path / "run" / "results.json").is_file()
     assert not (tmp_path / "run" / "wandb-logs").exists() or not any((tmp_path / "run" / "wandb-logs").iterdir())
+
+
+def test_a_command_whose_module_is_missing_says_what_to_install(monkeypatch, capsys):
+    """A delegated command whose module cannot be imported: one line naming the missing module and
+    the install fix, exit 2 (not a ModuleNotFoundError traceback)."""
+    from benchmark import cli
+
+    monkeypatch.setitem(cli.DELEGATED, "elsewhere", ("benchmark.not_installed_here", "a command of an extra"))
+    assert cli.main(["elsewhere"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bench elsewhere needs benchmark.not_installed_here") and "pip install" in err
+    assert len(err.splitlines()) == 1

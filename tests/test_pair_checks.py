@@ -1,16 +1,18 @@
 """The whole-image checks of benchmark/pair_checks.py (issues 11 and 13: SeaS, DefectDiffu) on
-hand-made images and masks, and `bench check-pairs` on hand-made synthetic sets of both kinds. The
-mask-kept checks' math is tested in test_stage_pairs.py."""
+hand-made images and masks, the mask-kept checks' empty-mask and unchanged-image reasons, and
+`bench check-pairs` on hand-made synthetic sets of both kinds. The mask-kept checks' PSNR and
+changed-inside math is tested in test_stage_pairs.py."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from benchmark.cli import main as bench
-from benchmark.pair_checks import (check_whole_image_pairs, check_whole_image_set, is_flat, is_noise, mask_fraction,
-                                   mask_in_range, neighbour_difference)
+from benchmark.pair_checks import (check_pair, check_whole_image_pairs, check_whole_image_set, is_flat, is_noise,
+                                   mask_fraction, mask_in_range, neighbour_difference)
 
 
 def _mask(n_on: int, size: int = 10) -> np.ndarray:
@@ -86,6 +88,34 @@ def test_report_needs_ninety_percent_in_range_and_no_flat_image():
     assert report.noisy == ["p3"] and not report.passes() and "1 noise images" in report.summary()
 
 
+def _gradient(size: int = 40) -> np.ndarray:
+    y, x = np.indices((size, size))
+    return np.stack([3 * x + 2 * y + c for c in range(3)], -1).astype(np.uint8)
+
+
+def test_an_empty_mask_or_an_unchanged_image_fails_with_its_own_reason():
+    source = _gradient()
+    empty = np.zeros((40, 40), bool)
+    # what CutPaste with patches=[0, 0] wrote: its source and no mask; PSNR and changed-inside pass it
+    nothing = check_pair(source.copy(), source, empty)
+    assert math.isinf(nothing.background_psnr) and nothing.changed_inside == 1.0
+    assert nothing.failures() == ["empty mask", "image identical to its source"] and not nothing.passes()
+    marked = empty.copy()
+    marked[18:20, 18:20] = True
+    assert check_pair(source.copy(), source, marked).failures() == ["image identical to its source"]
+    # a change of 100 grey levels in one channel of one pixel, nothing marked: PSNR over all 1600 pixels'
+    # 3 channels is 10 log10(255^2 / (100^2 / 4800)) = 44.9 dB (passes), changed inside 0 of 1 (fails)
+    changed = source.copy()
+    changed[5, 5, 0] += 100
+    check = check_pair(changed, source, empty)
+    assert check.background_psnr == pytest.approx(10 * math.log10(255**2 * 4800 / 100**2), rel=1e-6)
+    assert check.failures() == ["empty mask", "changed inside 0.0000 < 0.9"]
+    changed_inside = changed.copy()
+    changed_inside[5, 5, 0] = source[5, 5, 0]
+    changed_inside[marked] = 255
+    assert check_pair(changed_inside, source, marked).failures() == []  # a real paste in its mask
+
+
 def _write_set(folder, pairs, generator: str, sources: dict | None = None) -> None:
     """A synthetic set on disk as generators write it: images/, masks/, manifest.jsonl, meta.json."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,8 +147,7 @@ def test_check_pairs_command_picks_the_checks_from_the_generator(tmp_path, capsy
 
     # mask-kept (CutPaste): a pair that changed only inside its mask passes; one that also changed a
     # far corner by 100 grey levels fails (changed-inside 4 / 5 = 0.8 < 0.9)
-    y, x = np.indices((40, 40))
-    source = np.stack([3 * x + 2 * y + c for c in range(3)], -1).astype(np.uint8)
+    source = _gradient()
     Image.fromarray(source).save(tmp_path / "good.png")
     mask = np.zeros((40, 40), bool)
     mask[18:20, 18:20] = True
@@ -130,9 +159,24 @@ def test_check_pairs_command_picks_the_checks_from_the_generator(tmp_path, capsy
                {"a": tmp_path / "good.png", "b": tmp_path / "good.png"})
     assert bench(["check-pairs", str(tmp_path / "cp")]) == 1
     out = capsys.readouterr().out
-    assert "mask-kept checks" in out and "1 fail" in out and "  b: " in out and "  a: " not in out
+    assert "mask-kept checks" in out and "1 fail" in out and "  b: changed inside 0.8000 < 0.9" in out
+    assert "  a: " not in out
     # the same set checked as whole-image pairs passes (2 of 2 masks in range, nothing flat or noise)
     assert bench(["check-pairs", str(tmp_path / "cp"), "--kind", "whole-image"]) == 0
+
+
+def test_check_pairs_command_fails_a_set_of_empty_masks_on_unchanged_images(tmp_path, capsys):
+    """The set CutPaste wrote with patches=[0, 0] (each pair its source, no mask) once passed with
+    "min changed-inside fraction 1.0000; 0 fail; PASS"."""
+    source = _gradient()
+    Image.fromarray(source).save(tmp_path / "normal.png")
+    empty = np.zeros((40, 40), bool)
+    _write_set(tmp_path / "none", [(k, source.copy(), empty) for k in ("a", "b", "c")], "cutpaste",
+               dict.fromkeys("abc", tmp_path / "normal.png"))
+    assert bench(["check-pairs", str(tmp_path / "none"), "--show", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "3 empty masks, 3 images identical to their source; 3 fail; FAIL" in out
+    assert out.count(": empty mask; image identical to its source\n") == 2  # --show 2
 
 
 def test_check_pairs_command_names_a_folder_without_a_set(tmp_path, capsys):

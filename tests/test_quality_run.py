@@ -41,9 +41,10 @@ def quality_run(tmp_path_factory):
 def test_the_paper_profile_computes_quality_and_smoke_does_not():
     from benchmark.config import build_config
 
-    assert build_config("paper").quality.enabled and not build_config("smoke").quality.enabled
+    paper = build_config("paper", [{"segmenter": {"name": "unet-draem"}}])  # trains from random weights
+    assert paper.quality.enabled and not build_config("smoke").quality.enabled
     # a run compares with the real anomalies the generator was given
-    assert build_config("paper").quality.reference == "train"
+    assert paper.quality.reference == "train"
 
 
 def test_results_hold_the_quality_report_marked_not_comparable(quality_run):
@@ -70,6 +71,19 @@ def test_bench_quality_on_the_run_folder_gives_the_runs_numbers(quality_run, tmp
     again = json.loads(out.read_text())
     stored = json.loads((quality_run / "results.json").read_text())["quality"]
     assert again["categories"] == stored["categories"] and again["mean"] == stored["mean"]
+
+
+def test_bench_quality_on_a_run_folder_takes_the_runs_settings(quality_run, tmp_path):
+    """No flag: the run's own quality settings (random-test features, alex, 32 px, reference=train),
+    so the same report; a flag still overrides them."""
+    out = tmp_path / "q.json"
+    assert bench("quality", "--synthetic", str(quality_run), "--json", str(out)) == 0
+    again = json.loads(out.read_text())
+    stored = json.loads((quality_run / "results.json").read_text())["quality"]
+    assert again["protocol"] == stored["protocol"]
+    assert again["categories"] == stored["categories"] and again["mean"] == stored["mean"]
+    assert bench("quality", "--synthetic", str(quality_run), "--reference", "all", "--json", str(out)) == 0
+    assert json.loads(out.read_text())["protocol"]["reference"] == "all"
 
 
 def test_every_printed_output_marks_the_numbers_not_comparable(quality_run, capsys):

@@ -262,7 +262,8 @@ def test_length_and_floor_are_checked_over_the_preset_not_before_it():
     from benchmark.errors import BenchError
 
     # the early check sees only the user's keys: lfd's preset supplies schedule=cosine for min_lr
-    cfg = build_config("paper", [{"segmenter": {"name": "lfd", "options": {"min_lr": 1e-4, "max_steps": None}}}])
+    given = {"min_lr": 1e-4, "max_steps": None, "weights": "none"}
+    cfg = build_config("paper", [{"segmenter": {"name": "lfd", "options": given}}])
     o = resolve_options(SEGMENTERS.load("lfd"), cfg.profile, cfg.segmenter.options)
     assert (o.min_lr, o.max_epochs, o.max_steps) == (1e-4, 100, None)
     with pytest.raises(BenchError, match="min_lr=0.001 with schedule=poly"):  # torch's poly has no floor

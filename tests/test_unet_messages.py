@@ -25,7 +25,7 @@ def test_random_init_notice_names_the_real_key(caplog):
     with caplog.at_level(logging.INFO, logger="segmenters"):
         UNET(UNET.Options(encoder="resnet18"))
     notices = [r.getMessage() for r in caplog.records if "randomly initialised" in r.getMessage()]
-    assert notices == ["unet: no segmenter.options.weights given, resnet18 encoder randomly initialised"]
+    assert notices == ["unet: resnet18 encoder randomly initialised (segmenter.options.weights unset or none)"]
 
 
 def test_a_missing_file_suggests_the_checkpoint_of_the_configured_encoder(tmp_path):

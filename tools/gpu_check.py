@@ -53,7 +53,10 @@ def main(argv=None) -> int:
     from benchmark.registry import GENERATORS, SEGMENTERS
 
     quiet_lightning()
-    overrides = [{"trainer": {"accelerator": args.accelerator, "devices": 1}, "wandb": False}]
+    # check_segmenter steps every segmenter from random weights (speed and memory, not accuracy), so the
+    # config's own segmenter says so too instead of naming its ImageNet file (weights=none)
+    overrides = [{"trainer": {"accelerator": args.accelerator, "devices": 1}, "wandb": False,
+                  "segmenter": {"options": {"weights": "none"}}}]
     if args.image_size:
         overrides.append({"data": {"image_size": args.image_size}})
     cfg = build_config(args.profile, overrides)

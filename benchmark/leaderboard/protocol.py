@@ -1,8 +1,9 @@
 """Protocols: what must match for two numbers to be comparable.
 
-Dataset, few-shot split, segmenter (and unified vs per-category training), image size and metric
-options. Reproduced rows get theirs from `protocol_of(results)`; reported rows carry the protocol
-their paper describes (data/reported/*.yaml) and so never share a protocol with a reproduced row.
+Dataset, few-shot split, profile, segmenter (unified vs per-category training, its training
+length and whether it started from pretrained weights), image size and metric options. Reproduced
+rows get theirs from `protocol_of(results)`; reported rows carry the protocol their paper
+describes (data/reported/*.yaml) and so never share a protocol with a reproduced row.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from benchmark.errors import BenchError
 from benchmark.metrics.options import MetricOptions, metric_definition
 from benchmark.leaderboard.rows import DATASET_NAMES, SEGMENTER_NAMES, canonical_dataset, canonical_name
+from segmenters.options import weights_file
 
 
 def protocol_of(results: dict) -> dict:
@@ -33,7 +35,23 @@ def protocol_of(results: dict) -> dict:
     }
     if config.get("training") is not None:  # unified vs per-category segmenter (SeaS Table 8)
         protocol["training"] = config["training"]
+    if config.get("profile"):  # the methods' presets: smoke (tiny, a few hundred steps) or paper
+        protocol["profile"] = config["profile"]
+    if segmenter.get("options") is not None:  # results.json records the resolved options
+        protocol["segmenter_training"] = segmenter_training(segmenter["options"])
     return protocol
+
+
+# how long a segmenter trains, as its options count it (docs/segmenters.md)
+_TRAINING_LENGTH = ("max_steps", "max_epochs", "epoch_samples")
+
+
+def segmenter_training(options: dict) -> dict:
+    """The segmenter's training length and where its weights started: {"max_steps": 400,
+    "init": "random"}; "pretrained" when `weights` named a file (a run's own path is not part of
+    the protocol, only that it started from one)."""
+    length = {k: options[k] for k in _TRAINING_LENGTH if options.get(k) is not None}
+    return {**length, "init": "random" if weights_file(options.get("weights")) is None else "pretrained"}
 
 
 # options recorded later than the first results (the papers' variants, the bin count, the auto
@@ -76,12 +94,28 @@ def describe_protocol(protocol: dict) -> tuple[str, list[tuple[str, str]]]:
     split = protocol.get("split") or {}
     fraction = split.get("fraction")
     training = f" ({protocol['training']})" if protocol.get("training") else ""
-    headline = f"reproduced · {dataset} · {segmenter}{training} · {protocol.get('image_size')} px"
+    headline = (f"{_reproduced(protocol)} · {dataset} · {segmenter}{training}{_segmenter_setup(protocol)} · "
+                f"{protocol.get('image_size')} px")
     folds = f", {split['folds']} folds (each half trains once, evaluates once), averaged" if split.get("folds") else ""
     details = [("split", ("?" if fraction is None else f"{100 * fraction:.2f}% of the defects") + f", by {split.get('order')}"
                 + folds),
                ("metric options", ", ".join(f"{k}={v}" for k, v in (protocol.get("metrics") or {}).items()) or "none")]
     return headline, details
+
+
+def _reproduced(protocol: dict) -> str:
+    return f"reproduced ({protocol['profile']})" if protocol.get("profile") else "reproduced"
+
+
+def _segmenter_setup(protocol: dict) -> str:
+    """", 400 steps from random weights" (empty for results that did not record the options)."""
+    training = protocol.get("segmenter_training")
+    if training is None:
+        return ""
+    steps, epochs, samples = (training.get(k) for k in _TRAINING_LENGTH)
+    epochs = epochs and f"{epochs} epochs" + (f" of {samples} samples" if samples else "")
+    length = " or ".join(part for part in (epochs, steps and f"{steps} steps") if part)
+    return f", {length + ' ' if length else ''}from {training['init']} weights"
 
 
 def _pinned(options: dict | None) -> str:
@@ -101,4 +135,4 @@ def short_protocol(protocol: dict) -> str:
     seg = SEGMENTER_NAMES.get(protocol["segmenter"], protocol["segmenter"])
     if "reported_by" in protocol:
         return f"{protocol['paper']}, {seg}" + (f", {protocol['variant']}" if protocol.get("variant") else "")
-    return f"reproduced, {seg}, {protocol.get('image_size')} px"
+    return f"{_reproduced(protocol)}, {seg}{_segmenter_setup(protocol)}, {protocol.get('image_size')} px"

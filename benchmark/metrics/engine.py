@@ -4,7 +4,8 @@ functional twin. The definitions are in `benchmark/metrics/__init__.py` and docs
 States (and how they reduce across ranks):
   pixel_keys       list of int64 packed (score, region area) keys, "cat"   exact mode, 8 B/pixel; on the
                    CPU consecutive updates write into one reserved segment (`_key_buffer`), so compute
-                   sorts in that memory; compute leaves the same keys, in ascending order
+                   sorts in that memory; compute leaves the same keys, in ascending order (one
+                   ascending run per thread's slice when the state was sorted in slices)
   positive_keys    the anomalous pixels' keys again, "cat"                  exact mode, 8 B/anomalous pixel
   hist_*           per-bin normal / anomalous counts, 1/area weights, "sum"  binned mode
   image_scores     list of float64, image_labels list of int64, "cat"     one entry per image
@@ -12,7 +13,9 @@ States (and how they reduce across ranks):
   grid_predicted, grid_hits   #predicted / TP at the 21 F1 grid thresholds, "sum"
   n_regions, n_pixels, best_iou_sum, best_iou_count                     "sum"
 Update work is numpy on the CPU (scipy labels the regions there anyway); states live on the
-metric's device so Lightning/torchmetrics can all-gather them.
+metric's device so Lightning/torchmetrics can all-gather them. Batches and states of at least
+`_PARALLEL_MIN_PIXELS` are split over `_threads()` threads (torch's thread count); every value is
+the same to the bit whatever the number of threads.
 """
 
 from __future__ import annotations

@@ -26,36 +26,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-fraction", type=float, default=1 / 3,
                    help="with --real: share of each defect type's real images that are training anomalies (default 1/3)")
     p.add_argument("--json", dest="json_path", default=None, help="write the report here (atomically)")
-    p.add_argument("--features", default="inception", choices=["inception", "random-test"],
-                   help="inception: real weights (comparable); random-test: random networks for tests, NOT comparable")
+    # the quality options default to a run folder's own settings (so the report is the run's), else
+    # to QualityOptions' defaults: None here means "not given"
+    p.add_argument("--features", default=None, choices=["inception", "random-test"],
+                   help="inception: real weights (comparable, the default); random-test: random networks for tests, NOT comparable")
     p.add_argument("--weights", default=None, help=f"folder of weight files (default ${WEIGHTS_ENV}); see docs/quality.md")
-    p.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex"], help="LPIPS trunk (default vgg, as the IC-LPIPS protocol)")
-    p.add_argument("--image-size", type=int, default=256, help="every image is resized to this square size (default 256)")
-    p.add_argument("--reference", default="all", choices=["all", "train", "holdout"],
-                   help="real anomalies for FID/KID/nearest LPIPS (IC-LPIPS centres are always the training ones)")
-    p.add_argument("--cluster-cap", type=int, default=DEFAULT_CLUSTER_CAP,
+    p.add_argument("--lpips-net", default=None, choices=["vgg", "alex"], help="LPIPS trunk (default vgg, as the IC-LPIPS protocol)")
+    p.add_argument("--image-size", type=int, default=None, help="every image is resized to this square size (default 256)")
+    p.add_argument("--reference", default=None, choices=["all", "train", "holdout"],
+                   help="real anomalies for FID/KID/nearest LPIPS (default all; IC-LPIPS centres are always the training ones)")
+    p.add_argument("--cluster-cap", type=int, default=None,
                    help=f"images per IC-LPIPS cluster (random sample; default {DEFAULT_CLUSTER_CAP}, as SeaS's code)")
-    p.add_argument("--small-clusters", default="zero", choices=["zero", "skip"],
+    p.add_argument("--small-clusters", default=None, choices=["zero", "skip"],
                    help="IC-LPIPS: a cluster of fewer than two images scores 0 (default, SeaS's code) or is left out")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="default 16")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.epilog = ("With a run folder as --synthetic, every option not given takes the run's own `quality` "
+                "settings (config.json), so the report is the one the run computed.")
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `quality` on the `bench` subparsers; the parser's default `func` is `main`."""
-    p = subparsers.add_parser("quality", help="generation quality of a synthetic set: IS, FID, KID, LPIPS, IC-LPIPS")
-    add_arguments(p)
-    p.set_defaults(func=main)
-    return p
+_OPTION_FLAGS = ("features", "weights", "lpips_net", "image_size", "reference", "cluster_cap", "small_clusters",
+                 "batch_size", "seed")
 
 
 def options_from_args(args):
+    """QualityOptions from the flags given, over the run's own `quality` settings when --synthetic
+    is a run folder (its config.json), over the defaults otherwise."""
     from benchmark.quality.options import QualityOptions
 
-    return QualityOptions(features=args.features, weights=args.weights, lpips_net=args.lpips_net,
-                          image_size=args.image_size, reference=args.reference, cluster_cap=args.cluster_cap,
-                          small_clusters=args.small_clusters,
-                          batch_size=args.batch_size, seed=args.seed)
+    given = {name: getattr(args, name) for name in _OPTION_FLAGS if getattr(args, name) is not None}
+    return QualityOptions.model_validate({**_run_quality_settings(Path(args.synthetic)), **given})
+
+
+def _run_quality_settings(folder: Path) -> dict:
+    import json
+
+    from benchmark.errors import BenchError
+
+    config = folder / "config.json"
+    if not config.is_file():
+        return {}
+    try:
+        settings = json.loads(config.read_text()).get("quality", {})
+    except (OSError, ValueError, AttributeError) as e:
+        raise BenchError(f"{config}: not a run configuration ({e}); pass the options as flags or fix the file") from e
+    return {k: v for k, v in settings.items() if k != "enabled"}
 
 
 def main(args) -> int:
