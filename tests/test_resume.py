@@ -76,7 +76,8 @@ def test_a_run_that_fails_on_bad_input_leaves_no_folder(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, fix", [
     (["--generator", "stage", "--image-size", "100"], "pass --image-size 96 or 112"),
-    (["--generator", "stage", "--profile", "paper", "--set", "quality.enabled=false"],
+    (["--generator", "stage", "--profile", "paper", "--set", "quality.enabled=false",
+      "--set", "segmenter.options.weights=none"],
      "--set generator.options.backbone=<folder>"),
     (["--generator", "draem", "--set", "generator.options.source_dir=/nope"], "--set generator.options.source_dir="),
     (["--set", "segmenter.options.weights=/nope.pth"], "--set segmenter.options.weights=<file>"),

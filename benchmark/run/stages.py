@@ -260,10 +260,10 @@ class TrainStage(Stage):
     name = "train"
 
     def preflight(self, ctx: RunContext) -> None:
-        weights = getattr(ctx.segmenter_options, "weights", None)
+        weights = ctx.segmenter_options.weights_file
         if weights and not Path(weights).is_file():
             raise BenchError(f"{weights}: segmenter weights not found; give a local checkpoint with "
-                             "--set segmenter.options.weights=<file>, or unset it for random init")
+                             "--set segmenter.options.weights=<file>, or weights=none for random initial weights")
 
     def groups(self, ctx: RunContext) -> list[str | None]:
         return [None] if ctx.cfg.training == "unified" else sorted(ctx.split.categories)
