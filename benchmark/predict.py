@@ -55,8 +55,7 @@ def check_inputs(args) -> tuple[dict, Path, float]:
     weights = args.run / "segmenter" / f"{tag}.pt"
     if not weights.is_file():
         found = sorted(p.stem for p in (args.run / "segmenter").glob("*.pt"))
-        hint = f"; it has: {', '.join(found)} (pass --category)" if found else "; finish the run first"
-        raise BenchError(f"{weights}: no trained segmenter '{tag}' in the run{hint}")
+        raise BenchError(f"{weights}: no trained segmenter '{tag}' in the run{_segmenters_hint(found, args.category)}")
     threshold = args.threshold
     if threshold is None:
         stored = config.get("metrics", {}).get("iou_threshold", 0.5)
@@ -64,6 +63,15 @@ def check_inputs(args) -> tuple[dict, Path, float]:
     if not 0 <= threshold <= 1:
         raise BenchError(f"--threshold {threshold}: should be a probability in [0, 1]")
     return config, weights, float(threshold)
+
+
+def _segmenters_hint(found: list[str], category: str | None) -> str:
+    """What to pass instead, from the segmenters the run has (`unified` or one per category)."""
+    if not found:
+        return "; finish the run first"
+    if category and found == ["unified"]:
+        return "; it trained one unified segmenter for all categories: omit --category"
+    return f"; it has: {', '.join(found)} (pass one of them as --category)"
 
 
 def load_segmenter(config: dict, weights: Path):

@@ -95,4 +95,18 @@ def test_bench_predict_names_a_missing_model(run_folder, tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
     assert main(["--quiet", "predict", "--run", str(run_folder), "--images", str(tmp_path / "imgs"),
                  "--out", str(tmp_path / "o"), "--category", "wood"]) == 2
-    assert "no trained segmenter 'wood' in the run; it has: unified (pass --category)" in capsys.readouterr().err
+    assert ("no trained segmenter 'wood' in the run; it trained one unified segmenter for all categories: "
+            "omit --category") in capsys.readouterr().err
+
+
+def test_bench_predict_on_a_per_category_run_asks_for_one_of_its_categories(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "segmenter").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    for category in ("pill", "wood"):
+        (run / "segmenter" / f"{category}.pt").write_bytes(b"")
+    (tmp_path / "imgs").mkdir()
+    for category in ([], ["--category", "bottle"]):
+        assert main(["--quiet", "predict", "--run", str(run), "--images", str(tmp_path / "imgs"),
+                     "--out", str(tmp_path / "o"), *category]) == 2
+        assert "it has: pill, wood (pass one of them as --category)" in capsys.readouterr().err
