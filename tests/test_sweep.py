@@ -67,6 +67,19 @@ def test_a_bad_grid_is_one_line_naming_the_file_and_key(grid, message, tmp_path,
     assert not (tmp_path / "out").exists()  # nothing made before the grid is known good
 
 
+def test_a_dataset_entry_in_the_wrong_layout_names_the_grid_file_the_cell_and_its_key(tmp_path, capsys):
+    root = tmp_path / "B"
+    (root / "notes").mkdir(parents=True)
+    path = write_yaml(tmp_path / "grid.yaml", {"generators": ["cutpaste"], "segmenters": ["unet"],
+                                               "datasets": [{"root": str(root)}]})
+    assert main(["sweep", "--config", str(path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}, cell B/cutpaste/unet/seed0: {root} is not a mvtec dataset")
+    assert "--data-root must be the folder that holds the category folders" in err
+    assert "keys root:, layout: and categories: of the cell's datasets entry" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_flags_replace_the_grid_files_axes(tmp_path):
     from benchmark.sweep.command import grid_settings
     from benchmark.cli import build_parser

@@ -12,6 +12,11 @@ from benchmark.errors import BenchError
 log = logging.getLogger(__name__)
 
 
+# the dataset checks are `bench run`'s and name its flags; a grid sets the same values as keys
+RUN_FLAGS_IN_A_GRID = (" (in a grid file, --data-root, --layout and --categories are the keys root:, layout: and "
+                       "categories: of the cell's datasets entry, or of base: data:)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="grid file: base (a run configuration, the `bench run --config` format), generators, "
@@ -99,8 +104,11 @@ def run(args) -> int:
     grid = validate_grid(raw, source)
     output = Path(args.output).expanduser().resolve()
     generations, cells = expand(grid, output, source)
-    for config in {c.config.data.model_dump_json(): c.config for c in cells}.values():  # before torch
-        check_data(config)
+    for cell in {c.config.data.model_dump_json(): c for c in cells}.values():  # before torch
+        try:
+            check_data(cell.config)
+        except BenchError as e:
+            raise BenchError(f"{source}, cell {cell.name}: {e}{RUN_FLAGS_IN_A_GRID}") from None
     cache = Path(args.cache_dir).expanduser().resolve() if args.cache_dir else cache_root().resolve()
     from benchmark.sweep.runner import Sweep
 
