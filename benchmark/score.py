@@ -6,7 +6,8 @@
 Maps: `.npy` (float HxW probabilities), `.png` / `.tif(f)` (8-bit: value/255, 16-bit: value/65535,
 float TIFF as is). A map `<rel>/<stem>.<ext>` is matched to the mask `<rel>/<stem>_mask.png` or
 `<rel>/<stem>.png` under --masks (also .tif/.tiff/.bmp/.npy); a map without a mask file is a normal
-image. Masks must be binary (0 and one other value, e.g. 0/255 or 0/1). Problems (a mask without
+image, but a --masks folder in which no mask matches any map is an error (it would score every
+image as normal). Masks must be binary (0 and one other value, e.g. 0/255 or 0/1). Problems (a mask without
 its map, a map whose size differs from its mask, a non-binary mask, a map outside [0, 1], an
 ambiguous match, an unreadable file) are all reported in one error naming the files.
 """
@@ -128,6 +129,13 @@ def match_maps_to_masks(maps_dir: Path, masks_dir: Path) -> tuple[list[Pair], li
         problems.append(f"{masks[key][0]}: mask without a map (expected {maps_dir / key}.npy, .png or .tiff)")
     if not maps:
         raise BenchError(f"{maps_dir}: no anomaly maps ({', '.join(MAP_SUFFIXES)}) found")
+    if not masks.keys() & maps.keys():  # scored anyway, every image would count as normal
+        first = f" (first map: {maps[min(maps)][0]}; first mask: {masks[min(masks)][0]})" if masks else ""
+        raise BenchError(
+            f"--masks {masks_dir}: no mask matches any of the {len(maps)} maps{first}; a map <rel>/<stem>.<ext> "
+            f"under --maps is matched to <rel>/<stem>{MASK_TAG}.png or <rel>/<stem>.png under --masks "
+            f"({', '.join(s.lstrip('.') for s in MASK_SUFFIXES)}), e.g. --maps <out>/test "
+            "--masks <mvtec>/<category>/ground_truth")
     return [Pair(maps[key][0], masks[key][0] if key in masks else None) for key in sorted(maps)], problems
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark.cli import main
 from benchmark.errors import BenchError
 from benchmark.metrics import MetricOptions, evaluate
 from benchmark.score import add_arguments, run
@@ -87,13 +88,29 @@ def test_score_matches_the_engine(mvtec_like, tmp_path, capsys):
 
 def test_undefined_metrics_are_null_in_json(tmp_path):
     save_npy(tmp_path / "maps" / "a.npy", np.full((4, 4), 0.2, np.float32))
-    (tmp_path / "masks").mkdir()
+    save_png(tmp_path / "masks" / "a_mask.png", np.zeros((4, 4), np.uint8))  # no anomalous pixel
     out = tmp_path / "s.json"
     assert score("--maps", str(tmp_path / "maps"), "--masks", str(tmp_path / "masks"), "--json", str(out)) == 0
     text = out.read_text()
     assert "NaN" not in text
     record = json.loads(text)
     assert record["pixel"]["auroc"] is None and record["miou"] == 1.0
+
+
+def test_a_masks_folder_that_matches_no_map_is_refused_naming_it(mvtec_like, tmp_path, capsys):
+    """Scored, it would count every image as normal: wrong folder or wrong names, not a result."""
+    maps_dir, _, _, _ = mvtec_like
+    wrong = tmp_path / "wrong"
+    save_png(wrong / "000_mask.png", np.zeros((24, 32), np.uint8))  # crack/000's mask, one level too high
+    out = tmp_path / "s.json"
+    assert main(["score", "--maps", str(maps_dir), "--masks", str(wrong), "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--masks {wrong}: no mask matches any of the 5 maps" in err
+    assert f"first mask: {wrong / '000_mask.png'}" in err and "<rel>/<stem>_mask.png or <rel>/<stem>.png" in err
+    assert not out.exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["score", "--maps", str(maps_dir), "--masks", str(tmp_path / "empty"), "--json", str(out)]) == 2
+    assert f"--masks {tmp_path / 'empty'}: no mask matches" in capsys.readouterr().err
 
 
 def test_every_problem_is_reported_in_one_error(mvtec_like, tmp_path):
@@ -135,7 +152,7 @@ def test_bad_options(mvtec_like, tmp_path, argv, message):
 
 
 def test_bad_map_files(tmp_path):
-    (tmp_path / "masks").mkdir()
+    save_png(tmp_path / "masks" / "int_mask.png", np.zeros((4, 4), np.uint8))
     save_npy(tmp_path / "maps" / "int.npy", np.zeros((4, 4), np.int64))
     save_png(tmp_path / "maps" / "rgb.png", np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "maps" / "broken.png").write_bytes(b"not a png")
