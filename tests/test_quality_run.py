@@ -149,7 +149,7 @@ def test_missing_weights_stop_the_run_before_any_work(tmp_path, capsys, monkeypa
     assert bench("run", "--output", str(out), *TINY, "--set", "quality.enabled=true") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and INCEPTION_FILE in err[0] and "--set quality.weights=<folder>" in err[0], err
-    assert not out.exists()  # not even the split was written (a later failure would leave the folder)
+    assert not out.exists()  # not even the split was written
     folder = tmp_path / "weights"
     folder.mkdir()
     assert bench("run", "--output", str(out), *TINY, "--set", "quality.enabled=true",
