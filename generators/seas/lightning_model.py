@@ -214,7 +214,7 @@ class SeasGenerator(LatentDiffusionGenerator):
         opt.zero_grad()
         self.manual_backward(losses["loss"])
         opt.step()
-        self.log_losses(losses, len(data.x0))  # Lightning logs values detached
+        self.log_losses(losses, len(data.x0))
         return losses["loss"].detach()
 
     def ssf_losses(self, x0, masks, prompts, categories, defects, n_df, rng) -> dict:
