@@ -1,6 +1,7 @@
 """LatentDiffusionGenerator on the tiny backbone: backbone checks, request encoding and pair
-decoding, the plain-prompt path, a fit batch augmented by the `augment` hook and encoded, trained-part checkpoints (generator.pt and Lightning's), and a
-fit killed mid-way that resumes from its Lightning checkpoint to the weights of an uninterrupted fit."""
+decoding, the plain-prompt path, a fit batch augmented by the `augment` hook and encoded,
+trained-part checkpoints (generator.pt and Lightning's), and a fit killed mid-way that resumes
+from its Lightning checkpoint to the weights of an uninterrupted fit."""
 
 import os
 
