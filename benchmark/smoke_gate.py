@@ -17,6 +17,13 @@ checks two things:
 
     python -m benchmark.smoke_gate record --name cutpaste-unet --runs r0 r1 ... --out baseline.json
     python -m benchmark.smoke_gate check --baseline baseline.json --name cutpaste-unet --run r0
+    python -m benchmark.smoke_gate add --baseline baseline.json --name cutpaste-unet --runs r5 --threads 1 \
+        --note "another machine of the CI kind"
+
+`add` widens an entry's band with runs of the same code measured elsewhere (another machine or
+thread count) whose pairs pass the entry: the spread of a chaotic table is only known from the
+runs seen, so a run that fails only the band on another machine is evidence of spread. A run whose
+pairs differ is a changed generator, which needs `record`, not a wider band.
 """
 
 from __future__ import annotations
@@ -179,6 +186,29 @@ def record(args) -> int:
     return 0
 
 
+def add(args) -> int:
+    baseline = json.loads(Path(args.baseline).read_text())
+    entry = baseline.get("entries", {}).get(args.name)
+    if entry is None:
+        raise BenchError(f"{args.baseline}: no entry '{args.name}'; record it first")
+    tolerance = entry.get("pair_tolerance", baseline["gate"]["pair_tolerance"])
+    added = []
+    for i, run in enumerate(Path(r) for r in args.runs):
+        problems = compare_pairs(entry["pairs"], pair_fingerprints(run / "synthetic"), tolerance)
+        if problems:
+            raise BenchError(f"{run}: {len(problems)} synthetic pairs differ from the entry ({problems[0]}); "
+                             "a changed generator needs `record` (.ci/regression --update), not a wider band")
+        added.append({"seed": _results(run)["config"]["seed"], "threads": args.threads[i] if args.threads else None,
+                      "mean": mean_row(_results(run)), "note": args.note})
+    entry["runs"] += added
+    entry["band"] = spread([r["mean"] for r in entry["runs"]])
+    tmp = Path(args.baseline).with_name(f".{Path(args.baseline).name}.{id(args)}.tmp")
+    tmp.write_text(json.dumps(baseline, indent=1, sort_keys=True) + "\n")
+    tmp.replace(args.baseline)
+    print(f"added {len(added)} runs to {args.name}: its band now spans {len(entry['runs'])} runs")
+    return 0
+
+
 def check(args) -> int:
     baseline = json.loads(Path(args.baseline).read_text())
     entry = baseline.get("entries", {}).get(args.name)
@@ -220,9 +250,15 @@ def main(argv=None) -> int:
     chk.add_argument("--baseline", type=Path, required=True)
     chk.add_argument("--name", required=True)
     chk.add_argument("--run", type=Path, required=True)
+    more = sub.add_parser("add", help="widen an entry's band with runs of the same code from another machine")
+    more.add_argument("--baseline", type=Path, required=True)
+    more.add_argument("--name", required=True)
+    more.add_argument("--runs", nargs="+", required=True, help="run folders whose pairs pass the entry")
+    more.add_argument("--threads", nargs="*", type=int, help="thread count of each run, for the record")
+    more.add_argument("--note", default="", help="where the runs come from (machine, commit), for the record")
     args = parser.parse_args(argv)
     try:
-        return record(args) if args.command_name == "record" else check(args)
+        return {"record": record, "check": check, "add": add}[args.command_name](args)
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

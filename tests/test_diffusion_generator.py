@@ -1,6 +1,7 @@
 """LatentDiffusionGenerator on the tiny backbone: backbone checks, request encoding and pair
-decoding, the plain-prompt path, trained-part checkpoints (generator.pt and Lightning's), and a
-fit killed mid-way that resumes from its Lightning checkpoint to the weights of an uninterrupted fit."""
+decoding, the plain-prompt path, a fit batch augmented by the `augment` hook and encoded,
+trained-part checkpoints (generator.pt and Lightning's), and a fit killed mid-way that resumes
+from its Lightning checkpoint to the weights of an uninterrupted fit."""
 
 import os
 
@@ -115,6 +116,35 @@ def test_requests_encode_and_pairs_decode(split):
         gen.tokens.vectors[gen.tokens.concepts.index("wood/scratch")] += 1.0
     assert torch.equal(gen.context(["wood/hole"], ["wood"]), hole)
     assert not torch.allclose(gen.context(["wood/scratch"], ["wood"]), scratch)
+
+
+class MirroredToy(ToyGenerator):
+    """Augments by a left-right mirror, so the fit batch's latent masks are known in advance."""
+
+    def augment(self, images, masks, rng):
+        return images.flip(-1), masks.flip(-1)
+
+
+def test_a_fit_batch_is_augmented_by_the_hook_then_encoded(split):
+    from generators.diffusion.latents import encode_images
+
+    gen = MirroredToy(ToyOptions(backbone="tiny", tokens_per_type=2), 32)
+    gen.setup_split(split)
+    gen.train_dataloader()
+    gen._train_rng = torch.Generator().manual_seed(0)
+    (hole, hole_mask, k_hole), (scratch, scratch_mask, k_scratch) = gen.train_set[0], gen.train_set[2]
+    # a third image past the concepts' rows (as SeaS appends normal images), with an empty mask
+    images = torch.stack([hole, scratch, torch.zeros_like(hole)])
+    masks = torch.stack([hole_mask, scratch_mask, torch.zeros_like(hole_mask)])
+    data = gen.encode_train_batch(images, masks, torch.tensor([k_hole, k_scratch]))
+    assert torch.equal(data.x0, encode_images(gen.vae, images.flip(-1))) and torch.equal(data.masks, masks.flip(-1))
+    # 8 px cells: the hole (rows 4-11, columns 6-13) mirrored to columns 18-25 lies in cell rows 0-1,
+    # cell columns 2-3; the scratch (rows 20-21, columns 2-29) in cell row 2, every column
+    hole_cells = [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+    scratch_cells = [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]]
+    assert data.m0[:, 0].tolist() == [hole_cells, scratch_cells, [[0] * 4] * 4]
+    assert data.concept_ids == [0, 1] and data.concepts == ["wood/hole", "wood/scratch"]
+    assert data.texts == ["wood hole", "wood scratch"]
 
 
 def _state(gen):

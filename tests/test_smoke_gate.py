@@ -145,3 +145,34 @@ def test_pair_tolerance_is_twice_the_move_between_thread_counts_of_one_seed(tmp_
     _write_set(tmp_path / "t1" / "synthetic", {"p": worse}, {"p": mask})
     assert main(["check", "--baseline", str(out), "--name", "g", "--run", runs[1]]) == 1
     assert "image moved" in capsys.readouterr().out
+
+
+def test_add_widens_the_band_with_runs_whose_pairs_pass_and_refuses_changed_pairs(tmp_path, planted, capsys):
+    """Three recorded runs (pixel AP .30/.34/.26: mean .30, std .04); a fourth from another machine
+    with AP .10 and the same pairs joins them: mean 1.00 / 4 = .25, sample std by hand
+    sqrt((.05^2 + .09^2 + .01^2 + .15^2) / 3) = sqrt(.0332 / 3) = .105198; a run whose pairs changed is refused and leaves the file as it was."""
+    image, mask = planted
+    runs = []
+    for i, ap in enumerate((0.30, 0.34, 0.26, 0.10)):
+        run = tmp_path / f"run{i}"
+        _write_set(run / "synthetic", {"p": image}, {"p": mask})
+        mean = {"pixel": {"ap": ap}}
+        (run / "results.json").write_text(json.dumps({"config": {"seed": 0}, "categories": {"x": mean}, "mean": mean}))
+        runs.append(str(run))
+    out = tmp_path / "baseline.json"
+    assert main(["record", "--name", "g", "--runs", *runs[:3], "--k", "3", "--out", str(out)]) == 0
+    assert main(["check", "--baseline", str(out), "--name", "g", "--run", runs[3]]) == 1  # .10 < .30 - 3 x .04
+    assert main(["add", "--baseline", str(out), "--name", "g", "--runs", runs[3], "--threads", "1",
+                 "--note", "another machine"]) == 0
+    entry = json.loads(out.read_text())["entries"]["g"]
+    assert entry["band"]["pixel.ap"]["mean"] == pytest.approx(0.25)
+    assert entry["band"]["pixel.ap"]["std"] == pytest.approx(0.105198, abs=1e-6)
+    assert entry["runs"][-1] == {"seed": 0, "threads": 1, "mean": {"pixel.ap": 0.10}, "note": "another machine"}
+    assert main(["check", "--baseline", str(out), "--name", "g", "--run", runs[3]]) == 0
+
+    changed = tmp_path / "changed"
+    _write_set(changed / "synthetic", {"p": 255 - image}, {"p": mask})
+    (changed / "results.json").write_text((tmp_path / "run0" / "results.json").read_text())
+    before = out.read_text()
+    assert main(["add", "--baseline", str(out), "--name", "g", "--runs", str(changed)]) == 2
+    assert "needs `record`" in capsys.readouterr().err and out.read_text() == before

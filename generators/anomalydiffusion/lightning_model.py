@@ -36,7 +36,7 @@ from generators.diffusion.attention import CrossAttentionHook
 from generators.diffusion.concepts import concept_name, prompt_text, split_concepts
 from generators.diffusion.ddpm import add_noise
 from generators.diffusion.generator import EncodedRequests, LatentDiffusionGenerator
-from generators.diffusion.latents import (decode_latents, encode_images, encode_masks, images_to_tensor, mask_to_latent,
+from generators.diffusion.latents import (decode_latents, encode_masks, images_to_tensor, mask_to_latent,
                                           masks_to_tensor)
 from generators.diffusion.noise import PerSampleNoise
 from generators.diffusion.schedulers import make_scheduler
@@ -87,28 +87,25 @@ class AnomalyDiffusionGenerator(LatentDiffusionGenerator):
         return context
 
     # -- training: Eq. 5 / 6 on jointly augmented pairs ------------------------------------------------
+    def augment(self, images, masks, rng):
+        """Supp. B's joint crop / translate / rotate in place of the base's flips (none when off)."""
+        if not self.options.augment:
+            return images, masks
+        pairs = [joint_augment(i, m, rng, self.options.augment_max_angle, self.options.augment_max_zoom)
+                 for i, m in zip(images, masks)]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
     def training_step(self, batch, batch_idx: int):
-        images, masks, concept_ids = batch
         rng = self._train_rng
-        images, masks = images.cpu(), masks.cpu()
-        if self.options.augment:
-            pairs = [joint_augment(i, m, rng, self.options.augment_max_angle, self.options.augment_max_zoom)
-                     for i, m in zip(images, masks)]
-            images, masks = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-        images, masks = images.to(self.device), masks.to(self.device)
-        with torch.no_grad():
-            x0 = encode_images(self.vae, images)
-        m0 = mask_to_latent(masks, x0.shape[-2:])
-        ids = concept_ids.tolist()
-        context = self.condition([self.train_set.concepts[k] for k in ids], [self.train_set.texts[k] for k in ids], masks)
-        losses = self.training_loss(x0, m0, context, rng)
+        data = self.encode_train_batch(*batch)
+        losses = self.training_loss(data.x0, data.m0, self.condition(data.concepts, data.texts, data.masks), rng)
         if self.stored_masks is not None:
-            self.stored_masks.add(masks, ids, self.options.stored_masks_per_type)
+            self.stored_masks.add(data.masks, data.concept_ids, self.options.stored_masks_per_type)
         if self.learns_mask_embedding:
             losses["loss_diff"] = losses["loss"]
-            losses["loss_mask"] = self.mask_loss(masks, [self.train_set.concepts[k] for k in ids], rng)
+            losses["loss_mask"] = self.mask_loss(data.masks, data.concepts, rng)
             losses["loss"] = losses["loss_diff"] + losses["loss_mask"]
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(x0))
+        self.log_losses(losses, len(data.x0))
         return losses["loss"]
 
     def training_loss(self, x0, m0, context, rng) -> dict[str, torch.Tensor]:

@@ -50,9 +50,8 @@ from generators.diffusion.attention import CrossAttentionHook
 from generators.diffusion.concepts import split_concepts
 from generators.diffusion.ddpm import add_noise
 from generators.diffusion.denoiser import as_denoiser
-from generators.diffusion.few_shot import random_flips
 from generators.diffusion.generator import LatentDiffusionGenerator, resolution_fix
-from generators.diffusion.latents import decode_latents, encode_images, encode_masks, tensor_to_images
+from generators.diffusion.latents import decode_latents, encode_masks, tensor_to_images
 from generators.diffusion.noise import PerSampleNoise
 from generators.diffusion.schedulers import make_scheduler
 
@@ -216,20 +215,16 @@ class DefectDiffu(LatentDiffusionGenerator):
 
     # -- fit: Algorithm 1, Eq. 6-11 ---------------------------------------------------------------
     def training_step(self, batch, batch_idx: int):
-        images, masks, concept_ids = batch
         rng = self._train_rng
-        images, masks = random_flips(images.cpu(), masks.cpu(), rng)
-        images, masks = images.to(self.device), masks.to(self.device)
+        data = self.encode_train_batch(*batch)
         with torch.no_grad():
-            x0 = encode_images(self.vae, images)
-            mask_target = self.mask_latent_target(masks, x0.shape[-2:])  # Mask_f of Eq. 6
-        products, defects = zip(*(self.train_set.concepts[k].split("/", 1) for k in concept_ids.tolist()))
+            mask_target = self.mask_latent_target(data.masks, data.x0.shape[-2:])  # Mask_f of Eq. 6
+        products, defects = zip(*(c.split("/", 1) for c in data.concepts))
         defects = [self.defect_name(p, d) for p, d in zip(products, defects)]
-        draws = torch.rand(len(x0), 3, generator=rng, dtype=torch.float64)
-        losses = self.defectdiffu_loss(x0, masks, mask_target, *double_free_dropout(products, defects, draws,
-                                                                                    self.options.p1, self.options.p2),
-                                       rng)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(x0))
+        draws = torch.rand(len(data.x0), 3, generator=rng, dtype=torch.float64)
+        prompts = double_free_dropout(products, defects, draws, self.options.p1, self.options.p2)
+        losses = self.defectdiffu_loss(data.x0, data.masks, mask_target, *prompts, rng)
+        self.log_losses(losses, len(data.x0))
         return losses["loss"]
 
     def defectdiffu_loss(self, x0, masks, mask_target, products, defects, rng) -> dict[str, torch.Tensor]:

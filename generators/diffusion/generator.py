@@ -7,14 +7,17 @@ The base owns the glue; a method subclasses it and writes only its paper's math:
   scheduler `sampling_scheduler()` returns (DDPM with "trailing" spacing unless overridden);
 - concepts: one per (category, defect type) of the split, each with learned tokens
   (`LearnedTokens`, textual inversion) when `tokens_per_type > 0`; `context()` encodes prompts;
-- fit: the few-shot defects (`FewShotDefects`) with random flips, drawn by a seeded sampler that a
-  resumed fit continues (`ResumableDraws`); images and masks reach the hook as latents;
+- fit: the few-shot defects (`FewShotDefects`) drawn by a seeded sampler that a resumed fit
+  continues (`ResumableDraws`), augmented (`augment`: random flips) and encoded into a `TrainBatch`
+  (`encode_train_batch`); its latents reach the hook;
 - generate: each request's normal image and placed mask as latents, its prompt context and its own
   noise stream (`EncodedRequests`), then the hook's latents decoded into `SyntheticPair`s;
 - checkpoints: only `trained_parts()` are saved, in `generator.pt` and in Lightning's checkpoints.
 
 Hooks: `training_loss(x0, m0, context, rng)` (the method's loss), `sample(batch)` (its sampler),
-`trained_parts()` (modules that train), optionally `check_options(T)` and `sampling_scheduler()`.
+`trained_parts()` (modules that train), optionally `check_options(T)`, `sampling_scheduler()` and
+`augment(images, masks, rng)`. A method whose fit step is its own still starts it with
+`encode_train_batch` and ends it with `log_losses`.
 docs/diffusion.md shows a complete subclass.
 """
 
@@ -51,6 +54,19 @@ def resolution_fix(options: LatentDiffusionOptions, resolution: int, multiple: i
         return (f"pass --image-size {below} or {above}, or keep the image size and give the generator its own "
                 f"with --set generator.options.resolution={below}")
     return f"pass --set generator.options.resolution={below} (or {above})"
+
+
+@dataclass
+class TrainBatch:
+    """A fit batch as the losses need it: augmented, on the device, encoded. Rows past
+    `len(concepts)` are images a method appended to the few-shot defects (SeaS' normal images)."""
+
+    masks: torch.Tensor  # (B,1,H,W) augmented pixel masks
+    x0: torch.Tensor  # (B,C,h,w) latents of the augmented images
+    m0: torch.Tensor  # (B,1,h,w) binary masks at latent size
+    concept_ids: list[int]  # the few-shot defects' concept indices into `FewShotDefects.concepts`
+    concepts: list[str]
+    texts: list[str]  # each concept's prompt text
 
 
 @dataclass
@@ -206,17 +222,29 @@ class LatentDiffusionGenerator(Generator):
     def draw_noise(self, like: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         return torch.randn(like.shape, generator=rng).to(self.device)
 
-    def training_step(self, batch, batch_idx: int):
-        images, masks, concept_ids = batch
-        rng = self._train_rng
-        images, masks = random_flips(images.cpu(), masks.cpu(), rng)
+    def augment(self, images: torch.Tensor, masks: torch.Tensor, rng: torch.Generator):
+        """The fit's augmentation of CPU images (B,3,H,W) and masks (B,1,H,W), drawn from `rng`:
+        random flips."""
+        return random_flips(images, masks, rng)
+
+    def encode_train_batch(self, images: torch.Tensor, masks: torch.Tensor, concept_ids: torch.Tensor) -> TrainBatch:
+        """A loader batch (or one a method extended) augmented, moved to the device and encoded."""
+        images, masks = self.augment(images.cpu(), masks.cpu(), self._train_rng)
+        images, masks = images.to(self.device), masks.to(self.device)
         with torch.no_grad():
-            x0 = encode_images(self.vae, images.to(self.device))
-        m0 = mask_to_latent(masks.to(self.device), x0.shape[-2:])
+            x0 = encode_images(self.vae, images)
         ids = concept_ids.tolist()
-        context = self.context([self.train_set.concepts[k] for k in ids], [self.train_set.texts[k] for k in ids])
-        losses = self.training_loss(x0, m0, context, rng)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(x0))
+        return TrainBatch(masks, x0, mask_to_latent(masks, x0.shape[-2:]), ids,
+                          [self.train_set.concepts[k] for k in ids], [self.train_set.texts[k] for k in ids])
+
+    def log_losses(self, losses: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Each term as `train/<name>` (Lightning logs the values detached)."""
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=batch_size)
+
+    def training_step(self, batch, batch_idx: int):
+        data = self.encode_train_batch(*batch)
+        losses = self.training_loss(data.x0, data.m0, self.context(data.concepts, data.texts), self._train_rng)
+        self.log_losses(losses, len(data.x0))
         return losses["loss"]
 
     # -- generate ---------------------------------------------------------------------------------

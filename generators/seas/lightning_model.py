@@ -40,7 +40,6 @@ from generators.base import Generator
 from generators.diffusion.attention import AttentionRecord, CrossAttentionHook
 from generators.diffusion.concepts import split_concepts
 from generators.diffusion.conditioning import multi_condition_guidance
-from generators.diffusion.few_shot import random_flips
 from generators.diffusion.generator import LatentDiffusionGenerator
 from generators.diffusion.latents import decode_latents, encode_images, images_to_tensor, tensor_to_images
 from generators.diffusion.noise import PerSampleNoise
@@ -200,25 +199,22 @@ class SeasGenerator(LatentDiffusionGenerator):
         normals, normal_categories = self._draw_normals(categories, rng)
         images = torch.cat([images.cpu(), normals])
         masks = torch.cat([masks.cpu(), torch.zeros(len(normals), *masks.shape[1:])])  # M_ob = 0 (A.3)
-        images, masks = random_flips(images, masks, rng)
-        images, masks = images.to(self.device), masks.to(self.device)
-        with torch.no_grad():
-            x0 = encode_images(self.vae, images)
+        data = self.encode_train_batch(images, masks, concept_ids)  # flipped together, anomaly rows first
         prompts = [self._prompt(c, d) for c, d in zip(categories, defects)]
         prompts += [self._prompt(c, None) for c in normal_categories]
         n_df = len(concepts)
         ssf_opt, rmp_opt = self.optimizers()
         if self.global_step < self.ssf_steps:
-            losses = self.ssf_losses(x0, masks, prompts, categories, defects, n_df, rng)
+            losses = self.ssf_losses(data.x0, data.masks, prompts, categories, defects, n_df, rng)
             opt = ssf_opt
         else:
-            losses = self.rmp_losses(x0, masks, prompts, n_df, rng)
+            losses = self.rmp_losses(data.x0, data.masks, prompts, n_df, rng)
             losses = {f"rmp_{k}" if k != "loss" else k: v for k, v in losses.items()}
             opt = rmp_opt
         opt.zero_grad()
         self.manual_backward(losses["loss"])
         opt.step()
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, batch_size=len(x0))
+        self.log_losses(losses, len(data.x0))
         return losses["loss"].detach()
 
     def ssf_losses(self, x0, masks, prompts, categories, defects, n_df, rng) -> dict:
