@@ -72,8 +72,10 @@ def _trainer(**kw):
 
 
 def test_backbone_checks_name_resolution_and_T():
-    with pytest.raises(BenchError, match="not a multiple of 16"):
+    with pytest.raises(BenchError, match=r"not a multiple of 16 .*generator.options.resolution=32 \(or 48\)"):
         ToyGenerator(ToyOptions(backbone="tiny", resolution=40), 32)
+    with pytest.raises(BenchError, match=r"pass --image-size 16, or .* generator.options.resolution=16$"):
+        ToyGenerator.preflight(ToyOptions(backbone="tiny"), 8)  # no multiple below: only the one above
     with pytest.raises(BenchError, match="within T = 1000"):
         _toy(sampling_steps=1001)
     gen = _toy(resolution=64)

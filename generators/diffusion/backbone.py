@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from benchmark.errors import BenchError
-from generators.diffusion.hub import KNOWN_BACKBONES, LDM_SCHEDULE, ROLES, TINY, quiet_hub_libraries
 from generators.diffusion import tiny as tiny_recipe
 from generators.diffusion import tiny_demo as tiny_demo_recipe
+from generators.diffusion.hub import KNOWN_BACKBONES, LDM_SCHEDULE, ROLES, TINY, quiet_hub_libraries
 from generators.diffusion.tiny import tiny_backbone_folder
 from generators.diffusion.tiny_demo import TINY_DEMO, tiny_demo_backbone_folder
 
@@ -185,14 +185,14 @@ def backbone_geometry(source: str) -> tuple[int, int]:
         vae, denoiser = built_backbone_configs(source)
     else:
         folder = resolve_folder(source)
-        configs = {}
-        for role, (sub, _, _) in component_subfolders(source, folder).items():
-            config_file = folder / sub / "config.json"
-            if role in ("unet", "vae"):
-                if not config_file.is_file():
-                    raise BenchError(missing_weights_message(source, f"{config_file} is missing"))
-                configs[role] = json.loads(config_file.read_text())
-        vae, denoiser = configs["vae"], configs["unet"]
+        subfolders = component_subfolders(source, folder)
+        configs = []
+        for role in ("vae", "unet"):
+            config_file = folder / subfolders[role][0] / "config.json"
+            if not config_file.is_file():
+                raise BenchError(missing_weights_message(source, f"{config_file} is missing"))
+            configs.append(json.loads(config_file.read_text()))
+        vae, denoiser = configs
     factor = vae_scale_factor(vae)
     return factor, size_multiple(factor, denoiser)
 

@@ -49,11 +49,13 @@ from generators.diffusion.tokens import LearnedTokens
 def resolution_fix(options: LatentDiffusionOptions, resolution: int, multiple: int) -> str:
     """How to give a resolution the backbone takes: the generator option when it is set, else
     the run's --image-size (which it follows), each with the two nearest multiples."""
-    below, above = max(multiple, resolution // multiple * multiple), (resolution // multiple + 1) * multiple
+    below, above = resolution // multiple * multiple, (resolution // multiple + 1) * multiple
+    nearest = below or above
     if options.resolution is None:
-        return (f"pass --image-size {below} or {above}, or keep the image size and give the generator its own "
-                f"with --set generator.options.resolution={below}")
-    return f"pass --set generator.options.resolution={below} (or {above})"
+        sizes = f"{below} or {above}" if below else f"{above}"
+        return (f"pass --image-size {sizes}, or keep the image size and give the generator its own "
+                f"with --set generator.options.resolution={nearest}")
+    return f"pass --set generator.options.resolution={nearest}" + (f" (or {above})" if below else "")
 
 
 @dataclass
