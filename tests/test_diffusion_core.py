@@ -129,6 +129,39 @@ def test_ldm_linear_schedule_is_diffusers_scaled_linear(backbone):
         make_scheduler("euler", backbone.scheduler_config)
 
 
+def test_training_target_and_its_eps_reading_per_prediction_type():
+    """The U-Net's target for eps-, v- and x0-prediction, and `as_epsilon` reading each back as the
+    eps, against a hand computation on the LDM schedule; DPM-Solver++ (the SeaS sampler) steps the
+    same from the true eps with an eps scheduler as from the true x0 with an x0 ("sample") one."""
+    from generators.diffusion.ddpm import as_epsilon
+    from generators.diffusion.schedulers import training_target
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    t = torch.tensor([10, 500])
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2  # by hand, "scaled_linear"
+    abar = torch.cumprod(1 - betas, 0)[t].float().view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    hand = {"epsilon": eps, "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * x0, "sample": x0}
+    for kind, target in hand.items():
+        scheduler = make_scheduler("ddpm", {**LDM_SCHEDULE, "prediction_type": kind})
+        torch.testing.assert_close(scheduler.add_noise(x0, eps, t), x_t)
+        torch.testing.assert_close(training_target(scheduler, x0, eps, t), target)
+        torch.testing.assert_close(as_epsilon(kind, target, x_t, abar), eps, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="prediction_type"):
+        as_epsilon("flow", x0, x_t, abar)
+
+    steps = {}
+    for kind, output in (("epsilon", eps), ("sample", x0)):
+        scheduler = make_scheduler("dpm", {**LDM_SCHEDULE, "prediction_type": kind})
+        scheduler.set_timesteps(5)
+        first = int(scheduler.timesteps[0])
+        a = float(torch.cumprod(1 - betas, 0)[first])
+        state = a**0.5 * x0 + (1 - a) ** 0.5 * eps
+        steps[kind] = scheduler.step(output, scheduler.timesteps[0], state).prev_sample
+    torch.testing.assert_close(steps["sample"], steps["epsilon"], atol=1e-5, rtol=1e-4)
+
+
 def test_ddim_and_dpm_sample_with_the_tiny_unet(backbone):
     for kind in ("ddim", "dpm"):
         s = make_scheduler(kind, backbone.scheduler_config)

@@ -295,10 +295,11 @@ def test_da_weight_scales_the_da_term_only(trained):
         assert float(terms["loss"]) == pytest.approx(float(terms["diffusion"] + terms["na"]) + w * da, rel=1e-6)
 
 
-def test_ssf_target_is_eps_or_v_as_the_backbone_predicts(trained):
+def test_ssf_target_is_eps_v_or_x0_as_the_backbone_predicts(trained):
     """With the U-Net's output forced to 0, the diffusion term is the mean square of the target over
-    the anomaly rows: eps, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022) for a
-    v-prediction backbone, with t and eps drawn from the same seeded generator as the loss draws them."""
+    the anomaly rows: eps, v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022) for a
+    v-prediction backbone, or the clean latent x0 for an x0 ("sample") one, with t and eps drawn
+    from the same seeded generator as the loss draws them."""
     from generators.diffusion.schedulers import make_scheduler
 
     gen, _, _ = trained
@@ -318,7 +319,7 @@ def test_ssf_target_is_eps_or_v_as_the_backbone_predicts(trained):
     handle = gen.unet.register_forward_hook(zero_output)
     out = {}
     try:
-        for kind in ("epsilon", "v_prediction"):
+        for kind in ("epsilon", "v_prediction", "sample"):
             gen.forward_noise = make_scheduler("ddpm", {**gen.backbone.scheduler_config, "prediction_type": kind})
             with torch.no_grad():
                 out[kind] = gen.ssf_losses(x0, masks, prompts, ["pill"] * 2, [defect] * 2, 2,
@@ -334,3 +335,5 @@ def test_ssf_target_is_eps_or_v_as_the_backbone_predicts(trained):
     assert float(out["epsilon"]["diffusion"]) == pytest.approx(float(eps[:2].square().mean()), rel=1e-5)
     assert float(out["v_prediction"]["diffusion"]) == pytest.approx(float(v[:2].square().mean()), rel=1e-5)
     assert float(out["v_prediction"]["na"]) == pytest.approx(float(v[2:].square().mean()), rel=1e-5)
+    assert float(out["sample"]["diffusion"]) == pytest.approx(float(x0[:2].square().mean()), rel=1e-5)
+    assert float(out["sample"]["na"]) == pytest.approx(float(x0[2:].square().mean()), rel=1e-5)

@@ -67,7 +67,8 @@ def test_built_once_into_a_folder_named_by_the_recipe(monkeypatch):
 
 def test_issue_11_variants_build_their_own_folders(monkeypatch):
     """PATCH and PREDICTION (measured for issue 11, docs/seas.md) change the recipe only when they
-    differ from 8 and "epsilon"; a v-prediction build has a plain U-Net and says so in its scheduler."""
+    differ from 8 and "epsilon"; a v-prediction build has a plain U-Net, an x0 one the x0 skip, and
+    each says so in its scheduler."""
     from diffusers import UNet2DConditionModel
 
     from generators.diffusion import tiny_demo
@@ -89,6 +90,12 @@ def test_issue_11_variants_build_their_own_folders(monkeypatch):
     assert folder not in (default, patch4) and backbone.folder == folder
     assert backbone.scheduler_config["prediction_type"] == "v_prediction"
     assert type(backbone.unet) is UNet2DConditionModel  # no linear skip: E[v | x_t] = 0 for whitened data
+    monkeypatch.setattr(tiny_demo, "PREDICTION", "sample")
+    x0_folder = tiny_demo.tiny_demo_backbone_folder()
+    backbone = load_backbone("tiny-demo")
+    assert x0_folder not in (default, patch4, folder) and backbone.folder == x0_folder
+    assert backbone.scheduler_config["prediction_type"] == "sample"
+    assert type(backbone.unet) is tiny_demo.LinearSkipX0UNet  # what was trained is what loads
 
 
 def test_pca_autoencoder_matches_an_eigendecomposition_and_whitens(tmp_path):
@@ -141,6 +148,26 @@ def test_linear_skip_unet_adds_the_linear_mmse_eps():
     torch.testing.assert_close(got[0] - base[0], 0.029155 * x[0], atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(got[1] - base[1], 0.997667 * x[1], atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(scalar[0], got[0])  # a scalar timestep applies to the whole batch
+
+
+def test_linear_skip_x0_unet_adds_the_linear_mmse_x0():
+    from diffusers import UNet2DConditionModel
+
+    from generators.diffusion.tiny import UNET
+    from generators.diffusion.tiny_demo import LinearSkipX0UNet
+
+    torch.manual_seed(0)
+    unet = LinearSkipX0UNet(**{**UNET, "in_channels": 4, "out_channels": 4, "sample_size": 4})
+    plain = UNet2DConditionModel.from_config(unet.config)
+    plain.load_state_dict(unet.state_dict())
+    x, context = torch.randn(2, 4, 4, 4), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        got = unet(x, torch.tensor([0, 999]), encoder_hidden_states=context).sample
+        base = plain(x, torch.tensor([0, 999]), encoder_hidden_states=context).sample
+    # hand values of the LDM schedule: sqrt(abar) at index 0 = sqrt(1 - 0.00085) = 0.999575; at
+    # index 999 sqrt(4.6601e-3) = 0.068265 (the eps skip's coefficient there is 0.997667)
+    torch.testing.assert_close(got[0] - base[0], 0.999575 * x[0], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(got[1] - base[1], 0.068265 * x[1], atol=1e-4, rtol=1e-3)
 
 
 def test_pretraining_set_adds_defect_images_of_the_unused_seed_with_generic_captions():

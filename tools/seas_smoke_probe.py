@@ -33,6 +33,7 @@ from benchmark.data.layouts import read_dataset
 from benchmark.data.split import few_shot_split
 from generators.diffusion import tiny_demo
 from generators.diffusion.attention import CrossAttentionHook
+from generators.diffusion.ddpm import as_epsilon
 from generators.diffusion.few_shot import FewShotDefects
 from generators.diffusion.latents import encode_images, mask_to_latent, tensor_to_images
 from generators.seas.lightning_model import SeasGenerator
@@ -62,8 +63,9 @@ def few_shot_batch(gen: SeasGenerator, shots: FewShotDefects):
 
 @torch.no_grad()
 def defect_cell_error(gen: SeasGenerator, shots: FewShotDefects, draws: int = 2) -> dict:
-    """eps-MSE of the U-Net with each image's P_n, inside / outside the latent cells its defect
-    touches (max-pooled mask), per timestep, over `draws` seeded noise draws."""
+    """eps-MSE of the U-Net with each image's P_n (a v or x0 output read as the eps it stands for),
+    inside / outside the latent cells its defect touches (max-pooled mask), per timestep, over
+    `draws` seeded noise draws."""
     was_training = gen.training
     gen.eval()
     x0, masks, context, _ = few_shot_batch(gen, shots)
@@ -77,9 +79,7 @@ def defect_cell_error(gen: SeasGenerator, shots: FewShotDefects, draws: int = 2)
             index = torch.full((len(x0),), t)
             x_t = gen.forward_noise.add_noise(x0, eps, index)
             pred = gen.unet(x_t, index, encoder_hidden_states=context).sample
-            if gen.forward_noise.config.prediction_type == "v_prediction":  # as eps: sqrt(abar) v + sqrt(1 - abar) x_t
-                abar = gen.forward_noise.alphas_cumprod[t]
-                pred = abar.sqrt() * pred + (1 - abar).sqrt() * x_t
+            pred = as_epsilon(gen.forward_noise.config.prediction_type, pred, x_t, gen.forward_noise.alphas_cumprod[t])
             err = (pred - eps).square().mean(1, keepdim=True)
             sums += [float((err * inside).sum() / inside.sum()), float((err * (1 - inside)).sum() / (1 - inside).sum())]
         out[t] = tuple(round(float(v), 3) for v in sums / draws)
@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="generator option KEY=JSON over the smoke preset")
     ap.add_argument("--patch", type=int, default=tiny_demo.PATCH)
     ap.add_argument("--unet-channels", default=None, help="e.g. 64,128 (tiny_demo.UNET_CHANNELS)")
-    ap.add_argument("--prediction", default=tiny_demo.PREDICTION, choices=["epsilon", "v_prediction"])
+    ap.add_argument("--prediction", default=tiny_demo.PREDICTION, choices=["epsilon", "v_prediction", "sample"])
     ap.add_argument("--guidance", type=float, nargs="*", default=None)
     ap.add_argument("--pairs", type=int, default=2, help="pairs per type")
     ap.add_argument("--every", type=int, default=300, help="report the defect-cell error every this many SSF steps")

@@ -3,6 +3,7 @@
 
 - `add_noise`: the forward process q(x_t | x_0) (Ho et al. Eq. 4).
 - `predict_x0`: x0 from a predicted noise (Ho et al. Eq. 15).
+- `as_epsilon`: the eps a v- or x0-predicting U-Net's output stands for (to compare it with eps).
 - `posterior`: mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. Eq. 6-7), respacing-aware.
 - `ddpm_step`: one ancestral step, x_{t-1} ~ N(mean, var).
 Written as plain functions rather than `DDPMScheduler.step` because methods such as STAGE's
@@ -24,6 +25,19 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torc
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t) -> torch.Tensor:
     """Ho et al. Eq. 15: x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
     return (x_t - (1 - abar_t) ** 0.5 * eps) / abar_t**0.5
+
+
+def as_epsilon(prediction_type: str, pred: torch.Tensor, x_t: torch.Tensor, abar_t) -> torch.Tensor:
+    """The eps a U-Net's output stands for, given what it predicts (diffusers' `prediction_type`):
+    "epsilon" as is; "v_prediction" (v = sqrt(abar) eps - sqrt(1 - abar) x0, Salimans & Ho 2022)
+    sqrt(abar) v + sqrt(1 - abar) x_t; "sample" (x0) Eq. 4 solved for eps, (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
+    if prediction_type == "epsilon":
+        return pred
+    if prediction_type == "v_prediction":
+        return abar_t**0.5 * pred + (1 - abar_t) ** 0.5 * x_t
+    if prediction_type == "sample":
+        return (x_t - abar_t**0.5 * pred) / (1 - abar_t) ** 0.5
+    raise ValueError(f"unknown prediction_type '{prediction_type}'")
 
 
 def posterior(x0: torch.Tensor, x_t: torch.Tensor, abar_t, abar_prev):

@@ -4,7 +4,8 @@ The backbone's `scheduler/scheduler_config.json` says which betas it was trained
 (and Stable Diffusion v1) use CompVis' "linear" schedule, beta from 0.00085 to 0.012 over
 T = 1000 steps, linear in sqrt(beta), which diffusers calls `scaled_linear` (LDM_SCHEDULE is the
 fallback when a folder has no scheduler config). Only the schedule is taken from the backbone;
-the sampler kind and its spacing are the method's choice.
+the sampler kind and its spacing are the method's choice. `training_target` is what a U-Net of
+the schedule's `prediction_type` learns (eps, v or x0), so the training losses follow the backbone.
 """
 
 from __future__ import annotations
@@ -43,3 +44,17 @@ def alphas_cumprod(scheduler) -> torch.Tensor:
     """abar_t for t = 0..T-1 (diffusers' 0-based index; papers count t = 1..T)."""
     return scheduler.alphas_cumprod.to(torch.float64)
 
+
+
+def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the U-Net learns to predict for x_t = `scheduler.add_noise(x0, noise, timesteps)`, by the
+    scheduler's `prediction_type`: the noise ("epsilon"), v = sqrt(abar) eps - sqrt(1 - abar) x0
+    ("v_prediction", diffusers' `get_velocity`) or x0 itself ("sample")."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, timesteps)
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unknown prediction_type '{kind}'")

@@ -31,9 +31,10 @@ for those captions (nor with 3x the steps), and w = 20 or 50 turns its samples i
 so the smoke backbone stays trained on normal images only (and keeps its cache folder: the recipe
 leaves the option's keys out while it is off).
 `PATCH` (8) is the PCA's block side, so the latent is size / PATCH cells a side; `PREDICTION`
-("epsilon") the U-Net's target, "v_prediction" giving a plain U-Net (no linear skip) trained on v.
-PATCH = 4 and v-prediction were measured for issue 11 (docs/seas.md, "Recipe search"); the recipe
-names them only when they differ from the defaults.
+("epsilon") the U-Net's target, "v_prediction" giving a plain U-Net (no linear skip) trained on v,
+"sample" a `LinearSkipX0UNet` trained on x0 (its skip is the linear MMSE estimate sqrt(abar_t) x_t
+of x0). PATCH = 4, v- and x0-prediction were measured for issue 11 (docs/seas.md, "Recipe search");
+the recipe names them only when they differ from the defaults.
 
 Built on first use and cached under `$SIAS_BENCH_CACHE/models/tiny-demo-<recipe hash>` (temp dir
 + rename, like `tiny`); the hash covers the recipe, the tiny backbone's and the demo data's
@@ -59,6 +60,7 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from torch import nn
 
 from generators.diffusion.hub import atomic_folder, quiet_hub_libraries, recipe_folder
+from generators.diffusion.schedulers import training_target
 from generators.diffusion.tiny import TINY_VERSION, tiny_backbone_folder
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ TINY_DEMO = "tiny-demo"
 LATENT_CHANNELS = 32  # = the U-Net's first width: x_t passes through unchanged in width
 UNET_CHANNELS = (32, 64)  # tiny's shape
 PATCH = 8  # pixels per latent cell (the PCA's block side); 4 was measured for issue 11 (docs/seas.md)
-PREDICTION = "epsilon"  # the U-Net's target; "v_prediction" was measured for issue 11 (docs/seas.md)
+PREDICTION = "epsilon"  # the U-Net's target; "v_prediction" and "sample" (x0) were measured for issue 11 (docs/seas.md)
 PRETRAIN = dict(steps=800, batch_size=8, lr=1e-3, images_per_category=48, seed=1000, size=128,
                 prompt="a {category}", drop_prompt=0.1,
                 # smoke-only departure (module docstring): defect images of the same unused seed, captioned
@@ -157,11 +159,24 @@ class LinearSkipUNet(UNet2DConditionModel):
         return with_linear_skip(out, sample, timestep, return_dict)
 
 
-def with_linear_skip(out, x_t: torch.Tensor, timestep, return_dict: bool):
-    """A diffusers model output (object or tuple) with sqrt(1 - abar_t) x_t added to its sample."""
+class LinearSkipX0UNet(UNet2DConditionModel):
+    """The x0-predicting twin of `LinearSkipUNet`: x0 = sqrt(abar_t) x_t + F(x_t, t, c), the linear
+    MMSE estimate E[x0 | x_t] = sqrt(abar) x_t of whitened Gaussian data plus the network (EDM's
+    c_skip, Karras et al. 2022, Table 1, with sigma_data = 1, written for the VP x_t). At t near 0,
+    where x0 is almost x_t, the skip carries it, so the small U-Net need not copy its input."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
+        out = super().forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
+        return with_linear_skip(out, sample, timestep, return_dict, target="sample")
+
+
+def with_linear_skip(out, x_t: torch.Tensor, timestep, return_dict: bool, target: str = "epsilon"):
+    """A diffusers model output (object or tuple) with the linear MMSE estimate of its `target`
+    added to its sample: sqrt(1 - abar_t) x_t for eps, sqrt(abar_t) x_t for x0 ("sample")."""
     abar = ldm_alphas_cumprod().to(x_t.device, x_t.dtype)
     t = torch.as_tensor(timestep, device=x_t.device).long().flatten().expand(len(x_t))
-    skip = (1 - abar[t]).sqrt().view(-1, 1, 1, 1) * x_t
+    coefficient = {"epsilon": lambda a: (1 - a).sqrt(), "sample": lambda a: a.sqrt()}[target](abar[t])
+    skip = coefficient.view(-1, 1, 1, 1) * x_t
     if return_dict:
         out.sample = out.sample + skip
         return out
@@ -187,7 +202,7 @@ def recipe() -> dict:
             pretrain.pop(key)
     # the options below name themselves only when they differ, so the default recipe (and folder) is as before them
     variants = {} if PATCH == 8 else {"patch": PATCH}
-    unet = "linear-skip" if PREDICTION == "epsilon" else "plain"
+    unet = "plain" if PREDICTION == "v_prediction" else "linear-skip"  # on eps or x0 (`PREDICTION`)
     if PREDICTION != "epsilon":
         variants["prediction"] = PREDICTION
     return {"latent_channels": LATENT_CHANNELS, "unet_channels": list(UNET_CHANNELS), "unet": unet, **pretrain,
@@ -260,7 +275,7 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
 def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, batch_size: int, lr: float,
                   images_per_category: int, seed: int, size: int, prompt: str, drop_prompt: float,
                   defects_per_type: int = 0, defect_prompt: str = "", defect_weight: float = 0.0, **_) -> list[float]:
-    """Train `unet` in place on the eps-MSE of demo images (normal ones, and `defects_per_type`
+    """Train `unet` in place on the MSE of the scheduler's target (eps, v or x0) of demo images (normal ones, and `defects_per_type`
     defect images per type); latent cells a defect touches weigh 1 + `defect_weight` in the mean
     (a defect covers a few % of an image, so the plain mean barely sees it). Returns the per-step
     losses."""
@@ -290,16 +305,15 @@ def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, bat
         context = torch.where((torch.rand(batch_size, generator=rng) < drop_prompt).view(-1, 1, 1),
                               contexts[-1], contexts[label[pick]])
         pred = unet(scheduler.add_noise(x0, eps, t), t, encoder_hidden_states=context).sample
-        if scheduler.config.prediction_type == "v_prediction":
-            eps = scheduler.get_velocity(x0, eps, t)  # the target: v = sqrt(abar) eps - sqrt(1 - abar) x0
+        target = training_target(scheduler, x0, eps, t)
         # unweighted: torch's mse_loss as before the option, so the default recipe's build is unchanged
-        loss = weighted_mse(pred, eps, weights[pick]) if defect_weight else F.mse_loss(pred, eps)
+        loss = weighted_mse(pred, target, weights[pick]) if defect_weight else F.mse_loss(pred, target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
         if len(losses) % 100 == 0:
-            log.info("tiny-demo pre-training: step %d/%d, eps-MSE of the last 100 steps %.4f", len(losses), steps,
+            log.info("tiny-demo pre-training: step %d/%d, MSE of the last 100 steps %.4f", len(losses), steps,
                      float(np.mean(losses[-100:])))
     unet.eval()
     return losses
@@ -341,7 +355,8 @@ def build_tiny_demo_backbone(folder: Path) -> Path:
             torch.manual_seed(TINY_SEED)
             # v-prediction: a plain U-Net, whose zero output is already the linear estimate (for whitened
             # data E[v | x_t] = sqrt(abar (1 - abar)) x_t - sqrt((1 - abar) abar) x_t = 0)
-            unet_class = LinearSkipUNet if PREDICTION == "epsilon" else UNet2DConditionModel
+            unet_class = {"epsilon": LinearSkipUNet, "v_prediction": UNet2DConditionModel,
+                          "sample": LinearSkipX0UNet}[PREDICTION]
             unet = unet_class(**{**UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
                                  "block_out_channels": UNET_CHANNELS, "sample_size": PRETRAIN["size"] // PATCH})
             losses = pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, **PRETRAIN)

@@ -43,7 +43,7 @@ from generators.diffusion.conditioning import multi_condition_guidance
 from generators.diffusion.generator import LatentDiffusionGenerator
 from generators.diffusion.latents import decode_latents, encode_images, images_to_tensor, tensor_to_images
 from generators.diffusion.noise import PerSampleNoise
-from generators.diffusion.schedulers import make_scheduler
+from generators.diffusion.schedulers import make_scheduler, training_target
 from generators.seas.loss import ENCODER, da_loss, da_sizes, rmp_loss, ssf_loss
 from generators.seas.options import (GUIDANCE, RMP_LR, SAMPLING_STEPS, SD_V14, T_EXTENDED, TOKEN_LR, UNET_LR,
                                      SeasOptions)
@@ -231,9 +231,8 @@ class SeasGenerator(LatentDiffusionGenerator):
             pred = self.unet(x_t, index, encoder_hidden_states=context).sample
         records = [AttentionRecord(r.layer, r.probs[:n_df], r.size) for r in hook.records]  # anomaly rows only
         da = da_loss(records, masks[:n_df], ob, df, da_sizes(tuple(x0.shape[-2:]), self.options.da_scales))
-        if self.forward_noise.config.prediction_type == "v_prediction":  # a v-prediction backbone's target
-            eps = self.forward_noise.get_velocity(x0, eps, index)
-        out = ssf_loss(eps[:n_df], pred[:n_df], eps[n_df:], pred[n_df:], self.options.da_weight * da["da"])
+        target = training_target(self.forward_noise, x0, eps, index)  # eps, or v / x0 for such a backbone
+        out = ssf_loss(target[:n_df], pred[:n_df], target[n_df:], pred[n_df:], self.options.da_weight * da["da"])
         if n_df == len(x0):  # no normal images in the batch: no NA term (Table 12 ablation)
             out["loss"], out["na"] = out["diffusion"] + self.options.da_weight * da["da"], out["na"].detach() * 0
         return {**out, **{k: v for k, v in da.items() if k != "da"}}
