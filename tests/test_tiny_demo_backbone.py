@@ -44,6 +44,36 @@ def test_pretraining_lowers_the_eps_loss():
     assert len(losses) == 20 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05
 
 
+def test_ema_pretraining_ends_on_the_moving_average_of_the_weights(monkeypatch):
+    """Two steps with decay d end on d w_1 + (1 - d) w_2 (the average starts from the first step's
+    weights), w_k the weights after k plain steps of the same seeded run."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from generators.diffusion import tiny_demo
+    from generators.diffusion.backbone import load_backbone
+    from generators.diffusion.tiny import UNET
+    from generators.diffusion.tiny_demo import pretrain_unet
+
+    tiny = load_backbone("tiny")
+    scheduler = DDPMScheduler(**tiny.scheduler_config)
+    recipe = dict(batch_size=2, lr=1e-2, images_per_category=1, seed=1000, size=32, prompt="a {category}",
+                  drop_prompt=0.1)
+
+    def weights_after(steps: int, ema_decay: float = 0.0) -> torch.Tensor:
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**{**UNET, "sample_size": 4})
+        pretrain_unet(unet, tiny.vae, tiny.tokenizer, tiny.text_encoder, scheduler, steps=steps,
+                      ema_decay=ema_decay, **recipe)
+        return torch.cat([p.detach().flatten() for p in unet.parameters()])
+
+    w1, w2 = weights_after(1), weights_after(2)
+    assert not torch.allclose(w1, w2)
+    torch.testing.assert_close(weights_after(2, ema_decay=0.9), 0.9 * w1 + 0.1 * w2)
+    assert "ema_decay" not in tiny_demo.recipe()  # off: the recipe (and folder) of before
+    monkeypatch.setattr(tiny_demo, "PRETRAIN", {**tiny_demo.PRETRAIN, "ema_decay": 0.9})
+    assert tiny_demo.recipe()["ema_decay"] == 0.9
+
+
 def test_built_once_into_a_folder_named_by_the_recipe(monkeypatch):
     from generators.diffusion import tiny_demo
     from generators.diffusion.backbone import backbone_geometry, load_backbone

@@ -29,7 +29,8 @@ SD has seen holes and scratches in general; `defect_weight` weighs the latent ce
 touches by 1 + w in the eps-MSE. Measured: with 16 per type the backbone still draws no defect
 for those captions (nor with 3x the steps), and w = 20 or 50 turns its samples into cell noise;
 so the smoke backbone stays trained on normal images only (and keeps its cache folder: the recipe
-leaves the option's keys out while it is off).
+leaves the option's keys out while it is off). `ema_decay` > 0, off in the recipe too, ends the
+pre-training on the moving average of the U-Net's weights (measured for issue 11, docs/seas.md).
 `PATCH` (8) is the PCA's block side, so the latent is size / PATCH cells a side; `PREDICTION`
 ("epsilon") the U-Net's target, "v_prediction" giving a plain U-Net (no linear skip) trained on v,
 "sample" a `LinearSkipX0UNet` trained on x0 (its skip is the linear MMSE estimate sqrt(abar_t) x_t
@@ -58,6 +59,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from generators.diffusion.hub import atomic_folder, quiet_hub_libraries, recipe_folder
 from generators.diffusion.schedulers import training_target
@@ -74,7 +76,10 @@ PRETRAIN = dict(steps=800, batch_size=8, lr=1e-3, images_per_category=48, seed=1
                 prompt="a {category}", drop_prompt=0.1,
                 # smoke-only departure (module docstring): defect images of the same unused seed, captioned
                 # with generic words, as SD has seen holes and scratches in general
-                defects_per_type=0, defect_prompt="a {category} with a {defect}", defect_weight=0.0)
+                defects_per_type=0, defect_prompt="a {category} with a {defect}", defect_weight=0.0,
+                # the U-Net keeps the exponential moving average of its weights over the steps (decay per
+                # step; 0 = the last weights, as the recipe has it); measured for issue 11 (docs/seas.md)
+                ema_decay=0.0)
 
 
 class PatchPCAAutoencoder(nn.Module, ConfigMixin):
@@ -200,6 +205,8 @@ def recipe() -> dict:
     if not pretrain["defects_per_type"]:  # normal images only: the recipe (and folder) of before the option
         for key in ("defects_per_type", "defect_prompt", "defect_weight"):
             pretrain.pop(key)
+    if not pretrain["ema_decay"]:  # the last weights: the recipe (and folder) of before the option
+        pretrain.pop("ema_decay")
     # the options below name themselves only when they differ, so the default recipe (and folder) is as before them
     variants = {} if PATCH == 8 else {"patch": PATCH}
     unet = "plain" if PREDICTION == "v_prediction" else "linear-skip"  # on eps or x0 (`PREDICTION`)
@@ -274,11 +281,14 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
 
 def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, batch_size: int, lr: float,
                   images_per_category: int, seed: int, size: int, prompt: str, drop_prompt: float,
-                  defects_per_type: int = 0, defect_prompt: str = "", defect_weight: float = 0.0, **_) -> list[float]:
-    """Train `unet` in place on the MSE of the scheduler's target (eps, v or x0) of demo images (normal ones, and `defects_per_type`
-    defect images per type); latent cells a defect touches weigh 1 + `defect_weight` in the mean
-    (a defect covers a few % of an image, so the plain mean barely sees it). Returns the per-step
-    losses."""
+                  defects_per_type: int = 0, defect_prompt: str = "", defect_weight: float = 0.0,
+                  ema_decay: float = 0.0, **_) -> list[float]:
+    """Train `unet` in place on the MSE of the scheduler's target (eps, v or x0) of demo images
+    (normal ones, and `defects_per_type` defect images per type); latent cells a defect touches
+    weigh 1 + `defect_weight` in the mean (a defect covers a few % of an image, so the plain mean
+    barely sees it). With `ema_decay` > 0 the U-Net ends with the exponential moving average of its
+    weights after each step (torch's `AveragedModel`, which starts from the first step's weights).
+    Returns the per-step losses."""
     pixels, captions, masks = pretraining_set(images_per_category, seed, size, prompt, defects_per_type,
                                               defect_prompt)
     names = sorted(set(captions))
@@ -295,6 +305,7 @@ def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, bat
     rng = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
     T = scheduler.config.num_train_timesteps
+    ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
     unet.train()
     losses = []
     for _ in range(steps):
@@ -311,10 +322,16 @@ def pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, steps: int, bat
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(unet)
         losses.append(float(loss.detach()))
         if len(losses) % 100 == 0:
             log.info("tiny-demo pre-training: step %d/%d, MSE of the last 100 steps %.4f", len(losses), steps,
                      float(np.mean(losses[-100:])))
+    if ema is not None:
+        with torch.no_grad():
+            for weight, average in zip(unet.parameters(), ema.module.parameters()):
+                weight.copy_(average)
     unet.eval()
     return losses
 
