@@ -4,13 +4,15 @@ defect cells, sample pairs per type and save a PNG to look at; or check where th
 attention maps lie against the masks (the DA loss' target).
 
     python tools/seas_smoke_probe.py fit OUT [--set lr=1e-3 ...] [--patch 8] [--unet-channels 32,64]
-                                             [--prediction epsilon] [--guidance 2 5] [--pairs 2]
+                                             [--prediction epsilon] [--pretrain steps=2400 ...]
+                                             [--guidance 2 5] [--pairs 2]
     python tools/seas_smoke_probe.py attention OUT [--fresh]
 
 `fit` writes OUT/state.pt (the trained parts), OUT/overrides.json and OUT/samples_g<scale>.png: one
 row per product and type, its two few-shot images with their masks (red, green outline), then each
-pair and its predicted mask. `--patch` / `--unet-channels` / `--prediction` build a `tiny-demo` variant (its own
-recipe hash and cache folder; set SIAS_BENCH_CACHE). One thread: OMP_NUM_THREADS=1.
+pair and its predicted mask. `--patch` / `--unet-channels` / `--prediction` / `--pretrain` (keys of
+`tiny_demo.PRETRAIN`, e.g. ema_decay) build a `tiny-demo` variant (its own recipe hash and cache
+folder; set SIAS_BENCH_CACHE). One thread: OMP_NUM_THREADS=1.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def fit(args) -> None:
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     (out / "overrides.json").write_text(json.dumps({"overrides": overrides, "patch": args.patch,
                                                     "unet_channels": args.unet_channels,
-                                                    "prediction": args.prediction}))
+                                                    "prediction": args.prediction, "pretrain": args.pretrain}))
     torch.manual_seed(0)
     start = time.process_time()
     gen, split, shots = generator({"pairs_per_type": args.pairs, **overrides})
@@ -190,6 +192,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=tiny_demo.PATCH)
     ap.add_argument("--unet-channels", default=None, help="e.g. 64,128 (tiny_demo.UNET_CHANNELS)")
     ap.add_argument("--prediction", default=tiny_demo.PREDICTION, choices=["epsilon", "v_prediction", "sample"])
+    ap.add_argument("--pretrain", action="append", default=[], help="tiny_demo.PRETRAIN KEY=JSON over the recipe")
     ap.add_argument("--guidance", type=float, nargs="*", default=None)
     ap.add_argument("--pairs", type=int, default=2, help="pairs per type")
     ap.add_argument("--every", type=int, default=300, help="report the defect-cell error every this many SSF steps")
@@ -198,6 +201,8 @@ def main() -> None:
     saved = json.loads((Path(args.out) / "overrides.json").read_text()) if args.command == "attention" else vars(args)
     tiny_demo.PATCH = saved["patch"]
     tiny_demo.PREDICTION = saved.get("prediction", "epsilon")
+    tiny_demo.PRETRAIN = {**tiny_demo.PRETRAIN, **{k: json.loads(v) for k, v in (s.split("=", 1) for s in
+                                                                                   saved.get("pretrain", []))}}
     if saved["unet_channels"]:
         tiny_demo.UNET_CHANNELS = tuple(int(c) for c in str(saved["unet_channels"]).split(","))
     fit(args) if args.command == "fit" else attention(args)
