@@ -158,14 +158,19 @@ def test_pca_autoencoder_matches_an_eigendecomposition_and_whitens(tmp_path):
     assert torch.equal(again.decode(z).sample, recon)
 
 
-def test_linear_skip_unet_adds_the_linear_mmse_eps():
+# hand values of the LDM schedule: abar at index 0 = 1 - beta_1 = 1 - 0.00085, at index 999 4.66e-3
+# (docs/seas.md); the eps skip sqrt(1 - abar) is 0.029155 and 0.997667, the x0 skip sqrt(abar) 0.999575
+# and 0.068265
+@pytest.mark.parametrize("unet_class, at_0, at_999", [("LinearSkipUNet", 0.029155, 0.997667),
+                                                      ("LinearSkipX0UNet", 0.999575, 0.068265)])
+def test_linear_skip_unets_add_the_linear_mmse_estimate_of_their_target(unet_class, at_0, at_999):
     from diffusers import UNet2DConditionModel
 
+    from generators.diffusion import tiny_demo
     from generators.diffusion.tiny import UNET
-    from generators.diffusion.tiny_demo import LinearSkipUNet
 
     torch.manual_seed(0)
-    unet = LinearSkipUNet(**{**UNET, "in_channels": 4, "out_channels": 4, "sample_size": 4})
+    unet = getattr(tiny_demo, unet_class)(**{**UNET, "in_channels": 4, "out_channels": 4, "sample_size": 4})
     plain = UNet2DConditionModel.from_config(unet.config)
     plain.load_state_dict(unet.state_dict())
     x, context = torch.randn(2, 4, 4, 4), torch.randn(2, 77, 32)
@@ -173,31 +178,9 @@ def test_linear_skip_unet_adds_the_linear_mmse_eps():
         got = unet(x, torch.tensor([0, 999]), encoder_hidden_states=context).sample
         base = plain(x, torch.tensor([0, 999]), encoder_hidden_states=context).sample
         scalar = unet(x, 0, encoder_hidden_states=context, return_dict=False)[0]
-    # hand values of the LDM schedule: abar at index 0 = 1 - beta_1 = 1 - 0.00085, so the skip is
-    # sqrt(0.00085) = 0.029155; abar at index 999 = 4.66e-3 (docs/seas.md), skip sqrt(0.99534) = 0.997667
-    torch.testing.assert_close(got[0] - base[0], 0.029155 * x[0], atol=1e-4, rtol=1e-3)
-    torch.testing.assert_close(got[1] - base[1], 0.997667 * x[1], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(got[0] - base[0], at_0 * x[0], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(got[1] - base[1], at_999 * x[1], atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(scalar[0], got[0])  # a scalar timestep applies to the whole batch
-
-
-def test_linear_skip_x0_unet_adds_the_linear_mmse_x0():
-    from diffusers import UNet2DConditionModel
-
-    from generators.diffusion.tiny import UNET
-    from generators.diffusion.tiny_demo import LinearSkipX0UNet
-
-    torch.manual_seed(0)
-    unet = LinearSkipX0UNet(**{**UNET, "in_channels": 4, "out_channels": 4, "sample_size": 4})
-    plain = UNet2DConditionModel.from_config(unet.config)
-    plain.load_state_dict(unet.state_dict())
-    x, context = torch.randn(2, 4, 4, 4), torch.randn(2, 77, 32)
-    with torch.no_grad():
-        got = unet(x, torch.tensor([0, 999]), encoder_hidden_states=context).sample
-        base = plain(x, torch.tensor([0, 999]), encoder_hidden_states=context).sample
-    # hand values of the LDM schedule: sqrt(abar) at index 0 = sqrt(1 - 0.00085) = 0.999575; at
-    # index 999 sqrt(4.6601e-3) = 0.068265 (the eps skip's coefficient there is 0.997667)
-    torch.testing.assert_close(got[0] - base[0], 0.999575 * x[0], atol=1e-4, rtol=1e-3)
-    torch.testing.assert_close(got[1] - base[1], 0.068265 * x[1], atol=1e-4, rtol=1e-3)
 
 
 def test_pretraining_set_adds_defect_images_of_the_unused_seed_with_generic_captions():
