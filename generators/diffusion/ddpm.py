@@ -30,7 +30,8 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t) -> torch.Tensor:
 def as_epsilon(prediction_type: str, pred: torch.Tensor, x_t: torch.Tensor, abar_t) -> torch.Tensor:
     """The eps a U-Net's output stands for, given what it predicts (diffusers' `prediction_type`):
     "epsilon" as is; "v_prediction" (v = sqrt(abar) eps - sqrt(1 - abar) x0, Salimans & Ho 2022)
-    sqrt(abar) v + sqrt(1 - abar) x_t; "sample" (x0) Eq. 4 solved for eps, (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
+    sqrt(abar) v + sqrt(1 - abar) x_t; "sample" (x0) Eq. 4 solved for eps,
+    (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
     if prediction_type == "epsilon":
         return pred
     if prediction_type == "v_prediction":

@@ -45,7 +45,6 @@ def alphas_cumprod(scheduler) -> torch.Tensor:
     return scheduler.alphas_cumprod.to(torch.float64)
 
 
-
 def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """What the U-Net learns to predict for x_t = `scheduler.add_noise(x0, noise, timesteps)`, by the
     scheduler's `prediction_type`: the noise ("epsilon"), v = sqrt(abar) eps - sqrt(1 - abar) x0

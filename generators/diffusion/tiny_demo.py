@@ -71,7 +71,7 @@ TINY_DEMO = "tiny-demo"
 LATENT_CHANNELS = 32  # = the U-Net's first width: x_t passes through unchanged in width
 UNET_CHANNELS = (32, 64)  # tiny's shape
 PATCH = 8  # pixels per latent cell (the PCA's block side); 4 was measured for issue 11 (docs/seas.md)
-PREDICTION = "epsilon"  # the U-Net's target; "v_prediction" and "sample" (x0) were measured for issue 11 (docs/seas.md)
+PREDICTION = "epsilon"  # the U-Net's target; "v_prediction" and "sample" (x0) measured for issue 11 (docs/seas.md)
 PRETRAIN = dict(steps=800, batch_size=8, lr=1e-3, images_per_category=48, seed=1000, size=128,
                 prompt="a {category}", drop_prompt=0.1,
                 # smoke-only departure (module docstring): defect images of the same unused seed, captioned
